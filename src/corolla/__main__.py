@@ -1,0 +1,5 @@
+import sys
+
+from corolla.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,37 @@
+"""Flags shared by several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_peers(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--initial-peers", nargs="+", default=[], metavar="MADDR",
+                        help="multiaddrs of any peer of the swarm (printed by `corolla dht` or `corolla swarm up`)")
+    parser.add_argument("--model-id", default=None,
+                        help="name of the model in the DHT (default: the model's own name); all peers must agree")
+
+
+def add_sampling(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("sampling")
+    g.add_argument("--max-new-tokens", type=int, default=256, help="stop after this many new tokens (default 256)")
+    g.add_argument("--temperature", type=float, default=None, help="sample with this temperature (default: greedy)")
+    g.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
+    g.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep the smallest set with mass p")
+    g.add_argument("--repetition-penalty", type=float, default=None, help="penalise tokens already present (>1)")
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop when this text appears (repeatable)")
+    g.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict:
+    sample = args.temperature is not None or args.top_k is not None or args.top_p is not None
+    return dict(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=sample,
+        temperature=args.temperature or 1.0,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        stop_strings=args.stop or None,
+        seed=args.seed,
+    )

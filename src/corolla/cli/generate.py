@@ -1,0 +1,79 @@
+"""``corolla generate`` and ``corolla chat``: talk to a model served by a swarm."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from corolla.cli.common import add_peers, add_sampling, sampling_kwargs
+
+
+def register(sub) -> None:
+    g = sub.add_parser("generate", help="complete a prompt through the swarm, streaming",
+                       description="Generate a continuation of PROMPT through the swarm, printing tokens as they come.")
+    g.add_argument("model", help="packaged name, local HF folder, GGUF file or Hub repo id")
+    g.add_argument("prompt", help="the text to continue")
+    g.add_argument("--chat-template", action="store_true", help="wrap PROMPT as a user message of the chat template")
+    add_peers(g)
+    add_sampling(g)
+    g.set_defaults(func=run_generate)
+
+    c = sub.add_parser("chat", help="chat with a model through the swarm (reads stdin)",
+                       description="Chat in the terminal; with piped input, answers each line and exits at EOF.")
+    c.add_argument("model", help="packaged name, local HF folder, GGUF file or Hub repo id")
+    c.add_argument("--system", default=None, help="a system prompt")
+    add_peers(c)
+    add_sampling(c)
+    c.set_defaults(func=run_chat)
+
+
+def _open(args):
+    from corolla.client.model import DistributedModelForCausalLM
+
+    return DistributedModelForCausalLM.from_pretrained(args.model, initial_peers=args.initial_peers,
+                                                       model_id=args.model_id)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from corolla.client.sampling import SamplingParams, TextDelta
+
+    kw = sampling_kwargs(args)
+    with _open(args) as model:
+        tok = model.tokenizer
+        if args.chat_template:
+            from corolla.client.chat import render
+
+            ids = render(tok, [{"role": "user", "content": args.prompt}])
+        else:
+            ids = torch.tensor([tok(args.prompt)["input_ids"]], dtype=torch.long)
+        params = SamplingParams(kw["do_sample"], kw["temperature"], kw["top_k"], kw["top_p"],
+                                kw["repetition_penalty"], kw["seed"])
+        decoder = TextDelta(tok)
+        eos = model.eos_token_ids()
+        for tokens in model.stream(ids, params=params, max_new_tokens=kw["max_new_tokens"],
+                                   stop_strings=kw["stop_strings"]):
+            if int(tokens[0]) in eos:
+                break
+            sys.stdout.write(decoder.push(int(tokens[0])))
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    return 0
+
+
+def chat_with(model, args: argparse.Namespace) -> int:
+    from corolla.client.chat import chat
+    from corolla.client.sampling import SamplingParams
+
+    kw = sampling_kwargs(args)
+    params = SamplingParams(kw["do_sample"], kw["temperature"], kw["top_k"], kw["top_p"],
+                            kw["repetition_penalty"], kw["seed"])
+    chat(model, params=params, max_new_tokens=kw["max_new_tokens"], stop_strings=kw["stop_strings"],
+         system=getattr(args, "system", None))
+    return 0
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    with _open(args) as model:
+        return chat_with(model, args)

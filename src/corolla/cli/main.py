@@ -1,0 +1,45 @@
+"""The ``corolla`` command: one module per subcommand group, each with ``register(subparsers)``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from corolla import __version__
+from corolla.errors import CorollaError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from corolla.cli import dht, generate, models, server, swarm
+
+    parser = argparse.ArgumentParser(
+        prog="corolla",
+        description="Run large language models on a peer-to-peer swarm (and chat with them).",
+    )
+    parser.add_argument("--version", action="version", version=f"corolla {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="how much to log on stderr (default: INFO)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in (models, dht, server, swarm, generate):
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    for noisy in ("hivemind", "transformers", "httpx", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    try:
+        return int(args.func(args) or 0)
+    except CorollaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,53 @@
+"""``corolla server``: serve a span of a model's blocks to the swarm."""
+
+from __future__ import annotations
+
+import argparse
+
+from corolla.cli.common import add_peers
+
+
+def _blocks(text: str) -> tuple[int, int]:
+    try:
+        a, b = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError("use START:END, e.g. 0:12 (END excluded)") from None
+    if not 0 <= a < b:
+        raise argparse.ArgumentTypeError("START must be >= 0 and END > START")
+    return a, b
+
+
+def register(sub) -> None:
+    p = sub.add_parser("server", help="serve some of a model's blocks",
+                       description="Load a span of a model's transformer blocks and serve them to the swarm.")
+    p.add_argument("model", help="packaged name (see `corolla models list`), local HF folder, GGUF file or Hub repo id")
+    span = p.add_mutually_exclusive_group()
+    span.add_argument("--blocks", type=_blocks, default=None, metavar="A:B", help="serve blocks A..B-1")
+    span.add_argument("--num-blocks", type=int, default=None, metavar="N", help="serve N blocks")
+    add_peers(p)
+    p.add_argument("--new-swarm", action="store_true", help="start a new swarm instead of joining one")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="compute dtype")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all interfaces)")
+    p.add_argument("--port", type=int, default=0, help="TCP port (default: any free port)")
+    p.add_argument("--announce-host", default=None, help="public address to announce, if behind NAT or 0.0.0.0")
+    p.add_argument("--identity", default=None, metavar="FILE", help="private key file for a stable peer id")
+    p.add_argument("--public-name", default=None, help="a name shown in `swarm status`")
+    p.add_argument("--max-session-length", type=int, default=8192, help="tokens per session (default 8192)")
+    p.add_argument("--max-sessions", type=int, default=64, help="open sessions at once (default 64)")
+    p.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from corolla.server.config import ServerConfig
+    from corolla.server.server import Server
+
+    start, end = args.blocks if args.blocks else (None, None)
+    config = ServerConfig(
+        model=args.model, start_block=start, end_block=end, num_blocks=args.num_blocks, model_id=args.model_id,
+        dtype=args.dtype, initial_peers=tuple(args.initial_peers), new_swarm=args.new_swarm, host=args.host,
+        port=args.port, announce_host=args.announce_host, identity_path=args.identity, public_name=args.public_name,
+        max_session_length=args.max_session_length, max_sessions=args.max_sessions, torch_threads=args.torch_threads,
+    )
+    Server(config).run()
+    return 0

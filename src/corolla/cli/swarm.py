@@ -1,0 +1,123 @@
+"""``corolla swarm up`` (a whole swarm on this machine) and ``corolla swarm status``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+
+from corolla.cli.common import add_peers, add_sampling
+
+
+def register(sub) -> None:
+    p = sub.add_parser("swarm", help="run a local swarm, or show a swarm's state",
+                       description="Run a whole swarm on this machine, or inspect one.")
+    s = p.add_subparsers(dest="swarm_command", metavar="SUBCOMMAND", required=True)
+
+    up = s.add_parser("up", help="a bootstrap peer and N servers splitting the blocks, on this machine",
+                      description="Start a bootstrap DHT peer and N server processes that split the model's "
+                                  "blocks; print the multiaddr others join with. Ctrl-C stops everything.")
+    up.add_argument("model", help="packaged name, local HF folder, GGUF file or Hub repo id")
+    up.add_argument("--servers", type=int, default=3, help="number of server processes (default 3)")
+    up.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    up.add_argument("--chat", action="store_true", help="once ready, chat in this terminal (stdin); stop at EOF")
+    up.add_argument("--system", default=None, help="system prompt for --chat")
+    up.add_argument("--log-dir", default=None, help="where server logs go (default: a temporary folder)")
+    add_sampling(up)
+    up.set_defaults(func=run_up)
+
+    st = s.add_parser("status", help="which servers hold which blocks",
+                      description="Show each server's blocks, state, speed and load, and blocks nobody serves.")
+    st.add_argument("model", help="packaged name, local HF folder, GGUF file or Hub repo id")
+    add_peers(st)
+    st.add_argument("--json", action="store_true", help="print JSON for scripts")
+    st.set_defaults(func=run_status)
+
+
+def run_up(args: argparse.Namespace) -> int:
+    from corolla.models.loading import load_config
+    from corolla.models.resolve import resolve_model
+    from corolla.swarm.local import LocalSwarm, even_spans
+
+    ref = resolve_model(args.model)
+    config = load_config(ref.path)
+    n = config.num_hidden_layers
+    spans = even_spans(n, args.servers)
+    print(f"starting a swarm of {args.servers} servers for {ref.model_id} ({n} blocks)...", file=sys.stderr)
+    # SIGTERM behaves like Ctrl-C: unwind and stop every process we started
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    swarm = LocalSwarm(str(ref.path), n, ref.model_id, log_dir=args.log_dir,
+                       server_args=["--dtype", args.dtype])
+    try:
+        swarm.start(spans)
+        print(f"swarm ready: all {n} blocks of {ref.model_id} are served "
+              f"({', '.join(f'{a}:{b}' for a, b in spans)})", file=sys.stderr)
+        print("join it with: --initial-peers " + " ".join(swarm.initial_peers), file=sys.stderr, flush=True)
+        if args.chat:
+            from corolla.cli.generate import chat_with
+            from corolla.client.model import DistributedModelForCausalLM
+
+            with DistributedModelForCausalLM.from_pretrained(ref.path, dht=swarm.dht, model_id=ref.model_id) as model:
+                return chat_with(model, args)
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("stopping the swarm...", file=sys.stderr)
+        swarm.stop()
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from corolla.models.loading import load_config
+    from corolla.models.resolve import resolve_model
+    from corolla.swarm.dht import start_dht
+    from corolla.swarm.discovery import fetch_swarm_state
+
+    ref = resolve_model(args.model, progress=False)
+    n = load_config(ref.path).num_hidden_layers
+    model_id = args.model_id or ref.model_id
+    dht = start_dht(args.initial_peers, client_mode=True)
+    try:
+        state = fetch_swarm_state(dht, model_id, n)
+    finally:
+        dht.shutdown()
+    coverage = state.coverage()
+    if args.json:
+        print(json.dumps({
+            "model_id": model_id,
+            "num_blocks": n,
+            "coverage": coverage,
+            "servers": [{"peer_id": s.peer_id, **s.info.model_dump(mode="json")} for s in state.servers],
+        }, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{model_id}: {n} blocks, {len(state.servers)} servers")
+    for col in ("peer", "name", "blocks", "state", "steps/s", "prefill tok/s", "sessions", "dtype", "version"):
+        table.add_column(col)
+    for s in state.servers:
+        i = s.info
+        table.add_row(s.peer_id[-12:], i.public_name or "", f"{i.start_block}:{i.end_block}", i.state.value,
+                      f"{i.inference_rps:.1f}", f"{i.forward_tps:.0f}", str(i.active_sessions), i.dtype, i.version)
+    console = Console()
+    console.print(table)
+    missing = [b for b, c in enumerate(coverage) if c == 0]
+    single = [b for b, c in enumerate(coverage) if c == 1]
+    console.print(f"blocks with no server: {_ranges(missing) or 'none'}")
+    console.print(f"blocks with a single server: {_ranges(single) or 'none'}")
+    return 0 if not missing else 3
+
+
+def _ranges(blocks: list[int]) -> str:
+    out, start = [], None
+    for i, b in enumerate(blocks):
+        if start is None:
+            start = b
+        if i + 1 == len(blocks) or blocks[i + 1] != b + 1:
+            out.append(f"{start}" if start == b else f"{start}-{b}")
+            start = None
+    return ", ".join(out)

@@ -1,0 +1,17 @@
+"""Configuration of a client; ``from_pretrained`` keyword arguments map onto this."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientConfig:
+    initial_peers: tuple[str, ...] = ()
+    model_id: str | None = None  # DHT prefix; default: the model's name
+    allowed_servers: frozenset[str] | None = None  # restrict routing to these peer ids
+    request_timeout_s: float = 60.0  # one step or forward call through one server
+    route_timeout_s: float = 30.0  # how long to wait for missing blocks to get a server
+    max_chunk_tokens: int = 1024  # prefill is sent in chunks of at most this many tokens (x batch)
+    max_retries: int = 5  # failed steps re-routed before giving up
+    ban_s: float = 15.0  # first ban of a failing server; doubles on repeat

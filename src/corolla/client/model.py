@@ -1,0 +1,220 @@
+"""``DistributedModelForCausalLM``: a Hugging Face-like causal LM whose blocks live on a swarm.
+
+The client holds only the embeddings, the final norm and the LM head; hidden states travel
+through a chain of servers found in the DHT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers.modeling_outputs import CausalLMOutput
+
+from corolla.client.config import ClientConfig
+from corolla.client.remote import SwarmClient
+from corolla.client.sampling import Sampler, SamplingParams
+from corolla.client.session import InferenceSession
+from corolla.models.loading import load_config, load_head
+from corolla.models.resolve import resolve_model
+
+
+class DistributedModelForCausalLM:
+    """Use like ``AutoModelForCausalLM``: ``from_pretrained(...)``, ``generate(...)``, ``model(ids)``."""
+
+    def __init__(self, path: Path, model_id: str, config: Any, head: torch.nn.Module, client: SwarmClient):
+        self.path, self.model_id, self.config, self.head, self.client = path, model_id, config, head, client
+        self._tokenizer = None
+        self._active: InferenceSession | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls, model: str | Path, *, initial_peers: Sequence[str] = (), dht=None, **client_options: Any
+    ) -> DistributedModelForCausalLM:
+        """``model``: a packaged name, a local HF folder, a GGUF file or a Hub repo id.
+
+        ``client_options`` are fields of :class:`~corolla.client.config.ClientConfig`.
+        """
+        ref = resolve_model(str(model))
+        config = load_config(ref.path)
+        if "allowed_servers" in client_options and client_options["allowed_servers"] is not None:
+            client_options["allowed_servers"] = frozenset(client_options["allowed_servers"])
+        cfg = ClientConfig(initial_peers=tuple(initial_peers), **client_options)
+        model_id = cfg.model_id or ref.model_id
+        head = load_head(ref.path, config)
+        client = SwarmClient(model_id, config.num_hidden_layers, config.hidden_size, cfg, dht=dht)
+        return cls(ref.path, model_id, config, head, client)
+
+    # ---- conveniences ----------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.path)
+        return self._tokenizer
+
+    def eos_token_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for source in (self.config, _generation_config(self.path)):
+            value = getattr(source, "eos_token_id", None) if source is not None else None
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, (list, tuple)):
+                ids.update(int(v) for v in value)
+        return ids
+
+    # ---- forward ------------------------------------------------------------------------------------
+    def __call__(self, input_ids: torch.Tensor, **kwargs: Any) -> CausalLMOutput:
+        return self.forward(input_ids, **kwargs)
+
+    def forward(self, input_ids: torch.Tensor, **_: Any) -> CausalLMOutput:
+        """Logits for every position [B, T, V] through a stateless pass over the swarm."""
+        with torch.inference_mode():
+            hidden = self.client.forward(self.head.embed(input_ids))
+            return CausalLMOutput(logits=self.head.logits(hidden))
+
+    # ---- sessions ------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def inference_session(self, max_length: int) -> Iterator[InferenceSession]:
+        """A session spanning several ``generate`` calls: each call sends only its new tokens."""
+        session = InferenceSession(self.client, max_length)
+        previous, self._active = self._active, session
+        try:
+            yield session
+        finally:
+            self._active = previous
+            session.close()
+
+    # ---- generation ----------------------------------------------------------------------------------
+    def generate(
+        self,
+        input_ids: torch.Tensor | None = None,
+        *,
+        max_new_tokens: int = 32,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        repetition_penalty: float | None = None,
+        stop_strings: str | Sequence[str] | None = None,
+        eos_token_id: int | Sequence[int] | None = None,
+        seed: int | None = None,
+        streamer: Any = None,
+        callback: Callable[[torch.Tensor], Any] | None = None,
+        session: InferenceSession | None = None,
+        max_length: int | None = None,
+        tokenizer: Any = None,
+        **_: Any,
+    ) -> torch.Tensor:
+        """Hugging Face-style generation; returns ``input_ids`` followed by the new tokens.
+
+        ``streamer`` is any HF streamer (``put``/``end``); ``callback`` gets each step's new
+        tokens [B]. Inside ``inference_session`` (or with ``session=``), ``input_ids`` are the
+        new tokens only: the session already holds everything before them.
+        """
+        params = SamplingParams(do_sample, temperature, top_k, top_p, repetition_penalty, seed)
+        new_tokens = []
+        for tokens in self.stream(
+            input_ids, params=params, max_new_tokens=max_new_tokens, stop_strings=stop_strings,
+            eos_token_id=eos_token_id, streamer=streamer, session=session, max_length=max_length, tokenizer=tokenizer,
+        ):
+            new_tokens.append(tokens)
+            if callback is not None:
+                callback(tokens)
+        prompt = input_ids if input_ids is not None else torch.empty(1, 0, dtype=torch.long)
+        if not new_tokens:
+            return prompt
+        return torch.cat([prompt, torch.stack(new_tokens, dim=1)], dim=1)
+
+    def stream(
+        self,
+        input_ids: torch.Tensor | None,
+        *,
+        params: SamplingParams = SamplingParams(),
+        max_new_tokens: int = 32,
+        stop_strings: str | Sequence[str] | None = None,
+        eos_token_id: int | Sequence[int] | None = None,
+        streamer: Any = None,
+        session: InferenceSession | None = None,
+        max_length: int | None = None,
+        tokenizer: Any = None,
+    ) -> Iterator[torch.Tensor]:
+        """Yield the new tokens [B] of each step as they are generated."""
+        session = session or self._active
+        owned = session is None
+        if input_ids is not None and input_ids.dim() == 1:
+            input_ids = input_ids.unsqueeze(0)
+        if owned:
+            if input_ids is None or input_ids.shape[1] == 0:
+                raise ValueError("input_ids are required outside an inference session")
+            session = InferenceSession(self.client, max_length or input_ids.shape[1] + max_new_tokens)
+        # the session's last sampled token is not in the servers' caches yet: send it first
+        feed = torch.cat([t for t in (session.pending_ids, input_ids) if t is not None and t.shape[1]], dim=1)
+        if feed.shape[1] == 0:
+            raise ValueError("nothing to generate from: pass input_ids")
+        context = feed if session.token_ids is None else torch.cat([session.token_ids, feed], dim=1)
+        eos = _as_set(eos_token_id) if eos_token_id is not None else self.eos_token_ids()
+        eos_tensor = torch.tensor(sorted(eos), dtype=torch.long)
+        stops = [stop_strings] if isinstance(stop_strings, str) else list(stop_strings or [])
+        tokenizer = (tokenizer or self.tokenizer) if stops else None
+        sampler = Sampler(params)
+        finished = torch.zeros(feed.shape[0], dtype=torch.bool)
+        generated: list[torch.Tensor] = []
+        if streamer is not None and input_ids is not None:
+            streamer.put(input_ids.cpu())
+        try:
+            with torch.inference_mode():
+                for _ in range(max_new_tokens):
+                    hidden = session.step(self.head.embed(feed))  # [B, T, H] -> [B, T, H]
+                    session.token_ids = feed if session.token_ids is None else torch.cat([session.token_ids, feed], 1)
+                    session.pending_ids = None
+                    logits = self.head.logits(hidden[:, -1:, :])[:, -1, :]  # [B, V]
+                    tokens = sampler.next_tokens(context, logits)
+                    if len(eos):
+                        tokens = torch.where(finished, eos_tensor[0], tokens)  # finished rows pad with EOS
+                        finished |= torch.isin(tokens, eos_tensor)
+                    generated.append(tokens)
+                    context = torch.cat([context, tokens[:, None]], dim=1)
+                    feed = session.pending_ids = tokens[:, None]
+                    if streamer is not None:
+                        streamer.put(tokens.cpu())
+                    yield tokens
+                    if bool(finished.all()) or (stops and _hits_stop(tokenizer, generated, stops)):
+                        break
+        finally:
+            if streamer is not None:
+                streamer.end()
+            if owned:
+                session.close()
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> DistributedModelForCausalLM:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _as_set(value: int | Sequence[int]) -> set[int]:
+    return {value} if isinstance(value, int) else set(value)
+
+
+def _hits_stop(tokenizer, generated: list[torch.Tensor], stops: list[str]) -> bool:
+    ids = torch.stack(generated, dim=1)
+    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+    return all(any(s in text for s in stops) for text in texts)
+
+
+def _generation_config(path: Path):
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(path)
+    except OSError:
+        return None

@@ -1,0 +1,109 @@
+"""The client's view of the swarm: DHT reads, routing, and RPC calls to servers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import torch
+from hivemind.proto import runtime_pb2
+
+from corolla.client.config import ClientConfig
+from corolla.client.loop import LoopThread
+from corolla.errors import NoRouteError, RemoteCallError, error_from_wire
+from corolla.protocol.messages import ForwardMeta, ResponseMeta, ServerInfo, decode_meta, encode_meta
+from corolla.protocol.rpc import TRANSPORT_ERRORS, stub_for
+from corolla.protocol.tensors import from_wire, to_wire
+from corolla.swarm.dht import start_dht
+from corolla.swarm.discovery import SwarmState, fetch_swarm_state
+from corolla.swarm.routing import Hop, plan_chain
+
+log = logging.getLogger(__name__)
+
+
+def parse_response(response: runtime_pb2.ExpertResponse) -> tuple[ResponseMeta, torch.Tensor | None]:
+    """Server answer -> (metadata, tensor); a server-side error is re-raised with its own type."""
+    meta = decode_meta(response.metadata, ResponseMeta)
+    if meta.error is not None:
+        raise error_from_wire(meta.error.code, meta.error.message)
+    if len(response.tensors) != 1:
+        raise RemoteCallError(f"server answered with {len(response.tensors)} tensors instead of 1")
+    return meta, from_wire(response.tensors[0])
+
+
+class SwarmClient:
+    """Owns a client-mode DHT node, a P2P handle and the loop that drives RPCs."""
+
+    def __init__(self, model_id: str, num_blocks: int, hidden_size: int, config: ClientConfig, dht=None):
+        self.model_id, self.num_blocks, self.hidden_size, self.config = model_id, num_blocks, hidden_size, config
+        self._own_dht = dht is None
+        self.dht = dht if dht is not None else start_dht(config.initial_peers, client_mode=True)
+        self.loop = LoopThread()
+        self.p2p = self.loop.run(self.dht.replicate_p2p())
+        self._bans: dict[str, tuple[float, float]] = {}  # peer -> (banned until, last ban length)
+
+    # ---- swarm state and routing --------------------------------------------------------------
+    def swarm_state(self) -> SwarmState:
+        return fetch_swarm_state(self.dht, self.model_id, self.num_blocks)
+
+    def banned(self) -> set[str]:
+        now = time.monotonic()
+        return {peer for peer, (until, _) in self._bans.items() if until > now}
+
+    def ban(self, peer_id: str) -> None:
+        _, last = self._bans.get(peer_id, (0.0, 0.0))
+        length = min(last * 2, 300.0) if last else self.config.ban_s
+        self._bans[peer_id] = (time.monotonic() + length, length)
+        log.info("banned %s for %.0f s", peer_id, length)
+
+    def plan(self, start: int = 0, end: int | None = None) -> list[Hop]:
+        """A chain of servers for blocks ``start:end``, waiting up to route_timeout_s for one."""
+        deadline = time.monotonic() + self.config.route_timeout_s
+        delay = 0.1
+        while True:
+            try:
+                return plan_chain(
+                    self.swarm_state(), start, end, banned=self.banned(), allowed=self.config.allowed_servers
+                )
+            except NoRouteError:
+                if time.monotonic() + delay > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    # ---- stateless calls -----------------------------------------------------------------------
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden states [B, T, H] through every block (no KV cache), chunked by tokens."""
+        chain = self.plan()
+        chunk = max(1, self.config.max_chunk_tokens // hidden.shape[0])
+        outs = [self.loop.run(self._forward_chain(chain, piece)) for piece in hidden.split(chunk, dim=1)]
+        return torch.cat(outs, dim=1)
+
+    async def _forward_chain(self, chain: list[Hop], hidden: torch.Tensor) -> torch.Tensor:
+        for hop in chain:
+            hidden = await self.call_forward(hop, hidden)
+        return hidden
+
+    async def call_forward(self, hop: Hop, hidden: torch.Tensor) -> torch.Tensor:
+        meta = ForwardMeta(model_id=self.model_id, start_block=hop.start, end_block=hop.end)
+        request = runtime_pb2.ExpertRequest(uid=self.model_id, tensors=[to_wire(hidden)], metadata=encode_meta(meta))
+        try:
+            response = await stub_for(self.p2p, hop.peer_id).rpc_forward(request, timeout=self.config.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise RemoteCallError(f"{hop.peer_id} did not answer within {self.config.request_timeout_s} s") from None
+        except TRANSPORT_ERRORS as e:
+            raise RemoteCallError(f"forward to {hop.peer_id} failed: {type(e).__name__}: {e}") from e
+        return parse_response(response)[1]
+
+    def server_info(self, peer_id: str) -> ServerInfo:
+        async def call():
+            request = runtime_pb2.ExpertRequest(uid=self.model_id)
+            return await stub_for(self.p2p, peer_id).rpc_info(request, timeout=self.config.request_timeout_s)
+
+        return decode_meta(self.loop.run(call()).metadata, ServerInfo)
+
+    def close(self) -> None:
+        self.loop.stop()
+        if self._own_dht:
+            self.dht.shutdown()

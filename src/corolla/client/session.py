@@ -1,0 +1,179 @@
+"""An inference session through a chain of servers, with failover that loses nothing.
+
+Each hop of the chain is one bidirectional stream holding a KV cache on its server. The
+session keeps, per hop, every input it sent; when a server fails, the session bans it,
+re-routes only that hop's blocks and replays the kept inputs into the replacement, so the
+caches — and therefore the output — are the same as if nothing had happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import uuid
+
+import torch
+from hivemind.proto import runtime_pb2
+
+from corolla.client.remote import SwarmClient, parse_response
+from corolla.errors import CorollaError, RemoteCallError, SequenceTooLongError
+from corolla.protocol.messages import InferenceMeta, SessionOpen, encode_meta
+from corolla.protocol.rpc import TRANSPORT_ERRORS, stub_for
+from corolla.protocol.tensors import to_wire
+from corolla.swarm.routing import Hop
+
+log = logging.getLogger(__name__)
+
+
+class _HopStream:
+    """One open ``rpc_inference`` stream to one server."""
+
+    def __init__(self, client: SwarmClient, hop: Hop, max_length: int):
+        self.client, self.hop = client, hop
+        self.open_meta = SessionOpen(
+            model_id=client.model_id,
+            session_id=uuid.uuid4().hex,
+            start_block=hop.start,
+            end_block=hop.end,
+            max_length=max_length,
+        )
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._responses = None
+        self._opened = False
+
+    async def _requests(self):
+        while (item := await self._queue.get()) is not None:
+            yield item
+
+    async def step(self, hidden: torch.Tensor, position: int) -> torch.Tensor:
+        meta = InferenceMeta(position=position, open=None if self._opened else self.open_meta)
+        request = runtime_pb2.ExpertRequest(uid=self.client.model_id, tensors=[to_wire(hidden)], metadata=encode_meta(meta))
+        try:
+            self._queue.put_nowait(request)
+            if self._responses is None:  # hivemind reads the first request before returning the stream
+                self._responses = await stub_for(self.client.p2p, self.hop.peer_id).rpc_inference(self._requests())
+            response = await asyncio.wait_for(anext(self._responses), self.client.config.request_timeout_s)
+        except CorollaError:
+            raise
+        except StopAsyncIteration:
+            raise RemoteCallError(f"server {self.hop.peer_id} closed the session stream") from None
+        except asyncio.TimeoutError:
+            raise RemoteCallError(
+                f"server {self.hop.peer_id} did not answer within {self.client.config.request_timeout_s} s"
+            ) from None
+        except TRANSPORT_ERRORS as e:
+            raise RemoteCallError(f"call to {self.hop.peer_id} failed: {type(e).__name__}: {e}") from e
+        self._opened = True
+        return parse_response(response)[1]
+
+    async def close(self) -> None:
+        self._queue.put_nowait(None)
+        if self._responses is not None:
+            try:
+                await asyncio.wait_for(self._responses.aclose(), 1.0)
+            except Exception:  # the server may already be gone
+                pass
+
+
+@dataclasses.dataclass
+class _HopState:
+    stream: _HopStream
+    inputs: list[torch.Tensor] = dataclasses.field(default_factory=list)  # every input sent, per step
+
+
+class InferenceSession:
+    """``step(hidden [B, T, H]) -> hidden`` through every block, keeping KV caches on servers."""
+
+    def __init__(self, client: SwarmClient, max_length: int):
+        self.client, self.max_length = client, max_length
+        self.position = 0
+        self._hops: list[_HopState] = []
+        self._closed = False
+        self.recoveries = 0  # how many times a failed server was replaced
+        # kept for generate(): tokens already in the servers' caches, and one sampled but not sent
+        self.token_ids: torch.Tensor | None = None
+        self.pending_ids: torch.Tensor | None = None
+
+    @property
+    def chain(self) -> list[Hop]:
+        return [h.stream.hop for h in self._hops]
+
+    def step(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self._closed:
+            raise CorollaError("this inference session is closed")
+        if self.position + hidden.shape[1] > self.max_length:
+            raise SequenceTooLongError(
+                f"session would reach {self.position + hidden.shape[1]} tokens, past its max_length {self.max_length}"
+            )
+        chunk = max(1, self.client.config.max_chunk_tokens // hidden.shape[0])
+        return torch.cat([self._step_chunk(piece) for piece in hidden.split(chunk, dim=1)], dim=1)
+
+    def _step_chunk(self, hidden: torch.Tensor) -> torch.Tensor:
+        if not self._hops:
+            self._hops = [_HopState(_HopStream(self.client, hop, self.max_length)) for hop in self.client.plan()]
+        failures = 0
+        index, x = 0, hidden
+        while True:
+            x, failed, error = self.client.loop.run(self._run_chain(x, index))
+            if failed is None:
+                self.position += hidden.shape[1]
+                return x
+            failures += 1
+            if not getattr(error, "retryable", False) or failures > self.client.config.max_retries:
+                raise error
+            log.warning("server %s failed (%s); re-routing blocks %d:%d",
+                        self._hops[failed].stream.hop.peer_id, error, *self._span(failed))
+            self.client.ban(self._hops[failed].stream.hop.peer_id)
+            self._replace(failed)
+            index = failed
+
+    def _span(self, index: int) -> tuple[int, int]:
+        hop = self._hops[index].stream.hop
+        return hop.start, hop.end
+
+    async def _run_chain(self, x: torch.Tensor, index: int):
+        """Send ``x`` through hops ``index:``; on failure return where it stopped."""
+        for i in range(index, len(self._hops)):
+            state = self._hops[i]
+            try:
+                y = await state.stream.step(x, self.position)
+            except CorollaError as e:
+                return x, i, e
+            state.inputs.append(x)
+            x = y
+        return x, None, None
+
+    def _replace(self, index: int) -> None:
+        """Route around hop ``index`` and replay its inputs into the replacement hops."""
+        old = self._hops[index]
+        self.client.loop.run(old.stream.close())
+        start, end = self._span(index)
+        new = [_HopState(_HopStream(self.client, hop, self.max_length)) for hop in self.client.plan(start, end)]
+        self.client.loop.run(self._replay(new, old.inputs))
+        self._hops[index : index + 1] = new
+        self.recoveries += 1
+
+    async def _replay(self, hops: list[_HopState], inputs: list[torch.Tensor]) -> None:
+        position = 0
+        for x in inputs:  # step by step, as originally sent: the rebuilt caches are the same
+            tokens = x.shape[1]
+            for state in hops:
+                y = await state.stream.step(x, position)
+                state.inputs.append(x)
+                x = y
+            position += tokens
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for state in self._hops:
+            self.client.loop.run(state.stream.close())
+        self._hops = []
+
+    def __enter__(self) -> InferenceSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,106 @@
+"""The exception tree of corolla.
+
+Every error a user can meet derives from :class:`CorollaError`; its message says what happened
+and, where possible, what to do about it. Errors that travel over the wire carry a ``code``
+(the class name) so a client can re-raise the same type it would have met locally.
+"""
+
+from __future__ import annotations
+
+
+class CorollaError(Exception):
+    """Base class of all corolla errors."""
+
+    retryable: bool = False
+
+    @property
+    def code(self) -> str:
+        return type(self).__name__
+
+
+# --- models -------------------------------------------------------------------------------------
+class ModelError(CorollaError):
+    """A model could not be found, fetched, verified, converted or loaded."""
+
+
+class UnknownModelError(ModelError):
+    """The model name is not packaged, not a local folder or GGUF file, and not a Hub repo id."""
+
+
+class ChecksumMismatchError(ModelError):
+    """A downloaded model file does not match its pinned sha256."""
+
+
+class UnsupportedModelError(ModelError):
+    """The architecture has no family module in corolla yet."""
+
+
+# --- wire and requests ---------------------------------------------------------------------------
+class RequestError(CorollaError):
+    """A request that the server refused as malformed; fix the caller, retrying will not help."""
+
+
+class BadRequestError(RequestError):
+    """Malformed metadata, tensors of the wrong shape or dtype, or undecodable bytes."""
+
+
+class UnknownSessionError(RequestError):
+    """The session id is not open on this server (it expired, was closed, or never existed)."""
+
+
+class SequenceTooLongError(RequestError):
+    """The session would grow past the length the server or the client allowed."""
+
+
+class ServerBusyError(CorollaError):
+    """The server has no room for this request right now; another server may have."""
+
+    retryable = True
+
+
+class ServerInternalError(CorollaError):
+    """The server failed while computing; the request may succeed elsewhere."""
+
+    retryable = True
+
+
+class RemoteCallError(CorollaError):
+    """A call to a peer failed in transport (connection lost, timeout)."""
+
+    retryable = True
+
+
+# --- swarm ---------------------------------------------------------------------------------------
+class SwarmError(CorollaError):
+    """The swarm cannot serve the request."""
+
+
+class NoRouteError(SwarmError):
+    """Some blocks of the model have no server online."""
+
+    retryable = True
+
+    def __init__(self, model_id: str, missing: list[tuple[int, int]]):
+        self.model_id = model_id
+        self.missing = missing
+        spans = ", ".join(f"{a}" if b - a == 1 else f"{a}–{b - 1}" for a, b in missing)
+        noun = "block" if len(missing) == 1 and missing[0][1] - missing[0][0] == 1 else "blocks"
+        super().__init__(f"{noun} {spans} of {model_id} have no server online")
+
+
+WIRE_ERRORS: dict[str, type[CorollaError]] = {
+    cls.__name__: cls
+    for cls in (
+        BadRequestError,
+        UnknownSessionError,
+        SequenceTooLongError,
+        ServerBusyError,
+        ServerInternalError,
+    )
+}
+
+
+def error_from_wire(code: str, message: str) -> CorollaError:
+    """Rebuild a server-side error on the client; unknown codes become ServerInternalError."""
+    cls = WIRE_ERRORS.get(code, ServerInternalError)
+    return cls(message)

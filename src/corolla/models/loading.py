@@ -1,0 +1,91 @@
+"""Loading only what a peer needs from a Hugging Face folder of safetensors files.
+
+Servers read the tensors of their blocks by name (memory-mapped), never the whole checkpoint;
+clients read only the head (embeddings, final norm, LM head).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from corolla.errors import ModelError
+from corolla.models.registry import family_for
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ModelError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}") from None
+
+
+def load_config(folder: Path) -> Any:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(folder)
+    family_for(config)  # fail early on unsupported architectures
+    return config
+
+
+def tensor_index(folder: Path) -> dict[str, Path]:
+    """Checkpoint tensor name -> safetensors file that holds it."""
+    folder = Path(folder)
+    index_file = folder / "model.safetensors.index.json"
+    if index_file.exists():
+        weight_map = json.loads(index_file.read_text())["weight_map"]
+        return {name: folder / file for name, file in weight_map.items()}
+    single = folder / "model.safetensors"
+    if not single.exists():
+        raise ModelError(f"{folder} has no model.safetensors (or index); convert the model first")
+    from safetensors import safe_open
+
+    with safe_open(single, framework="pt") as f:
+        return {name: single for name in f.keys()}
+
+
+def read_tensors(index: dict[str, Path], names: dict[str, str], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Read checkpoint tensors ``names`` (local name -> checkpoint name), cast to ``dtype``."""
+    from safetensors import safe_open
+
+    missing = [ckpt for ckpt in names.values() if ckpt not in index]
+    if missing:
+        raise ModelError(f"checkpoint is missing tensors: {', '.join(missing[:5])}")
+    by_file: dict[Path, list[tuple[str, str]]] = {}
+    for local, ckpt in names.items():
+        by_file.setdefault(index[ckpt], []).append((local, ckpt))
+    out = {}
+    for file, pairs in by_file.items():
+        with safe_open(file, framework="pt") as f:
+            for local, ckpt in pairs:
+                out[local] = f.get_tensor(ckpt).to(dtype)
+    return out
+
+
+def load_span(folder: Path, config: Any, start: int, end: int, dtype: torch.dtype) -> torch.nn.Module:
+    """Build blocks ``start:end`` and load only their weights."""
+    if not 0 <= start < end <= config.num_hidden_layers:
+        raise ModelError(f"blocks {start}:{end} are outside 0:{config.num_hidden_layers}")
+    family = family_for(config)
+    index = tensor_index(folder)
+    names = {}
+    for block in range(start, end):
+        prefix = family.block_prefix(block)
+        for ckpt in index:
+            if ckpt.startswith(prefix):
+                names[f"{block - start}.{ckpt[len(prefix):]}"] = ckpt
+    span = family.build_span(config, start, end)
+    span.load_weights(read_tensors(index, names, dtype))
+    return span.to(dtype).eval().requires_grad_(False)
+
+
+def load_head(folder: Path, config: Any, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    family = family_for(config)
+    head = family.build_head(config)
+    head.load_weights(read_tensors(tensor_index(folder), family.head_tensor_names(config), dtype))
+    return head.eval().requires_grad_(False)

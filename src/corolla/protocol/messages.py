@@ -1,0 +1,146 @@
+"""Typed wire messages.
+
+All models are frozen and forbid extra fields: anything a peer sends is parsed here before use,
+and a value that does not parse is a :class:`~corolla.errors.BadRequestError`, never an assert.
+Metadata travels as msgpack (never pickle).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Annotated, TypeVar
+
+import msgpack
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from corolla.errors import BadRequestError
+
+PROTOCOL_VERSION = 1
+MAX_META_BYTES = 64 * 1024
+
+ModelId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")]
+SessionId = Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")]
+BlockIndex = Annotated[int, Field(ge=0, le=100_000)]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServerState(str, enum.Enum):
+    JOINING = "joining"
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class ServerInfo(_Wire):
+    """What a server announces in the DHT for each block it serves (one record per block)."""
+
+    state: ServerState
+    start_block: BlockIndex
+    end_block: BlockIndex
+    version: str = Field(max_length=32)
+    protocol: int = PROTOCOL_VERSION
+    dtype: str = Field(max_length=16)
+    quant: str = Field(default="none", max_length=16)
+    # decode steps per second through the whole span (one token), and prefill tokens per second
+    inference_rps: float = Field(ge=0.0)
+    forward_tps: float = Field(ge=0.0)
+    cache_tokens_left: int = Field(ge=0)
+    active_sessions: int = Field(default=0, ge=0)
+    public_name: str | None = Field(default=None, max_length=64)
+    # round-trip times (seconds) to the servers holding the following blocks, by peer id
+    next_pings: dict[Annotated[str, Field(max_length=64)], float] = Field(default_factory=dict, max_length=64)
+
+    @model_validator(mode="after")
+    def _span_not_empty(self) -> ServerInfo:
+        if self.end_block <= self.start_block:
+            raise ValueError(f"empty span {self.start_block}:{self.end_block}")
+        return self
+
+
+class SessionOpen(_Wire):
+    """Sent in the first message of an inference stream."""
+
+    model_id: ModelId
+    session_id: SessionId
+    start_block: BlockIndex
+    end_block: BlockIndex
+    max_length: int = Field(ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _span_not_empty(self) -> SessionOpen:
+        if self.end_block <= self.start_block:
+            raise ValueError(f"empty span {self.start_block}:{self.end_block}")
+        return self
+
+
+class InferenceMeta(_Wire):
+    """Metadata of one step of an inference stream.
+
+    ``position`` is the number of tokens the client believes the session already holds; the
+    server refuses a step whose position disagrees with its cache (a desynchronised client).
+    """
+
+    position: int = Field(ge=0)
+    open: SessionOpen | None = None
+
+
+class ForwardMeta(_Wire):
+    """Metadata of a stateless forward call through blocks ``start_block:end_block``."""
+
+    model_id: ModelId
+    start_block: BlockIndex
+    end_block: BlockIndex
+
+
+class ErrorInfo(_Wire):
+    code: str = Field(max_length=64)
+    message: str = Field(max_length=4096)
+
+
+class ResponseMeta(_Wire):
+    error: ErrorInfo | None = None
+    position: int | None = None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def encode_meta(meta: BaseModel) -> bytes:
+    return msgpack.packb(meta.model_dump(mode="json", exclude_none=True), use_bin_type=True)
+
+
+def decode_meta(data: bytes, model: type[M]) -> M:
+    """Parse msgpack metadata into ``model``; any problem is a BadRequestError."""
+    if len(data) > MAX_META_BYTES:
+        raise BadRequestError(f"metadata is {len(data)} bytes, more than the limit of {MAX_META_BYTES}")
+    try:
+        raw = msgpack.unpackb(data, raw=False, strict_map_key=True) if data else {}
+    except Exception as e:  # msgpack raises several unrelated types on garbage
+        raise BadRequestError(f"metadata is not valid msgpack: {e}") from None
+    if not isinstance(raw, dict):
+        raise BadRequestError(f"metadata must be a map, got {type(raw).__name__}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise BadRequestError(f"invalid {model.__name__}: {_short(e)}") from None
+
+
+def _short(e: ValidationError) -> str:
+    parts = [f"{'.'.join(map(str, err['loc'])) or '(root)'}: {err['msg']}" for err in e.errors()[:5]]
+    return "; ".join(parts)
+
+
+_BLOCK_KEY = re.compile(r"^(?P<model>[A-Za-z0-9][A-Za-z0-9._\-]*)\.(?P<block>\d+)$")
+
+
+def block_key(model_id: str, block: int) -> str:
+    """The DHT key under which servers of ``block`` of ``model_id`` announce themselves."""
+    return f"{model_id}.{block}"
+
+
+def parse_block_key(key: str) -> tuple[str, int] | None:
+    m = _BLOCK_KEY.match(key)
+    return (m["model"], int(m["block"])) if m else None

@@ -1,0 +1,33 @@
+"""Configuration of one server; the CLI only maps flags onto this."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    model: str  # packaged name, local folder, GGUF file or Hub repo id
+    start_block: int | None = None
+    end_block: int | None = None
+    num_blocks: int | None = None
+    model_id: str | None = None  # DHT prefix; default: the model's name
+    dtype: str = "float32"
+    initial_peers: tuple[str, ...] = ()
+    new_swarm: bool = False
+    host: str = "127.0.0.1"
+    port: int = 0
+    announce_host: str | None = None
+    identity_path: str | None = None
+    public_name: str | None = None
+    # limits every request is checked against
+    max_session_length: int = 8192  # tokens per session (prompt + generated)
+    max_sessions: int = 64
+    max_sessions_per_peer: int = 16
+    max_batch_size: int = 16
+    max_step_tokens: int = 4096  # batch * new tokens in one step or forward call
+    session_idle_timeout_s: float = 600.0
+    # DHT announcements
+    announce_period_s: float = 10.0
+    announce_expiration_s: float = 30.0
+    torch_threads: int | None = None

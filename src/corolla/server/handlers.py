@@ -1,0 +1,143 @@
+"""RPC handlers of a server: parse, validate, compute on the compute thread, answer.
+
+Every failure of a request becomes a typed error in the response metadata; it ends only that
+request's stream, never the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from hivemind.p2p import P2PContext
+from hivemind.proto import runtime_pb2
+
+from corolla.errors import BadRequestError, CorollaError, ServerInternalError, UnknownSessionError
+from corolla.protocol.messages import ErrorInfo, ForwardMeta, InferenceMeta, ResponseMeta, decode_meta, encode_meta
+from corolla.protocol.tensors import from_wire, to_wire
+from corolla.server.config import ServerConfig
+from corolla.server.sessions import SessionTable, check_hidden, check_step
+
+log = logging.getLogger(__name__)
+
+
+def error_response(err: CorollaError) -> runtime_pb2.ExpertResponse:
+    meta = ResponseMeta(error=ErrorInfo(code=err.code, message=str(err)[:4096]))
+    return runtime_pb2.ExpertResponse(metadata=encode_meta(meta))
+
+
+class BlockHandlers:
+    """Implements :class:`corolla.protocol.rpc.BlockRPC` for one loaded span."""
+
+    def __init__(
+        self,
+        *,
+        model_id: str,
+        span: torch.nn.Module,
+        start: int,
+        end: int,
+        hidden_size: int,
+        dtype: torch.dtype,
+        config: ServerConfig,
+        info: Callable[[], bytes],
+    ):
+        self.model_id, self.span, self.start, self.end = model_id, span, start, end
+        self.hidden_size, self.dtype, self.config = hidden_size, dtype, config
+        self.sessions = SessionTable(
+            max_sessions=config.max_sessions,
+            max_per_peer=config.max_sessions_per_peer,
+            max_length=config.max_session_length,
+        )
+        self._info = info
+        # one compute thread: torch already uses every core for one request
+        self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corolla-compute")
+
+    # ---- helpers --------------------------------------------------------------------------
+    def _local_blocks(self, model_id: str, start: int, end: int) -> tuple[int, int]:
+        if model_id != self.model_id:
+            raise BadRequestError(f"this server serves {self.model_id}, not {model_id}")
+        if not (self.start <= start < end <= self.end):
+            raise BadRequestError(f"blocks {start}:{end} are not within this server's span {self.start}:{self.end}")
+        return start - self.start, end - self.start
+
+    def _hidden(self, request: runtime_pb2.ExpertRequest) -> torch.Tensor:
+        if len(request.tensors) != 1:
+            raise BadRequestError(f"expected 1 tensor (hidden states), got {len(request.tensors)}")
+        return check_hidden(
+            from_wire(request.tensors[0]),
+            hidden_size=self.hidden_size,
+            max_batch=self.config.max_batch_size,
+            max_tokens=self.config.max_step_tokens,
+        )
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.compute, fn, *args)
+
+    def _ok(self, out: torch.Tensor, position: int | None = None) -> runtime_pb2.ExpertResponse:
+        return runtime_pb2.ExpertResponse(tensors=[to_wire(out)], metadata=encode_meta(ResponseMeta(position=position)))
+
+    # ---- compute (runs on the compute thread) -----------------------------------------------
+    def _forward(self, hidden: torch.Tensor, first: int, last: int) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.span(hidden.to(self.dtype), None, 0, first, last).float()
+
+    def _step(self, session, hidden: torch.Tensor, position: int) -> torch.Tensor:
+        check_step(session, hidden, position)
+        with torch.inference_mode():
+            out = self.span(hidden.to(self.dtype), session.cache, session.position, session.first, session.last)
+        session.batch_size = hidden.shape[0]
+        session.position += hidden.shape[1]
+        return out.float()
+
+    # ---- RPC ----------------------------------------------------------------------------------
+    async def rpc_info(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
+        return runtime_pb2.ExpertResponse(metadata=self._info())
+
+    async def rpc_forward(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
+        try:
+            meta = decode_meta(request.metadata, ForwardMeta)
+            first, last = self._local_blocks(meta.model_id, meta.start_block, meta.end_block)
+            hidden = self._hidden(request)
+            return self._ok(await self._run(self._forward, hidden, first, last))
+        except CorollaError as e:
+            return error_response(e)
+        except Exception as e:
+            log.exception("forward failed")
+            return error_response(ServerInternalError(f"forward failed on the server: {type(e).__name__}"))
+
+    async def rpc_inference(
+        self, requests: AsyncIterator[runtime_pb2.ExpertRequest], context: P2PContext
+    ) -> AsyncIterator[runtime_pb2.ExpertResponse]:
+        session = None
+        peer = context.remote_id.to_base58()
+        try:
+            while True:
+                try:
+                    request = await asyncio.wait_for(anext(requests), self.config.session_idle_timeout_s)
+                except (StopAsyncIteration, asyncio.TimeoutError):
+                    return  # client closed the stream, or left it idle for too long
+                try:
+                    meta = decode_meta(request.metadata, InferenceMeta)
+                    if session is None:
+                        if meta.open is None:
+                            raise UnknownSessionError("no session is open on this stream: the first step must open one")
+                        first, last = self._local_blocks(meta.open.model_id, meta.open.start_block, meta.open.end_block)
+                        session = self.sessions.open(meta.open, peer, first, last, self.span.new_cache())
+                    elif meta.open is not None:
+                        raise BadRequestError(f"session {session.id} is already open on this stream")
+                    hidden = self._hidden(request)
+                    out = await self._run(self._step, session, hidden, meta.position)
+                    yield self._ok(out, session.position)
+                except CorollaError as e:
+                    yield error_response(e)
+                    return
+                except Exception as e:
+                    log.exception("inference step failed")
+                    yield error_response(ServerInternalError(f"inference failed on the server: {type(e).__name__}"))
+                    return
+        finally:
+            if session is not None:
+                self.sessions.close(session)

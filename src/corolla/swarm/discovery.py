@@ -1,0 +1,86 @@
+"""Reading the swarm's state for a model out of the DHT (validated, nothing trusted)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+
+from pydantic import ValidationError
+
+from corolla.protocol.messages import ServerInfo, block_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerRecord:
+    peer_id: str
+    info: ServerInfo
+
+    @property
+    def start(self) -> int:
+        return self.info.start_block
+
+    @property
+    def end(self) -> int:
+        return self.info.end_block
+
+
+@dataclasses.dataclass(frozen=True)
+class SwarmState:
+    model_id: str
+    num_blocks: int
+    servers: tuple[ServerRecord, ...]  # sorted by peer id
+
+    def coverage(self, online_only: bool = True) -> list[int]:
+        """Number of servers holding each block."""
+        counts = [0] * self.num_blocks
+        for s in self.servers:
+            if online_only and s.info.state.value != "online":
+                continue
+            for b in range(s.start, min(s.end, self.num_blocks)):
+                counts[b] += 1
+        return counts
+
+
+def fetch_swarm_state(dht, model_id: str, num_blocks: int) -> SwarmState:
+    keys = [block_key(model_id, b) for b in range(num_blocks)]
+    raw = dht.run_coroutine(functools.partial(_get_many, keys=keys))
+    return parse_swarm_state(model_id, num_blocks, raw)
+
+
+async def _get_many(dht, node, *, keys):
+    found = await node.get_many(keys)
+    out = {}
+    for key, entry in found.items():
+        value = getattr(entry, "value", None)
+        if isinstance(value, dict):
+            out[key] = {subkey: getattr(v, "value", None) for subkey, v in value.items()}
+    return out
+
+
+def parse_swarm_state(model_id: str, num_blocks: int, raw: dict) -> SwarmState:
+    """Turn ``{block key: {peer id: value}}`` into validated server records.
+
+    A server is kept only when its record parses and it announced every block of its span
+    consistently; anything else is dropped (and logged), never trusted.
+    """
+    seen: dict[str, ServerInfo] = {}
+    bad: set[str] = set()
+    for block in range(num_blocks):
+        for peer_id, value in (raw.get(block_key(model_id, block)) or {}).items():
+            if not isinstance(peer_id, str) or peer_id in bad:
+                continue
+            try:
+                info = ServerInfo.model_validate(value)
+            except ValidationError:
+                log.debug("dropping an invalid record of %s for block %d", peer_id, block)
+                bad.add(peer_id)
+                continue
+            if not info.start_block <= block < info.end_block or info.end_block > num_blocks:
+                bad.add(peer_id)
+                continue
+            seen.setdefault(peer_id, info)
+    servers = tuple(ServerRecord(p, i) for p, i in sorted(seen.items()) if p not in bad)
+    return SwarmState(model_id, num_blocks, servers)

@@ -1,0 +1,161 @@
+"""A swarm on this machine: a bootstrap DHT peer plus server processes (``swarm up``, tests, benchmarks).
+
+Every server runs in its own process group so that stopping the swarm stops everything it
+started, including each server's DHT child and p2pd daemon.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from corolla.errors import CorollaError
+from corolla.swarm.dht import start_dht, visible_maddrs
+from corolla.swarm.discovery import SwarmState, fetch_swarm_state
+
+READY = re.compile(r"corolla-server ready peer_id=(?P<peer>\S+) blocks=(?P<start>\d+):(?P<end>\d+)")
+
+
+def even_spans(num_blocks: int, servers: int) -> list[tuple[int, int]]:
+    """Split ``num_blocks`` into ``servers`` contiguous spans of near-equal size."""
+    if not 1 <= servers <= num_blocks:
+        raise CorollaError(f"cannot split {num_blocks} blocks over {servers} servers")
+    bounds = [round(i * num_blocks / servers) for i in range(servers + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+@dataclasses.dataclass
+class ServerProcess:
+    span: tuple[int, int] | None
+    process: subprocess.Popen
+    log_path: Path
+    peer_id: str | None = None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def poll_ready(self) -> bool:
+        if self.peer_id is None:
+            try:
+                match = READY.search(self.log_path.read_text(errors="replace"))
+            except OSError:
+                match = None
+            if match:
+                self.peer_id = match["peer"]
+                self.span = (int(match["start"]), int(match["end"]))
+        return self.peer_id is not None
+
+
+class LocalSwarm:
+    def __init__(
+        self,
+        model: str,
+        num_blocks: int,
+        model_id: str,
+        *,
+        log_dir: str | Path | None = None,
+        server_args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ):
+        self.model, self.num_blocks, self.model_id = model, num_blocks, model_id
+        self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="corolla-swarm-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.server_args, self.env = list(server_args), env
+        self.dht = None
+        self.servers: list[ServerProcess] = []
+
+    @property
+    def initial_peers(self) -> list[str]:
+        return visible_maddrs(self.dht)
+
+    def start_bootstrap(self) -> None:
+        if self.dht is None:
+            self.dht = start_dht()
+
+    def add_server(self, span: tuple[int, int] | None = None, extra_args: Sequence[str] = ()) -> ServerProcess:
+        """Start one server process (``span`` None lets it choose its blocks)."""
+        self.start_bootstrap()
+        cmd = [sys.executable, "-m", "corolla", "server", self.model, "--model-id", self.model_id,
+               "--initial-peers", *self.initial_peers, *self.server_args, *extra_args]
+        if span is not None:
+            cmd += ["--blocks", f"{span[0]}:{span[1]}"]
+        log_path = self.log_dir / f"server-{len(self.servers)}.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, env=self.env)
+        server = ServerProcess(span, proc, log_path)
+        self.servers.append(server)
+        return server
+
+    def start(self, spans: Sequence[tuple[int, int]], timeout_s: float = 600.0) -> LocalSwarm:
+        self.start_bootstrap()
+        started = [self.add_server(span) for span in spans]
+        self.wait_ready(started, timeout_s)
+        return self
+
+    def wait_ready(self, servers: Sequence[ServerProcess], timeout_s: float = 600.0) -> None:
+        """Wait until each server says it is ready and its blocks show ONLINE in the DHT."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for s in servers:
+                if s.process.poll() is not None:
+                    raise CorollaError(f"server {s.log_path.name} exited with {s.process.returncode}:\n{s.log_tail()}")
+            if all(s.poll_ready() for s in servers):
+                online = {r.peer_id for r in self.state().servers if r.info.state.value == "online"}
+                if all(s.peer_id in online for s in servers):
+                    return
+            if time.monotonic() > deadline:
+                raise CorollaError("servers did not become ready in time:\n" + "\n".join(s.log_tail(10) for s in servers))
+            time.sleep(0.2)
+
+    def state(self) -> SwarmState:
+        return fetch_swarm_state(self.dht, self.model_id, self.num_blocks)
+
+    def kill(self, server: ServerProcess, sig: int = signal.SIGKILL) -> None:
+        try:
+            os.killpg(server.process.pid, sig)
+        except ProcessLookupError:
+            pass
+        if sig == signal.SIGKILL:
+            server.process.wait()
+
+    def stop_server(self, server: ServerProcess, timeout_s: float = 15.0) -> None:
+        self.kill(server, signal.SIGTERM)
+        try:
+            server.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill(server, signal.SIGKILL)  # the group: DHT child and p2pd too
+
+    def stop(self) -> None:
+        for s in self.servers:
+            if s.process.poll() is None:
+                self.kill(s, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for s in self.servers:
+            try:
+                s.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            self.kill(s, signal.SIGKILL)
+        self.servers = []
+        if self.dht is not None:
+            self.dht.shutdown()
+            self.dht = None
+
+    def __enter__(self) -> LocalSwarm:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
