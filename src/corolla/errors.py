@@ -85,7 +85,8 @@ class NoRouteError(SwarmError):
         self.missing = missing
         spans = ", ".join(f"{a}" if b - a == 1 else f"{a}–{b - 1}" for a, b in missing)
         noun = "block" if len(missing) == 1 and missing[0][1] - missing[0][0] == 1 else "blocks"
-        super().__init__(f"{noun} {spans} of {model_id} have no server online")
+        verb = "has" if noun == "block" else "have"
+        super().__init__(f"{noun} {spans} of {model_id} {verb} no server online")
 
 
 WIRE_ERRORS: dict[str, type[CorollaError]] = {

@@ -38,7 +38,7 @@ class SwarmClient:
     def __init__(self, model_id: str, num_blocks: int, hidden_size: int, config: ClientConfig, dht=None):
         self.model_id, self.num_blocks, self.hidden_size, self.config = model_id, num_blocks, hidden_size, config
         self._own_dht = dht is None
-        self.dht = dht if dht is not None else start_dht(config.initial_peers, client_mode=True)
+        self.dht = dht if dht is not None else start_dht(config.initial_peers, client_mode=True, models={model_id: num_blocks})
         self.loop = LoopThread()
         self.p2p = self.loop.run(self.dht.replicate_p2p())
         self._bans: dict[str, tuple[float, float]] = {}  # peer -> (banned until, last ban length)
@@ -104,6 +104,9 @@ class SwarmClient:
         return decode_meta(self.loop.run(call()).metadata, ServerInfo)
 
     def close(self) -> None:
-        self.loop.stop()
+        try:
+            self.loop.run(self.p2p.shutdown(), timeout=5)
+        finally:
+            self.loop.stop()
         if self._own_dht:
             self.dht.shutdown()

@@ -119,7 +119,7 @@ def decode_meta(data: bytes, model: type[M]) -> M:
     try:
         raw = msgpack.unpackb(data, raw=False, strict_map_key=True) if data else {}
     except Exception as e:  # msgpack raises several unrelated types on garbage
-        raise BadRequestError(f"metadata is not valid msgpack: {e}") from None
+        raise BadRequestError(f"metadata is not valid msgpack: {type(e).__name__}: {e}") from None
     if not isinstance(raw, dict):
         raise BadRequestError(f"metadata must be a map, got {type(raw).__name__}")
     try:
@@ -133,7 +133,7 @@ def _short(e: ValidationError) -> str:
     return "; ".join(parts)
 
 
-_BLOCK_KEY = re.compile(r"^(?P<model>[A-Za-z0-9][A-Za-z0-9._\-]*)\.(?P<block>\d+)$")
+_BLOCK_KEY = re.compile(r"(?P<model>[A-Za-z0-9][A-Za-z0-9._\-]*)\.(?P<block>[0-9]+)")
 
 
 def block_key(model_id: str, block: int) -> str:
@@ -142,5 +142,5 @@ def block_key(model_id: str, block: int) -> str:
 
 
 def parse_block_key(key: str) -> tuple[str, int] | None:
-    m = _BLOCK_KEY.match(key)
+    m = _BLOCK_KEY.fullmatch(key)
     return (m["model"], int(m["block"])) if m else None

@@ -67,7 +67,8 @@ class Server:
         host_maddrs = [f"/ip4/{cfg.host}/tcp/{cfg.port}"]
         announce_maddrs = [f"/ip4/{cfg.announce_host}/tcp/{cfg.port}"] if cfg.announce_host else None
         self.dht = start_dht(
-            cfg.initial_peers, host_maddrs=host_maddrs, announce_maddrs=announce_maddrs, identity_path=cfg.identity_path
+            cfg.initial_peers, host_maddrs=host_maddrs, announce_maddrs=announce_maddrs,
+            identity_path=cfg.identity_path, models={self.model_id: model_config.num_hidden_layers},
         )
         self._announce()  # JOINING: others see the blocks are being loaded
         log.info("loading blocks %d:%d of %s (%s)", self.start, self.end, self.model_id, cfg.dtype)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-import msgpack
+from hivemind.dht.protocol import DHTProtocol
+from hivemind.dht.routing import DHTID
 from hivemind.dht.validation import DHTRecord, RecordValidatorBase
-from pydantic import ValidationError
+from hivemind.utils.serializer import MSGPackSerializer
 
-from corolla.protocol.messages import ServerInfo, parse_block_key
+from corolla.protocol.messages import ServerInfo, block_key
 
 log = logging.getLogger(__name__)
 
@@ -17,23 +18,34 @@ STARTUP_TIMEOUT_S = 60.0  # p2pd is slow to start on a busy 2-core machine
 
 
 class ServerInfoValidator(RecordValidatorBase):
-    """Refuses block records whose value is not a valid ServerInfo (other keys pass through)."""
+    """Refuses block records whose value is not a valid ServerInfo.
+
+    hivemind hands validators only the DHTID (a hash) of a key, so ``models`` (model id ->
+    number of blocks) says which keys to guard; other keys pass through. Readers parse every
+    record again anyway (see discovery), so a node that guards nothing is still safe.
+    """
+
+    def __init__(self, models: Mapping[str, int] | None = None):
+        super().__init__()
+        self._block_keys: dict[bytes, str] = {
+            DHTID.generate(source=block_key(model_id, block)).to_bytes(): block_key(model_id, block)
+            for model_id, num_blocks in (models or {}).items()
+            for block in range(num_blocks)
+        }
 
     def validate(self, record: DHTRecord) -> bool:
+        key = self._block_keys.get(record.key)
+        if key is None:
+            return True  # not a block key of a model this node guards
+        if record.subkey in DHTProtocol.RESERVED_SUBKEYS:
+            return False  # a block record must be keyed per server (no subkey arrives as b"\xc0")
         try:
-            key = msgpack.unpackb(record.key, raw=False)
+            subkey = MSGPackSerializer.loads(record.subkey)
+            ServerInfo.model_validate(MSGPackSerializer.loads(record.value))
         except Exception:
-            return True  # not a msgpack string key: not ours
-        if not isinstance(key, str) or parse_block_key(key) is None:
-            return True
-        if not record.subkey:
-            return False  # a block record must be keyed per server
-        try:
-            ServerInfo.model_validate(msgpack.unpackb(record.value, raw=False))
-        except (ValidationError, ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
             log.debug("rejected an invalid ServerInfo record under %s", key)
             return False
-        return True
+        return isinstance(subkey, str)
 
 
 def start_dht(
@@ -43,6 +55,7 @@ def start_dht(
     host_maddrs: Sequence[str] = ("/ip4/127.0.0.1/tcp/0",),
     announce_maddrs: Sequence[str] | None = None,
     identity_path: str | None = None,
+    models: Mapping[str, int] | None = None,
 ):
     """Start a DHT node in a background process; raise if it cannot reach ``initial_peers``."""
     import hivemind
@@ -54,7 +67,7 @@ def start_dht(
         host_maddrs=list(host_maddrs),
         announce_maddrs=list(announce_maddrs) if announce_maddrs else None,
         identity_path=identity_path,
-        record_validators=[ServerInfoValidator()],
+        record_validators=[ServerInfoValidator(models)],
         startup_timeout=STARTUP_TIMEOUT_S,
         check_if_identity_free=False,
         num_workers=2,

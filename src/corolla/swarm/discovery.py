@@ -63,8 +63,8 @@ async def _get_many(dht, node, *, keys):
 def parse_swarm_state(model_id: str, num_blocks: int, raw: dict) -> SwarmState:
     """Turn ``{block key: {peer id: value}}`` into validated server records.
 
-    A server is kept only when its record parses and it announced every block of its span
-    consistently; anything else is dropped (and logged), never trusted.
+    A server is kept only when every record it announced parses and lies inside the span it
+    claims; a server with any bad record is dropped (and logged), never trusted.
     """
     seen: dict[str, ServerInfo] = {}
     bad: set[str] = set()

@@ -33,13 +33,15 @@ def step_cost_s(server: ServerRecord, start: int, end: int, rtt_s: float) -> flo
 
 
 def usable(state: SwarmState, banned: Collection[str] = (), allowed: Collection[str] | None = None):
-    return [
+    """Online servers the caller may use, sorted by peer id (so ties break the same way everywhere)."""
+    servers = [
         s
         for s in state.servers
         if s.info.state.value == "online"
         and s.peer_id not in banned
         and (allowed is None or s.peer_id in allowed)
     ]
+    return sorted(servers, key=lambda s: s.peer_id)
 
 
 def missing_spans(servers: list[ServerRecord], start: int, end: int) -> list[tuple[int, int]]:

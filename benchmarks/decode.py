@@ -1,0 +1,323 @@
+"""Decode speed: local Hugging Face ``generate`` vs the same model through a loopback swarm.
+
+Greedy, fp32, ``--new-tokens`` new tokens after a short chat prompt (the tokenizer's chat
+template). EOS never stops a run (``eos_token_id=None`` locally, ``eos_token_id=[]`` on the
+swarm), so every run yields the same number of tokens and the swarm's tokens must equal the
+local ones.
+
+Per run it measures
+- TTFT: from the call until the first new token is known (prefill; for the swarm also routing
+  and opening the session streams);
+- tok/s: new tokens / wall time of the whole call (end to end, prefill included);
+- decode tok/s and step ms: from the first new token to the last (decode steps only).
+
+The machine is small and shared, so the local baseline is measured *interleaved* with the swarm
+runs (local, swarm, local, swarm, ... while the swarm is up and idle between its runs): each
+swarm size's ratio is against the local runs taken at the same time. Before every run the
+script waits (up to ``--quiet-wait-s``) until the CPUs are mostly idle, and records how idle
+they were. Results: a rich table and ``benchmarks/out/decode.json``.
+
+    .venv/bin/python benchmarks/decode.py [--runs 5] [--new-tokens 64] [--servers 1 2 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+OUT_DIR = Path(__file__).resolve().parent / "out"
+MESSAGES = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Tell me about the Moon."},
+]
+
+
+# ---- measurement -------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Run:
+    ttft_s: float
+    total_s: float
+    tokens: list[int]
+    step_times_s: list[float]  # gaps between consecutive new tokens (decode steps)
+    idle_before: float  # fraction of CPU time idle just before the run (1.0 = quiet machine)
+
+    @property
+    def tok_s(self) -> float:
+        return len(self.tokens) / self.total_s
+
+    @property
+    def decode_tok_s(self) -> float:
+        decode = self.total_s - self.ttft_s
+        return (len(self.tokens) - 1) / decode if decode > 0 and len(self.tokens) > 1 else float("nan")
+
+    @property
+    def step_ms(self) -> float:
+        return 1000 * statistics.median(self.step_times_s) if self.step_times_s else float("nan")
+
+    def summary(self) -> dict[str, float]:
+        return {"ttft_ms": 1000 * self.ttft_s, "total_s": self.total_s, "tok_s": self.tok_s,
+                "decode_tok_s": self.decode_tok_s, "step_ms_median": self.step_ms, "idle_before": self.idle_before}
+
+
+class _Clock:
+    """Records when each new token arrives (HF streamer protocol, or ``token()`` directly)."""
+
+    def __init__(self, idle_before: float):
+        self.idle_before = idle_before
+        self.times: list[float] = []
+        self.tokens: list[int] = []
+        self._prompt_seen = False
+        self.start = time.perf_counter()
+
+    def token(self, token_id: int) -> None:
+        self.times.append(time.perf_counter())
+        self.tokens.append(token_id)
+
+    # HF streamer: the first put() is the prompt, then one put() per new token
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self.token(int(value.reshape(-1)[0]))
+
+    def end(self) -> None:
+        pass
+
+    def run(self) -> Run:
+        end = time.perf_counter()
+        steps = [b - a for a, b in zip(self.times, self.times[1:])]
+        return Run(self.times[0] - self.start, end - self.start, self.tokens, steps, self.idle_before)
+
+
+def _cpu_times() -> tuple[int, int]:
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[3] + fields[4], sum(fields)  # idle + iowait, total
+
+
+def cpu_idle(interval_s: float = 0.5) -> float:
+    """Fraction of all CPUs' time that was idle over ``interval_s`` (1.0 where /proc is missing)."""
+    try:
+        idle0, total0 = _cpu_times()
+        time.sleep(interval_s)
+        idle1, total1 = _cpu_times()
+    except (OSError, ValueError, IndexError):
+        return 1.0
+    return (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def wait_quiet(threshold: float, max_wait_s: float) -> float:
+    """Wait until the machine is at least ``threshold`` idle (or ``max_wait_s`` passed)."""
+    deadline = time.monotonic() + max_wait_s
+    idle = cpu_idle()
+    while idle < threshold and time.monotonic() < deadline:
+        idle = cpu_idle(1.0)
+    return idle
+
+
+def local_run(model, ids: torch.Tensor, generation_config, idle: float) -> Run:
+    clock = _Clock(idle)
+    with torch.inference_mode():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=generation_config,
+                             streamer=clock)
+    run = clock.run()
+    if out[0, ids.shape[1]:].tolist() != run.tokens:
+        raise RuntimeError("the streamer saw other tokens than generate returned")
+    return run
+
+
+def swarm_run(model, ids: torch.Tensor, new_tokens: int, idle: float) -> Run:
+    clock = _Clock(idle)
+    for tokens in model.stream(ids, max_new_tokens=new_tokens, eos_token_id=[]):  # [B] each step
+        clock.token(int(tokens[0]))
+    return clock.run()
+
+
+def close_client(model) -> None:
+    """``model.close()``, first closing the P2P control connection on the client's own loop
+    (otherwise its tasks are destroyed pending and print errors at exit)."""
+    client = getattr(model, "client", None)
+    try:
+        if client is not None and client.loop.loop.is_running():
+            client.loop.run(client.p2p.shutdown(), timeout=5)
+    except Exception:
+        pass
+    model.close()
+
+
+def medians(runs: list[Run]) -> dict[str, float]:
+    keys = runs[0].summary().keys()
+    return {k: statistics.median(r.summary()[k] for r in runs) for k in keys}
+
+
+def first_mismatch(a: list[int], b: list[int]) -> int | None:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+# ---- main ----------------------------------------------------------------------------------------
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="smollm2-135m", help="packaged name or local HF folder (default smollm2-135m)")
+    p.add_argument("--runs", type=int, default=5, help="measured runs per setup (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="warm-up runs per setup, not counted (default 1)")
+    p.add_argument("--new-tokens", type=int, default=64, help="new tokens per run (default 64)")
+    p.add_argument("--servers", type=int, nargs="+", default=[1, 2, 3], help="swarm sizes (default 1 2 3)")
+    p.add_argument("--server-threads", type=int, default=None,
+                   help="torch threads per server process (default: the server's own default, all cores)")
+    p.add_argument("--quiet-idle", type=float, default=0.8,
+                   help="before each run wait until this fraction of CPU time is idle (default 0.8; 0 = never wait)")
+    p.add_argument("--quiet-wait-s", type=float, default=120.0, help="longest wait for a quiet machine per run")
+    p.add_argument("--out", type=Path, default=OUT_DIR / "decode.json", help="JSON results file")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    for noisy in ("hivemind", "transformers", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers.utils import logging as hf_logging
+
+    from corolla.client.model import DistributedModelForCausalLM
+    from corolla.models.resolve import resolve_model
+    from corolla.swarm.local import LocalSwarm, even_spans
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    console = Console(width=max(Console().width, 120))
+    ref = resolve_model(args.model)
+    path, model_id = ref.path, ref.model_id
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    text = tokenizer.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+    ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], dtype=torch.long)  # [1, T]
+    console.print(f"[bold]{model_id}[/] fp32 greedy, prompt {ids.shape[1]} tokens, {args.new_tokens} new tokens, "
+                  f"{args.runs} runs after {args.warmup} warm-up; torch {torch.__version__}, "
+                  f"{torch.get_num_threads()} threads, {os.cpu_count()} cpus")
+
+    with console.status("loading the local model"):
+        local = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    num_blocks = local.config.num_hidden_layers
+    gen_config = GenerationConfig(
+        max_new_tokens=args.new_tokens, do_sample=False, eos_token_id=None,  # EOS must not end a run early
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+    )
+
+    def quiet() -> float:
+        return wait_quiet(args.quiet_idle, args.quiet_wait_s) if args.quiet_idle > 0 else 1.0
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console, transient=True)
+    with progress:
+        task = progress.add_task("local warm-up", total=args.warmup)
+        for _ in range(args.warmup):
+            reference = local_run(local, ids, gen_config, quiet()).tokens
+            progress.advance(task)
+    if not args.warmup:
+        reference = local_run(local, ids, gen_config, quiet()).tokens
+
+    setups: list[dict[str, Any]] = []
+    for n in args.servers:
+        spans = even_spans(num_blocks, n)
+        log_dir = OUT_DIR / "logs" / f"swarm-{n}"
+        server_args = ["--torch-threads", str(args.server_threads)] if args.server_threads else []
+        swarm = LocalSwarm(str(path), num_blocks, model_id, log_dir=log_dir, server_args=server_args)
+        local_runs: list[Run] = []
+        swarm_runs: list[Run] = []
+        try:
+            with console.status(f"starting {n} server(s) {spans}"):
+                t0 = time.perf_counter()
+                swarm.start(spans)
+                startup_s = time.perf_counter() - t0
+                client = DistributedModelForCausalLM.from_pretrained(
+                    path, initial_peers=swarm.initial_peers, model_id=model_id)
+            try:
+                with progress:
+                    task = progress.add_task(f"swarm of {n} (interleaved with local)", total=args.warmup + args.runs)
+                    for i in range(args.warmup + args.runs):
+                        if i >= args.warmup:
+                            local_runs.append(local_run(local, ids, gen_config, quiet()))
+                        run = swarm_run(client, ids, args.new_tokens, quiet())
+                        if i >= args.warmup:
+                            swarm_runs.append(run)
+                        progress.advance(task)
+            finally:
+                close_client(client)
+        finally:
+            with console.status(f"stopping {n} server(s)"):
+                swarm.stop()
+        for r in local_runs:
+            if r.tokens != reference:
+                console.print("[red]local runs disagree with each other[/]")
+        setups.append({"servers": n, "spans": spans, "startup_s": startup_s, "local": local_runs,
+                       "swarm": swarm_runs, "mismatch": [first_mismatch(reference, r.tokens) for r in swarm_runs],
+                       "logs": str(log_dir)})
+
+    # ---- report ----------------------------------------------------------------------------------
+    all_local = [r for s in setups for r in s["local"]]
+    local_med = medians(all_local)
+    table = Table(title=f"{model_id} decode, fp32 greedy, prompt {ids.shape[1]} + {args.new_tokens} new tokens, "
+                        f"medians of {args.runs} runs")
+    for col in ("setup", "spans", "TTFT ms", "tok/s", "decode tok/s", "step ms", "local tok/s (paired)",
+                "ratio tok/s", "ratio decode", "tokens = local", "idle"):
+        table.add_column(col, justify="left" if col in ("setup", "spans") else "right")
+    table.add_row("local HF", f"0:{num_blocks}", f"{local_med['ttft_ms']:.0f}", f"{local_med['tok_s']:.1f}",
+                  f"{local_med['decode_tok_s']:.1f}", f"{local_med['step_ms_median']:.1f}", "", "1.00", "1.00", "-",
+                  f"{local_med['idle_before']:.2f}")
+    results: dict[str, Any] = {
+        "local": {"median": local_med, "runs": [r.summary() for r in all_local]},
+        "swarm": {},
+    }
+    for s in setups:
+        n, med, paired = s["servers"], medians(s["swarm"]), medians(s["local"])
+        ratio = med["tok_s"] / paired["tok_s"]
+        ratio_decode = med["decode_tok_s"] / paired["decode_tok_s"]
+        bad = [m for m in s["mismatch"] if m is not None]
+        table.add_row(f"swarm x{n}", " ".join(f"{a}:{b}" for a, b in s["spans"]), f"{med['ttft_ms']:.0f}",
+                      f"{med['tok_s']:.1f}", f"{med['decode_tok_s']:.1f}", f"{med['step_ms_median']:.1f}",
+                      f"{paired['tok_s']:.1f}", f"{ratio:.2f}", f"{ratio_decode:.2f}",
+                      "[green]yes[/]" if not bad else f"[red]no, from token {min(bad)}[/]",
+                      f"{med['idle_before']:.2f}")
+        results["swarm"][str(n)] = {
+            "spans": s["spans"], "startup_s": s["startup_s"], "median": med, "paired_local_median": paired,
+            "ratio_tok_s": ratio, "ratio_decode_tok_s": ratio_decode, "tokens_equal_local": not bad,
+            "first_mismatch": s["mismatch"], "runs": [r.summary() for r in s["swarm"]],
+            "paired_local_runs": [r.summary() for r in s["local"]], "logs": s["logs"],
+        }
+    console.print(table)
+    console.print("idle = median fraction of CPU idle just before a run (under ~0.8: something else was running)")
+    console.print("text: " + repr(tokenizer.decode(reference, skip_special_tokens=False)[:160]))
+
+    results["config"] = {
+        "model": model_id, "path": str(path), "dtype": "float32", "prompt_tokens": ids.shape[1],
+        "new_tokens": args.new_tokens, "runs": args.runs, "warmup": args.warmup, "servers": args.servers,
+        "server_threads": args.server_threads, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(), "machine": platform.machine(), "python": sys.version.split()[0],
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv,
+    }
+    results["local_tokens"] = reference
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+    console.print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

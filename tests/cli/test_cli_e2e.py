@@ -1,0 +1,155 @@
+"""The `corolla` command end to end: real processes, real SmolLM2, loopback only."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+CLI = [sys.executable, "-m", "corolla"]
+
+
+def tagged_env() -> tuple[dict, str]:
+    tag = uuid.uuid4().hex
+    return {**os.environ, "COROLLA_TEST_TAG": tag, "PYTHONUNBUFFERED": "1"}, tag
+
+
+def processes_with(tag: str) -> list[int]:
+    """PIDs of live processes whose environment carries ``tag`` (everything a command started)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if f"COROLLA_TEST_TAG={tag}".encode() in (entry / "environ").read_bytes():
+                status = (entry / "status").read_text()
+                if "State:\tZ" not in status:
+                    pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def wait_gone(tag: str, timeout_s: float = 30.0) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while (left := processes_with(tag)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def kill_tagged(tag: str) -> None:
+    for pid in processes_with(tag):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def local_greedy_text(folder, prompt: str, new_tokens: int) -> str:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    ids = torch.tensor([tok(prompt)["input_ids"]])
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False)
+    new = out[0, ids.shape[1]:].tolist()
+    eos = set(model.generation_config.eos_token_id if isinstance(model.generation_config.eos_token_id, list)
+              else [model.generation_config.eos_token_id])
+    if any(t in eos for t in new):
+        new = new[: next(i for i, t in enumerate(new) if t in eos)]
+    return tok.decode(new, skip_special_tokens=True)
+
+
+@pytest.fixture(scope="module")
+def swarm_up(smollm2_dir, tmp_path_factory):
+    """`corolla swarm up smollm2-135m --servers 2`, left running for the module's tests."""
+    env, tag = tagged_env()
+    log = tmp_path_factory.mktemp("swarm-up") / "stderr.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([*CLI, "swarm", "up", "smollm2-135m", "--servers", "2"], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=err, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        peers = None
+        while peers is None:
+            text = log.read_text(errors="replace")
+            for line in text.splitlines():
+                if line.startswith("join it with: --initial-peers "):
+                    peers = line.split("--initial-peers ", 1)[1].split()
+            if proc.poll() is not None:
+                pytest.fail(f"swarm up exited early:\n{text[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"swarm up did not become ready:\n{text[-3000:]}")
+            time.sleep(0.2)
+        assert "swarm ready: all 30 blocks of smollm2-135m are served" in log.read_text()
+        yield proc, peers, tag, log
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                pass
+        kill_tagged(tag)
+
+
+def test_generate_matches_local_model(swarm_up, smollm2_dir):
+    _, peers, _, _ = swarm_up
+    prompt = "The capital of France is"
+    result = subprocess.run([*CLI, "generate", "smollm2-135m", prompt, "--max-new-tokens", "12",
+                             "--initial-peers", *peers], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == local_greedy_text(smollm2_dir, prompt, 12).strip()
+
+
+def test_swarm_status(swarm_up):
+    _, peers, _, _ = swarm_up
+    result = subprocess.run([*CLI, "swarm", "status", "smollm2-135m", "--initial-peers", *peers, "--json"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    status = json.loads(result.stdout)
+    assert status["num_blocks"] == 30 and all(c == 1 for c in status["coverage"])
+    assert sorted((s["start_block"], s["end_block"]) for s in status["servers"]) == [(0, 15), (15, 30)]
+    table = subprocess.run([*CLI, "swarm", "status", "smollm2-135m", "--initial-peers", *peers],
+                           capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0 and "blocks with no server: none" in table.stdout
+
+
+def test_piped_chat_answers_and_exits(swarm_up):
+    _, peers, _, _ = swarm_up
+    result = subprocess.run([*CLI, "chat", "smollm2-135m", "--initial-peers", *peers, "--max-new-tokens", "24"],
+                            input="What is the capital of France?\n", capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Paris" in result.stdout
+
+
+def test_sigterm_stops_every_process(swarm_up):
+    proc, _, tag, log = swarm_up
+    assert len(processes_with(tag)) >= 5  # swarm up + 2 servers (+ their DHT children and p2pd daemons)
+    proc.send_signal(signal.SIGTERM)  # only the swarm-up process: it must stop the rest itself
+    assert proc.wait(60) == 0
+    assert wait_gone(tag) == [], log.read_text()[-2000:]
+
+
+def test_swarm_up_chat_with_piped_input(smollm2_dir):
+    """What `make run` does: a whole local swarm, one answer to piped input, then everything stops."""
+    env, tag = tagged_env()
+    try:
+        result = subprocess.run([*CLI, "swarm", "up", "smollm2-135m", "--servers", "3", "--chat",
+                                 "--max-new-tokens", "24"], input="What is the capital of France?\n",
+                                capture_output=True, text=True, timeout=600, env=env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "Paris" in result.stdout
+        assert wait_gone(tag) == []
+    finally:
+        kill_tagged(tag)
