@@ -46,12 +46,17 @@ def run_up(args: argparse.Namespace) -> int:
     n = config.num_hidden_layers
     spans = even_spans(n, args.servers)
     print(f"starting a swarm of {args.servers} servers for {ref.model_id} ({n} blocks)...", file=sys.stderr)
-    # SIGTERM behaves like Ctrl-C: unwind and stop every process we started
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     swarm = LocalSwarm(str(ref.path), n, ref.model_id, log_dir=args.log_dir,
                        server_args=["--dtype", args.dtype])
+    swarm.start_bootstrap()  # fork the DHT child before installing our handler: it must not inherit it
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM behaves like Ctrl-C: stop everything we started
     try:
-        swarm.start(spans)
+        from rich.console import Console
+        from rich.progress import Progress
+
+        with Progress(console=Console(stderr=True), transient=True) as progress:
+            task = progress.add_task(f"loading {n} blocks on {args.servers} servers", total=args.servers)
+            swarm.start(spans, on_progress=lambda ready: progress.update(task, completed=ready))
         print(f"swarm ready: all {n} blocks of {ref.model_id} are served "
               f"({', '.join(f'{a}:{b}' for a, b in spans)})", file=sys.stderr)
         print("join it with: --initial-peers " + " ".join(swarm.initial_peers), file=sys.stderr, flush=True)
@@ -68,6 +73,10 @@ def run_up(args: argparse.Namespace) -> int:
         print("stopping the swarm...", file=sys.stderr)
         swarm.stop()
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def run_status(args: argparse.Namespace) -> int:

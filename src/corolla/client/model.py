@@ -7,6 +7,7 @@ through a chain of servers found in the DHT.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,8 @@ class DistributedModelForCausalLM:
             self._tokenizer = AutoTokenizer.from_pretrained(self.path)
         return self._tokenizer
 
-    def eos_token_ids(self) -> set[int]:
+    @functools.cached_property
+    def _eos_ids(self) -> frozenset[int]:
         ids: set[int] = set()
         for source in (self.config, _generation_config(self.path)):
             value = getattr(source, "eos_token_id", None) if source is not None else None
@@ -65,7 +67,11 @@ class DistributedModelForCausalLM:
                 ids.add(value)
             elif isinstance(value, (list, tuple)):
                 ids.update(int(v) for v in value)
-        return ids
+        return frozenset(ids)
+
+    def eos_token_ids(self) -> set[int]:
+        """End-of-sequence ids from the model's config and generation config."""
+        return set(self._eos_ids)
 
     # ---- forward ------------------------------------------------------------------------------------
     def __call__(self, input_ids: torch.Tensor, **kwargs: Any) -> CausalLMOutput:

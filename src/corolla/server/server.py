@@ -112,14 +112,20 @@ class Server:
         log.info("serving blocks %d:%d of %s as %s", self.start, self.end, self.model_id, self.dht.peer_id)
         print(f"corolla-server ready peer_id={self.dht.peer_id} blocks={self.start}:{self.end}", flush=True)
         while not stop.is_set():
-            await self._announce(wait=False)
+            try:
+                await asyncio.wait_for(self._announce(wait=False), self.config.announce_period_s)
+            except Exception as e:
+                log.warning("announcing to the DHT failed: %s", e)
             try:
                 await asyncio.wait_for(stop.wait(), self.config.announce_period_s)
             except asyncio.TimeoutError:
                 pass
         self.state = ServerState.OFFLINE
-        await self._announce(wait=False)
-        log.info("announced OFFLINE; shutting down")
+        try:
+            await asyncio.wait_for(self._announce(wait=False), 5.0)
+            log.info("announced OFFLINE; shutting down")
+        except Exception as e:  # the DHT child may already be gone (e.g. Ctrl-C hit the whole group)
+            log.warning("could not announce OFFLINE (%s); the record will expire", type(e).__name__)
 
     def shutdown(self) -> None:
         if self.handlers is not None:

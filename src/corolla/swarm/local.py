@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from corolla.errors import CorollaError
@@ -98,16 +98,26 @@ class LocalSwarm:
         self.servers.append(server)
         return server
 
-    def start(self, spans: Sequence[tuple[int, int]], timeout_s: float = 600.0) -> LocalSwarm:
+    def start(self, spans: Sequence[tuple[int, int]], timeout_s: float = 600.0,
+              on_progress: Callable[[int], None] | None = None) -> LocalSwarm:
         self.start_bootstrap()
         started = [self.add_server(span) for span in spans]
-        self.wait_ready(started, timeout_s)
+        self.wait_ready(started, timeout_s, on_progress)
         return self
 
-    def wait_ready(self, servers: Sequence[ServerProcess], timeout_s: float = 600.0) -> None:
-        """Wait until each server says it is ready and its blocks show ONLINE in the DHT."""
+    def wait_ready(self, servers: Sequence[ServerProcess], timeout_s: float = 600.0,
+                   on_progress: Callable[[int], None] | None = None) -> None:
+        """Wait until each server says it is ready and its blocks show ONLINE in the DHT.
+
+        ``on_progress`` gets the number of servers ready so far whenever it changes.
+        """
         deadline = time.monotonic() + timeout_s
+        reported = -1
         while True:
+            ready = sum(s.poll_ready() for s in servers)
+            if on_progress is not None and ready != reported:
+                on_progress(ready)
+                reported = ready
             for s in servers:
                 if s.process.poll() is not None:
                     raise CorollaError(f"server {s.log_path.name} exited with {s.process.returncode}:\n{s.log_tail()}")
@@ -131,7 +141,9 @@ class LocalSwarm:
             server.process.wait()
 
     def stop_server(self, server: ServerProcess, timeout_s: float = 15.0) -> None:
-        self.kill(server, signal.SIGTERM)
+        """SIGTERM the server alone (it announces OFFLINE through its DHT child), then the group."""
+        if server.process.poll() is None:
+            server.process.send_signal(signal.SIGTERM)
         try:
             server.process.wait(timeout_s)
         except subprocess.TimeoutExpired:
@@ -141,7 +153,7 @@ class LocalSwarm:
     def stop(self) -> None:
         for s in self.servers:
             if s.process.poll() is None:
-                self.kill(s, signal.SIGTERM)
+                s.process.send_signal(signal.SIGTERM)  # not the group: its DHT child must outlive it
         deadline = time.monotonic() + 15
         for s in self.servers:
             try:
