@@ -177,6 +177,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--servers", type=int, nargs="+", default=[1, 2, 3], help="swarm sizes (default 1 2 3)")
     p.add_argument("--server-threads", type=int, default=None,
                    help="torch threads per server process (default: the server's own default, all cores)")
+    p.add_argument("--server-env", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra environment for the server processes, e.g. OMP_WAIT_POLICY=PASSIVE")
     p.add_argument("--quiet-idle", type=float, default=0.8,
                    help="before each run wait until this fraction of CPU time is idle (default 0.8; 0 = never wait)")
     p.add_argument("--quiet-wait-s", type=float, default=120.0, help="longest wait for a quiet machine per run")
@@ -238,7 +240,8 @@ def main(argv=None) -> int:
         spans = even_spans(num_blocks, n)
         log_dir = OUT_DIR / "logs" / f"swarm-{n}"
         server_args = ["--torch-threads", str(args.server_threads)] if args.server_threads else []
-        swarm = LocalSwarm(str(path), num_blocks, model_id, log_dir=log_dir, server_args=server_args)
+        env = dict(os.environ, **dict(kv.split("=", 1) for kv in args.server_env)) if args.server_env else None
+        swarm = LocalSwarm(str(path), num_blocks, model_id, log_dir=log_dir, server_args=server_args, env=env)
         local_runs: list[Run] = []
         swarm_runs: list[Run] = []
         try:
@@ -308,7 +311,7 @@ def main(argv=None) -> int:
     results["config"] = {
         "model": model_id, "path": str(path), "dtype": "float32", "prompt_tokens": ids.shape[1],
         "new_tokens": args.new_tokens, "runs": args.runs, "warmup": args.warmup, "servers": args.servers,
-        "server_threads": args.server_threads, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "server_threads": args.server_threads, "server_env": args.server_env, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(), "machine": platform.machine(), "python": sys.version.split()[0],
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv,
     }

@@ -58,6 +58,15 @@ class ServerBusyError(CorollaError):
     retryable = True
 
 
+class SessionLostError(CorollaError):
+    """The server dropped this session (it moved to other blocks, or is shutting down).
+
+    The client rebuilds the session elsewhere by replaying its inputs.
+    """
+
+    retryable = True
+
+
 class ServerInternalError(CorollaError):
     """The server failed while computing; the request may succeed elsewhere."""
 
@@ -97,6 +106,7 @@ WIRE_ERRORS: dict[str, type[CorollaError]] = {
         SequenceTooLongError,
         ServerBusyError,
         ServerInternalError,
+        SessionLostError,
     )
 }
 

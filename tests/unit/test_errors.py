@@ -17,6 +17,7 @@ from corolla.errors import (
     SequenceTooLongError,
     ServerBusyError,
     ServerInternalError,
+    SessionLostError,
     SwarmError,
     UnknownModelError,
     UnknownSessionError,
@@ -24,7 +25,9 @@ from corolla.errors import (
     error_from_wire,
 )
 
-SERVER_SIDE = [BadRequestError, UnknownSessionError, SequenceTooLongError, ServerBusyError, ServerInternalError]
+SERVER_SIDE = [
+    BadRequestError, UnknownSessionError, SequenceTooLongError, ServerBusyError, ServerInternalError, SessionLostError,
+]
 
 
 def all_error_classes() -> list[type[CorollaError]]:
@@ -73,6 +76,7 @@ def test_unknown_codes_become_server_internal_errors(code):
         (ServerBusyError, True),
         (ServerInternalError, True),
         (RemoteCallError, True),
+        (SessionLostError, True),
     ],
 )
 def test_retryable_flags(cls, retryable):

@@ -23,7 +23,8 @@ def register(sub) -> None:
     p.add_argument("model", help="packaged name (see `corolla models list`), local HF folder, GGUF file or Hub repo id")
     span = p.add_mutually_exclusive_group()
     span.add_argument("--blocks", type=_blocks, default=None, metavar="A:B", help="serve blocks A..B-1")
-    span.add_argument("--num-blocks", type=int, default=None, metavar="N", help="serve N blocks")
+    span.add_argument("--num-blocks", type=int, default=None, metavar="N",
+                      help="serve N blocks where the swarm needs them most (default: as many as fit in memory)")
     add_peers(p)
     p.add_argument("--new-swarm", action="store_true", help="start a new swarm instead of joining one")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="compute dtype")
@@ -35,6 +36,16 @@ def register(sub) -> None:
     p.add_argument("--max-session-length", type=int, default=8192, help="tokens per session (default 8192)")
     p.add_argument("--max-sessions", type=int, default=64, help="open sessions at once (default 64)")
     p.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
+    g = p.add_argument_group("placement (without --blocks)")
+    g.add_argument("--memory-budget-bytes", type=int, default=None,
+                   help="how much memory the blocks may take (default: half of what is available)")
+    g.add_argument("--rebalance-period-s", type=float, default=60.0,
+                   help="how often to check whether moving would help the swarm (0: never move; default 60)")
+    g.add_argument("--rebalance-min-gain", type=float, default=1.2,
+                   help="move only if the weakest block's throughput grows by this factor (default 1.2)")
+    p.add_argument("--throughput", type=float, default=None, metavar="STEPS_PER_S",
+                   help="announce this decode speed instead of measuring it")
+    p.add_argument("--announce-period-s", type=float, default=10.0, help="re-announce every N s (default 10)")
     p.set_defaults(func=run)
 
 
@@ -48,6 +59,9 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype, initial_peers=tuple(args.initial_peers), new_swarm=args.new_swarm, host=args.host,
         port=args.port, announce_host=args.announce_host, identity_path=args.identity, public_name=args.public_name,
         max_session_length=args.max_session_length, max_sessions=args.max_sessions, torch_threads=args.torch_threads,
+        memory_budget_bytes=args.memory_budget_bytes, rebalance_period_s=args.rebalance_period_s,
+        rebalance_min_gain=args.rebalance_min_gain, throughput=args.throughput,
+        announce_period_s=args.announce_period_s, announce_expiration_s=max(30.0, 3 * args.announce_period_s),
     )
     Server(config).run()
     return 0

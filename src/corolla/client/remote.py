@@ -42,6 +42,7 @@ class SwarmClient:
         self.loop = LoopThread()
         self.p2p = self.loop.run(self.dht.replicate_p2p())
         self._bans: dict[str, tuple[float, float]] = {}  # peer -> (banned until, last ban length)
+        self._rtt: dict[str, tuple[float, float]] = {}  # peer -> (measured at, round trip seconds)
 
     # ---- swarm state and routing --------------------------------------------------------------
     def swarm_state(self) -> SwarmState:
@@ -63,14 +64,36 @@ class SwarmClient:
         delay = 0.1
         while True:
             try:
-                return plan_chain(
-                    self.swarm_state(), start, end, banned=self.banned(), allowed=self.config.allowed_servers
-                )
+                state = self.swarm_state()
+                return plan_chain(state, start, end, banned=self.banned(), allowed=self.config.allowed_servers,
+                                  rtt_s=self.measure_rtts(state))
             except NoRouteError:
                 if time.monotonic() + delay > deadline:
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    def measure_rtts(self, state: SwarmState, max_age_s: float = 60.0) -> dict[str, float]:
+        """Round trips to online servers (an ``info`` call each), measured at most every ``max_age_s``."""
+        now = time.monotonic()
+        stale = [s.peer_id for s in state.servers if s.info.state.value == "online"
+                 and now - self._rtt.get(s.peer_id, (-1e9, 0.0))[0] > max_age_s]
+        if stale:
+            for peer, rtt in zip(stale, self.loop.run(self._ping_all(stale))):
+                if rtt is not None:
+                    self._rtt[peer] = (now, rtt)
+        return {peer: rtt for peer, (_, rtt) in self._rtt.items()}
+
+    async def _ping_all(self, peers: list[str]) -> list[float | None]:
+        return await asyncio.gather(*(self._ping(p) for p in peers))
+
+    async def _ping(self, peer_id: str) -> float | None:
+        t0 = time.perf_counter()
+        try:
+            await stub_for(self.p2p, peer_id).rpc_info(runtime_pb2.ExpertRequest(uid=self.model_id), timeout=2.0)
+        except Exception:  # unreachable: routing will try it at the default cost, failover handles the rest
+            return None
+        return time.perf_counter() - t0
 
     # ---- stateless calls -----------------------------------------------------------------------
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:

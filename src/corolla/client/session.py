@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 import uuid
 
 import torch
 from hivemind.proto import runtime_pb2
 
 from corolla.client.remote import SwarmClient, parse_response
-from corolla.errors import CorollaError, RemoteCallError, SequenceTooLongError
+from corolla.errors import CorollaError, NoRouteError, RemoteCallError, SequenceTooLongError
 from corolla.protocol.messages import InferenceMeta, SessionOpen, encode_meta
 from corolla.protocol.rpc import TRANSPORT_ERRORS, stub_for
 from corolla.protocol.tensors import to_wire
@@ -82,6 +83,11 @@ class _HopState:
     inputs: list[torch.Tensor] = dataclasses.field(default_factory=list)  # every input sent, per step
 
 
+def _backoff_s(failures: int) -> float:
+    """No wait before the first retry (a replacement may be ready), then capped exponential."""
+    return 0.0 if failures <= 1 else min(0.25 * 2 ** (failures - 2), 4.0)
+
+
 class InferenceSession:
     """``step(hidden [B, T, H]) -> hidden`` through every block, keeping KV caches on servers."""
 
@@ -119,13 +125,21 @@ class InferenceSession:
             if failed is None:
                 self.position += hidden.shape[1]
                 return x
-            failures += 1
-            if not getattr(error, "retryable", False) or failures > self.client.config.max_retries:
-                raise error
-            log.warning("server %s failed (%s); re-routing blocks %d:%d",
-                        self._hops[failed].stream.hop.peer_id, error, *self._span(failed))
-            self.client.ban(self._hops[failed].stream.hop.peer_id)
-            self._replace(failed)
+            peer = self._hops[failed].stream.hop.peer_id
+            while True:  # recover hop `failed`; a replacement that fails too is retried
+                failures += 1
+                if not getattr(error, "retryable", False) or failures > self.client.config.max_retries:
+                    raise error
+                log.warning("server %s failed (%s); re-routing blocks %d:%d", peer, error, *self._span(failed))
+                self.client.ban(peer)
+                time.sleep(_backoff_s(failures))
+                try:
+                    self._replace(failed)
+                    break
+                except NoRouteError:
+                    raise  # plan() already waited route_timeout_s for servers to appear
+                except CorollaError as e:
+                    error, peer = e, getattr(e, "peer_id", peer)
             index = failed
 
     def _span(self, index: int) -> tuple[int, int]:
@@ -150,16 +164,26 @@ class InferenceSession:
         self.client.loop.run(old.stream.close())
         start, end = self._span(index)
         new = [_HopState(_HopStream(self.client, hop, self.max_length)) for hop in self.client.plan(start, end)]
-        self.client.loop.run(self._replay(new, old.inputs))
+        try:
+            self.client.loop.run(self._replay(new, old.inputs))
+        except CorollaError:
+            for state in new:
+                self.client.loop.run(state.stream.close())
+            raise
         self._hops[index : index + 1] = new
         self.recoveries += 1
 
     async def _replay(self, hops: list[_HopState], inputs: list[torch.Tensor]) -> None:
+        """Re-send every kept input, step by step as originally sent: the rebuilt caches are the same."""
         position = 0
-        for x in inputs:  # step by step, as originally sent: the rebuilt caches are the same
+        for x in inputs:
             tokens = x.shape[1]
             for state in hops:
-                y = await state.stream.step(x, position)
+                try:
+                    y = await state.stream.step(x, position)
+                except CorollaError as e:
+                    e.peer_id = state.stream.hop.peer_id  # so the caller bans the right server
+                    raise
                 state.inputs.append(x)
                 x = y
             position += tokens

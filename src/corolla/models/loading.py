@@ -89,3 +89,21 @@ def load_head(folder: Path, config: Any, dtype: torch.dtype = torch.float32) -> 
     head = family.build_head(config)
     head.load_weights(read_tensors(tensor_index(folder), family.head_tensor_names(config), dtype))
     return head.eval().requires_grad_(False)
+
+
+def block_bytes(folder: Path, config: Any, dtype: torch.dtype, block: int = 0) -> int:
+    """Bytes one block's weights take in ``dtype`` (read from headers, nothing loaded)."""
+    from safetensors import safe_open
+
+    prefix = family_for(config).block_prefix(block)
+    index = tensor_index(folder)
+    numel = 0
+    for name, file in index.items():
+        if name.startswith(prefix):
+            with safe_open(file, framework="pt") as f:
+                shape = f.get_slice(name).get_shape()
+            count = 1
+            for dim in shape:
+                count *= dim
+            numel += count
+    return numel * torch.tensor([], dtype=dtype).element_size()

@@ -31,3 +31,9 @@ class ServerConfig:
     announce_period_s: float = 10.0
     announce_expiration_s: float = 30.0
     torch_threads: int | None = None
+    # placement (when no --blocks are given)
+    memory_budget_bytes: int | None = None  # default: half of the memory available at start
+    rebalance_period_s: float = 60.0  # 0 disables moving
+    rebalance_min_gain: float = 1.2  # move when the weakest block's throughput grows by this factor
+    throughput: float | None = None  # announce this many steps/s instead of measuring
+    drain_timeout_s: float = 5.0  # on SIGTERM, how long running steps may take to finish

@@ -15,7 +15,14 @@ import torch
 from hivemind.p2p import P2PContext
 from hivemind.proto import runtime_pb2
 
-from corolla.errors import BadRequestError, CorollaError, ServerInternalError, UnknownSessionError
+from corolla.errors import (
+    BadRequestError,
+    CorollaError,
+    ServerBusyError,
+    ServerInternalError,
+    SessionLostError,
+    UnknownSessionError,
+)
 from corolla.protocol.messages import ErrorInfo, ForwardMeta, InferenceMeta, ResponseMeta, decode_meta, encode_meta
 from corolla.protocol.tensors import from_wire, to_wire
 from corolla.server.config import ServerConfig
@@ -54,6 +61,14 @@ class BlockHandlers:
         self._info = info
         # one compute thread: torch already uses every core for one request
         self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corolla-compute")
+        self.accepting = True  # False while draining for shutdown
+        self.inflight = 0  # requests being computed right now
+        self.generation = 0  # bumped when the server moves to other blocks: older sessions are lost
+
+    def swap_span(self, span: torch.nn.Module, start: int, end: int) -> None:
+        """Serve other blocks from now on (runs on the compute thread, between steps)."""
+        self.span, self.start, self.end = span, start, end
+        self.generation += 1
 
     # ---- helpers --------------------------------------------------------------------------
     def _local_blocks(self, model_id: str, start: int, end: int) -> tuple[int, int]:
@@ -74,7 +89,18 @@ class BlockHandlers:
         )
 
     async def _run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.compute, fn, *args)
+        self.inflight += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.compute, fn, *args)
+        finally:
+            self.inflight -= 1
+
+    async def drain(self, timeout_s: float) -> None:
+        """Refuse new sessions and let the steps already running finish (up to ``timeout_s``)."""
+        self.accepting = False
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self.inflight and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
 
     def _ok(self, out: torch.Tensor, position: int | None = None) -> runtime_pb2.ExpertResponse:
         return runtime_pb2.ExpertResponse(tensors=[to_wire(out)], metadata=encode_meta(ResponseMeta(position=position)))
@@ -85,6 +111,8 @@ class BlockHandlers:
             return self.span(hidden.to(self.dtype), None, 0, first, last).float()
 
     def _step(self, session, hidden: torch.Tensor, position: int) -> torch.Tensor:
+        if session.generation != self.generation:
+            raise SessionLostError(f"this server moved to blocks {self.start}:{self.end}; session {session.id} is gone")
         check_step(session, hidden, position)
         with torch.inference_mode():
             out = self.span(hidden.to(self.dtype), session.cache, session.position, session.first, session.last)
@@ -124,8 +152,11 @@ class BlockHandlers:
                     if session is None:
                         if meta.open is None:
                             raise UnknownSessionError("no session is open on this stream: the first step must open one")
+                        if not self.accepting:
+                            raise ServerBusyError("this server is shutting down; use another one")
                         first, last = self._local_blocks(meta.open.model_id, meta.open.start_block, meta.open.end_block)
                         session = self.sessions.open(meta.open, peer, first, last, self.span.new_cache())
+                        session.generation = self.generation
                     elif meta.open is not None:
                         raise BadRequestError(f"session {session.id} is already open on this stream")
                     hidden = self._hidden(request)

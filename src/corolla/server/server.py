@@ -1,24 +1,29 @@
-"""Server lifecycle: join the DHT, load the span, announce, serve, leave cleanly on SIGTERM."""
+"""Server lifecycle: join the DHT, pick and load a span, announce, serve, rebalance, leave cleanly."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import signal
+import time
 
 import torch
+from hivemind.proto import runtime_pb2
 
 import corolla
 from corolla.errors import CorollaError
-from corolla.models.loading import load_config, load_span, parse_dtype
+from corolla.models.loading import block_bytes, load_config, load_span, parse_dtype
 from corolla.models.resolve import cache_root, resolve_model
 from corolla.protocol.messages import ServerInfo, ServerState, encode_meta
-from corolla.protocol.rpc import NAMESPACE, BlockRPC
+from corolla.protocol.rpc import NAMESPACE, BlockRPC, stub_for
+from corolla.server import placement
 from corolla.server.config import ServerConfig
 from corolla.server.handlers import BlockHandlers
 from corolla.server.throughput import Throughput, measure_cached
 from corolla.swarm.announce import announce
 from corolla.swarm.dht import start_dht
+from corolla.swarm.discovery import fetch_swarm_state
 
 log = logging.getLogger(__name__)
 
@@ -27,19 +32,22 @@ class Server:
     def __init__(self, config: ServerConfig):
         self.config = config
         self.dht = None
+        self.p2p = None
         self.handlers: BlockHandlers | None = None
         self.throughput = Throughput(0.0, 0.0)
         self.state = ServerState.JOINING
+        self.next_pings: dict[str, float] = {}
 
     # ---- info --------------------------------------------------------------------------------
-    def info(self) -> ServerInfo:
+    def info(self, state: ServerState | None = None, span: tuple[int, int] | None = None) -> ServerInfo:
         sessions = self.handlers.sessions if self.handlers else None
         used = sessions.tokens_in_use() if sessions else 0
         capacity = self.config.max_sessions * self.config.max_session_length
+        start, end = span or (self.start, self.end)
         return ServerInfo(
-            state=self.state,
-            start_block=self.start,
-            end_block=self.end,
+            state=state or self.state,
+            start_block=start,
+            end_block=end,
             version=corolla.__version__,
             dtype=self.config.dtype,
             inference_rps=round(self.throughput.inference_rps, 3),
@@ -47,85 +55,148 @@ class Server:
             cache_tokens_left=max(capacity - used, 0),
             active_sessions=len(sessions) if sessions else 0,
             public_name=self.config.public_name,
+            next_pings={peer: round(rtt, 6) for peer, rtt in sorted(self.next_pings.items())[:64]},
         )
 
-    def _announce(self, wait: bool = True):
-        return announce(self.dht, self.model_id, self.info(), self.config.announce_expiration_s, wait=wait)
+    def _announce(self, info: ServerInfo | None = None, wait: bool = True):
+        return announce(self.dht, self.model_id, info or self.info(), self.config.announce_expiration_s, wait=wait)
 
-    # ---- lifecycle ---------------------------------------------------------------------------
+    # ---- start-up ----------------------------------------------------------------------------
     def setup(self) -> None:
         cfg = self.config
         if not cfg.new_swarm and not cfg.initial_peers:
             raise CorollaError("give --initial-peers to join a swarm, or --new-swarm to start one")
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
-        dtype = parse_dtype(cfg.dtype)
+        self.dtype = parse_dtype(cfg.dtype)
         ref = resolve_model(cfg.model)
-        model_config = load_config(ref.path)
+        self.path = ref.path
+        self.model_config = load_config(ref.path)
+        self.total = self.model_config.num_hidden_layers
         self.model_id = cfg.model_id or ref.model_id
-        self.start, self.end = self._choose_blocks(model_config.num_hidden_layers)
         host_maddrs = [f"/ip4/{cfg.host}/tcp/{cfg.port}"]
         announce_maddrs = [f"/ip4/{cfg.announce_host}/tcp/{cfg.port}"] if cfg.announce_host else None
         self.dht = start_dht(
             cfg.initial_peers, host_maddrs=host_maddrs, announce_maddrs=announce_maddrs,
-            identity_path=cfg.identity_path, models={self.model_id: model_config.num_hidden_layers},
+            identity_path=cfg.identity_path, models={self.model_id: self.total},
         )
-        self._announce()  # JOINING: others see the blocks are being loaded
-        log.info("loading blocks %d:%d of %s (%s)", self.start, self.end, self.model_id, cfg.dtype)
-        span = load_span(ref.path, model_config, self.start, self.end, dtype)
-        self.throughput = measure_cached(
-            cache_root() / "throughput.json",
-            {"model": self.model_id, "span": [self.start, self.end], "dtype": cfg.dtype},
-            span,
-            model_config.hidden_size,
-            dtype,
-        )
+        self.peer_id = self.dht.peer_id.to_base58()
+        self.start, self.end = self._choose_blocks()
+        self._announce()  # JOINING: others see these blocks are being loaded
+        span = self._load(self.start, self.end)
         self.handlers = BlockHandlers(
-            model_id=self.model_id,
-            span=span,
-            start=self.start,
-            end=self.end,
-            hidden_size=model_config.hidden_size,
-            dtype=dtype,
-            config=cfg,
+            model_id=self.model_id, span=span, start=self.start, end=self.end,
+            hidden_size=self.model_config.hidden_size, dtype=self.dtype, config=cfg,
             info=lambda: encode_meta(self.info()),
         )
 
-    def _choose_blocks(self, total: int) -> tuple[int, int]:
-        cfg = self.config
-        if cfg.start_block is not None and cfg.end_block is not None:
-            start, end = cfg.start_block, cfg.end_block
-        else:
-            start, end = 0, min(cfg.num_blocks or total, total)
-        if not 0 <= start < end <= total:
-            raise CorollaError(f"blocks {start}:{end} are outside the model's 0:{total}")
-        return start, end
+    @property
+    def auto_placed(self) -> bool:
+        return self.config.start_block is None
 
+    def _choose_blocks(self) -> tuple[int, int]:
+        cfg, total = self.config, self.total
+        if not self.auto_placed:
+            start, end = cfg.start_block, cfg.end_block
+            if not 0 <= start < end <= total:
+                raise CorollaError(f"blocks {start}:{end} are outside the model's 0:{total}")
+            return start, end
+        n = cfg.num_blocks or placement.blocks_that_fit(
+            block_bytes(self.path, self.model_config, self.dtype),
+            cfg.memory_budget_bytes or placement.available_memory_bytes() // 2,
+            total,
+        )
+        n = max(1, min(n, total))
+        state = fetch_swarm_state(self.dht, self.model_id, total)
+        start = placement.choose_blocks(placement.block_throughput(state), n)
+        log.info("chose blocks %d:%d (the swarm's least served window of %d)", start, start + n, n)
+        return start, start + n
+
+    def _load(self, start: int, end: int) -> torch.nn.Module:
+        log.info("loading blocks %d:%d of %s (%s)", start, end, self.model_id, self.config.dtype)
+        span = load_span(self.path, self.model_config, start, end, self.dtype)
+        if self.config.throughput is not None:
+            self.throughput = Throughput(self.config.throughput, self.config.throughput * 16)
+        else:
+            self.throughput = measure_cached(
+                cache_root() / "throughput.json",
+                {"model": self.model_id, "span": [start, end], "dtype": self.config.dtype},
+                span, self.model_config.hidden_size, self.dtype,
+            )
+        return span
+
+    # ---- serving -----------------------------------------------------------------------------
     async def serve(self) -> None:
-        p2p = await self.dht.replicate_p2p()
-        await BlockRPC().add_p2p_handlers(p2p, wrapper=self.handlers, namespace=NAMESPACE)
+        self.p2p = await self.dht.replicate_p2p()
+        await BlockRPC().add_p2p_handlers(self.p2p, wrapper=self.handlers, namespace=NAMESPACE)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         self.state = ServerState.ONLINE
-        log.info("serving blocks %d:%d of %s as %s", self.start, self.end, self.model_id, self.dht.peer_id)
-        print(f"corolla-server ready peer_id={self.dht.peer_id} blocks={self.start}:{self.end}", flush=True)
+        log.info("serving blocks %d:%d of %s as %s", self.start, self.end, self.model_id, self.peer_id)
+        print(f"corolla-server ready peer_id={self.peer_id} blocks={self.start}:{self.end}", flush=True)
+        rng = random.Random(self.peer_id)  # servers seeing the same gap should not all move at once
+        next_rebalance = time.monotonic() + self.config.rebalance_period_s * (1 + rng.random())
         while not stop.is_set():
-            try:
-                await asyncio.wait_for(self._announce(wait=False), self.config.announce_period_s)
-            except Exception as e:
-                log.warning("announcing to the DHT failed: %s", e)
+            await self._guarded(self._announce(wait=False), "announcing to the DHT")
+            await self._guarded(self._measure_pings(), "measuring pings")
+            if self.auto_placed and self.config.rebalance_period_s > 0 and time.monotonic() >= next_rebalance:
+                await self._guarded(self._maybe_move(), "rebalancing")
+                next_rebalance = time.monotonic() + self.config.rebalance_period_s * (1 + rng.random())
             try:
                 await asyncio.wait_for(stop.wait(), self.config.announce_period_s)
             except asyncio.TimeoutError:
                 pass
-        self.state = ServerState.OFFLINE
+        await self._leave()
+
+    async def _guarded(self, coro, what: str) -> None:
         try:
-            await asyncio.wait_for(self._announce(wait=False), 5.0)
-            log.info("announced OFFLINE; shutting down")
-        except Exception as e:  # the DHT child may already be gone (e.g. Ctrl-C hit the whole group)
-            log.warning("could not announce OFFLINE (%s); the record will expire", type(e).__name__)
+            await asyncio.wait_for(coro, max(self.config.announce_period_s, 5.0))
+        except Exception as e:  # a flaky DHT must not take the server down
+            log.warning("%s failed: %s: %s", what, type(e).__name__, e)
+
+    async def _leave(self) -> None:
+        """Announce OFFLINE first (clients stop choosing us), then let running steps finish."""
+        self.state = ServerState.OFFLINE
+        await self._guarded(self._announce(wait=False), "announcing OFFLINE")
+        await self.handlers.drain(self.config.drain_timeout_s)
+        log.info("left the swarm")
+
+    async def _measure_pings(self) -> None:
+        """Round trips to the servers holding the block right after ours (used by client routing)."""
+        if self.end >= self.total:
+            self.next_pings = {}
+            return
+        loop = asyncio.get_running_loop()
+        state = await loop.run_in_executor(None, fetch_swarm_state, self.dht, self.model_id, self.total)
+        pings = {}
+        for s in state.servers:
+            if s.peer_id == self.peer_id or not s.start <= self.end < s.end or s.info.state.value != "online":
+                continue
+            t0 = time.perf_counter()
+            try:
+                await stub_for(self.p2p, s.peer_id).rpc_info(runtime_pb2.ExpertRequest(uid=self.model_id), timeout=5)
+                pings[s.peer_id] = time.perf_counter() - t0
+            except Exception:
+                continue
+        self.next_pings = pings
+
+    async def _maybe_move(self) -> None:
+        loop = asyncio.get_running_loop()
+        state = await loop.run_in_executor(None, fetch_swarm_state, self.dht, self.model_id, self.total)
+        start = placement.plan_move(state, self.peer_id, self.throughput.inference_rps, self.config.rebalance_min_gain)
+        if start is None:
+            return
+        old, n = (self.start, self.end), self.end - self.start
+        log.info("moving from blocks %d:%d to %d:%d to strengthen the swarm's weakest blocks", *old, start, start + n)
+        await self._announce(self.info(ServerState.JOINING, (start, start + n)), wait=False)
+        span = await loop.run_in_executor(None, self._load, start, start + n)
+        await loop.run_in_executor(self.handlers.compute, self.handlers.swap_span, span, start, start + n)
+        self.start, self.end = start, start + n
+        await self._announce(self.info(ServerState.OFFLINE, old), wait=False)  # the old blocks: gone
+        await self._announce(wait=False)
+        print(f"corolla-server moved peer_id={self.peer_id} blocks={self.start}:{self.end}", flush=True)
 
     def shutdown(self) -> None:
         if self.handlers is not None:

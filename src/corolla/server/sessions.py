@@ -25,6 +25,7 @@ class Session:
     cache: Any
     position: int = 0
     batch_size: int | None = None
+    generation: int = 0  # the server's span generation this session was opened under
     last_used: float = dataclasses.field(default_factory=time.monotonic)
 
 

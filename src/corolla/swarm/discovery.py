@@ -44,6 +44,9 @@ class SwarmState:
         return counts
 
 
+_RANK = {"online": 2, "joining": 1, "offline": 0}
+
+
 def fetch_swarm_state(dht, model_id: str, num_blocks: int) -> SwarmState:
     keys = [block_key(model_id, b) for b in range(num_blocks)]
     raw = dht.run_coroutine(functools.partial(_get_many, keys=keys))
@@ -81,6 +84,9 @@ def parse_swarm_state(model_id: str, num_blocks: int, raw: dict) -> SwarmState:
             if not info.start_block <= block < info.end_block or info.end_block > num_blocks:
                 bad.add(peer_id)
                 continue
-            seen.setdefault(peer_id, info)
+            # (records of one peer may disagree on the span: it moved; each record's own span is checked)
+            # a server that moved still has records of its old span until they expire: prefer the live one
+            if peer_id not in seen or _RANK[info.state.value] > _RANK[seen[peer_id].state.value]:
+                seen[peer_id] = info
     servers = tuple(ServerRecord(p, i) for p, i in sorted(seen.items()) if p not in bad)
     return SwarmState(model_id, num_blocks, servers)

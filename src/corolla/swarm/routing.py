@@ -1,8 +1,10 @@
 """Choosing a chain of servers that covers blocks ``start:end`` — pure functions.
 
 Inference takes the lowest-latency chain: a shortest path over block boundaries where taking
-server S from block ``b`` to ``S.end`` costs one network hop plus the compute time of those
-blocks from S's announced speed. Ties break on fewer hops, then on peer id (deterministic).
+server S from block ``b`` to ``S.end`` costs one network round trip (the client's own
+measurement of S, else the one the previous server measured to S and announced) plus the
+compute time of those blocks from S's announced speed and load. Ties break on fewer hops,
+then on peer id.
 """
 
 from __future__ import annotations
@@ -71,22 +73,31 @@ def plan_chain(
     """The fastest chain covering ``start:end``; raises NoRouteError naming uncovered blocks."""
     end = state.num_blocks if end is None else end
     servers = usable(state, banned, allowed)
+    by_peer = {s.peer_id: s for s in servers}
     rtt_s = rtt_s or {}
-    # Dijkstra over positions; cost is (seconds, hops, tie-break path of peer ids)
-    best: dict[int, tuple[float, int]] = {start: (0.0, 0)}
-    heap: list[tuple[float, int, tuple[str, ...], int, tuple[Hop, ...]]] = [(0.0, 0, (), start, ())]
+
+    def hop_rtt(prev: str | None, nxt: ServerRecord) -> float:
+        if nxt.peer_id in rtt_s:  # the client talks to every hop: its own measurement comes first
+            return rtt_s[nxt.peer_id]
+        if prev is not None:  # else the network distance the previous server measured and announced
+            return by_peer[prev].info.next_pings.get(nxt.peer_id, DEFAULT_HOP_S)
+        return DEFAULT_HOP_S
+
+    # Dijkstra over (position, previous server); cost is (seconds, hops), then the path of peer ids
+    best: dict[tuple[int, str | None], tuple[float, int]] = {(start, None): (0.0, 0)}
+    heap: list = [(0.0, 0, (), start, None, ())]
     while heap:
-        cost, hops, ids, pos, path = heapq.heappop(heap)
+        cost, hops, ids, pos, prev, path = heapq.heappop(heap)
         if pos == end:
             return list(path)
-        if best.get(pos, (float("inf"), 0)) < (cost, hops):
+        if best.get((pos, prev), (float("inf"), 0)) < (cost, hops):
             continue
         for s in servers:
             if not s.start <= pos < s.end:
                 continue
             nxt = min(s.end, end)
-            c = cost + step_cost_s(s, pos, nxt, rtt_s.get(s.peer_id, DEFAULT_HOP_S))
-            if (c, hops + 1) < best.get(nxt, (float("inf"), 0)):
-                best[nxt] = (c, hops + 1)
-                heapq.heappush(heap, (c, hops + 1, ids + (s.peer_id,), nxt, path + (Hop(s.peer_id, pos, nxt),)))
+            c = cost + step_cost_s(s, pos, nxt, hop_rtt(prev, s))
+            if (c, hops + 1) < best.get((nxt, s.peer_id), (float("inf"), 0)):
+                best[(nxt, s.peer_id)] = (c, hops + 1)
+                heapq.heappush(heap, (c, hops + 1, ids + (s.peer_id,), nxt, s.peer_id, path + (Hop(s.peer_id, pos, nxt),)))
     raise NoRouteError(state.model_id, missing_spans(servers, start, end) or [(start, end)])
