@@ -114,6 +114,8 @@ def run_status(args: argparse.Namespace) -> int:
                       f"{i.inference_rps:.1f}", f"{i.forward_tps:.0f}", str(i.active_sessions), i.dtype, i.version)
     console = Console()
     console.print(table)
+    strip = "".join("[red]·[/]" if c == 0 else "[yellow]1[/]" if c == 1 else f"[green]{min(c, 9)}[/]" for c in coverage)
+    console.print(f"servers per block: {strip}")
     missing = [b for b, c in enumerate(coverage) if c == 0]
     single = [b for b, c in enumerate(coverage) if c == 1]
     console.print(f"blocks with no server: {_ranges(missing) or 'none'}")

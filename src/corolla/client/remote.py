@@ -58,15 +58,18 @@ class SwarmClient:
         self._bans[peer_id] = (time.monotonic() + length, length)
         log.info("banned %s for %.0f s", peer_id, length)
 
-    def plan(self, start: int = 0, end: int | None = None) -> list[Hop]:
-        """A chain of servers for blocks ``start:end``, waiting up to route_timeout_s for one."""
+    def plan(self, start: int = 0, end: int | None = None, forward_tokens: int | None = None) -> list[Hop]:
+        """A chain of servers for blocks ``start:end``, waiting up to route_timeout_s for one.
+
+        ``forward_tokens``: plan a stateless forward of that many tokens (weighs prefill speed).
+        """
         deadline = time.monotonic() + self.config.route_timeout_s
         delay = 0.1
         while True:
             try:
                 state = self.swarm_state()
                 return plan_chain(state, start, end, banned=self.banned(), allowed=self.config.allowed_servers,
-                                  rtt_s=self.measure_rtts(state))
+                                  rtt_s=self.measure_rtts(state), forward_tokens=forward_tokens)
             except NoRouteError:
                 if time.monotonic() + delay > deadline:
                     raise
@@ -98,7 +101,7 @@ class SwarmClient:
     # ---- stateless calls -----------------------------------------------------------------------
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden states [B, T, H] through every block (no KV cache), chunked by tokens."""
-        chain = self.plan()
+        chain = self.plan(forward_tokens=hidden.shape[0] * hidden.shape[1])
         chunk = max(1, self.config.max_chunk_tokens // hidden.shape[0])
         outs = [self.loop.run(self._forward_chain(chain, piece)) for piece in hidden.split(chunk, dim=1)]
         return torch.cat(outs, dim=1)

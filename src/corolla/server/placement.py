@@ -31,10 +31,16 @@ def block_throughput(state: SwarmState, exclude: str | None = None) -> list[floa
 
 
 def choose_blocks(throughput: list[float], num_blocks: int) -> int:
-    """Start of the ``num_blocks`` window with the least throughput (gaps first); ties: lowest start."""
+    """Start of the ``num_blocks`` window with the least throughput; ties: lowest start.
+
+    Gaps first: the window holding the most blocks without any server wins, whatever the sums.
+    """
     n = min(num_blocks, len(throughput))
-    windows = [(sum(throughput[i : i + n]), i) for i in range(len(throughput) - n + 1)]
-    return min(windows)[1]
+    windows = [
+        (-sum(t <= 0.0 for t in throughput[i : i + n]), sum(throughput[i : i + n]), i)
+        for i in range(len(throughput) - n + 1)
+    ]
+    return min(windows)[-1]
 
 
 def weakest(throughput: list[float]) -> float:

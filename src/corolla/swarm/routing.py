@@ -27,9 +27,14 @@ class Hop:
     end: int
 
 
-def step_cost_s(server: ServerRecord, start: int, end: int, rtt_s: float) -> float:
-    """Estimated seconds for one decode step through blocks ``start:end`` of ``server``."""
-    per_block = 1.0 / (max(server.info.inference_rps, MIN_RPS) * (server.end - server.start))
+def step_cost_s(server: ServerRecord, start: int, end: int, rtt_s: float, tokens: int | None = None) -> float:
+    """Estimated seconds for blocks ``start:end`` of ``server``: one decode step, or, with
+    ``tokens``, a stateless forward of that many tokens (from the announced prefill speed)."""
+    span = server.end - server.start
+    if tokens is None:
+        per_block = 1.0 / (max(server.info.inference_rps, MIN_RPS) * span)
+    else:
+        per_block = tokens / (max(server.info.forward_tps, MIN_RPS) * span)
     load_penalty = 1.0 + 0.1 * server.info.active_sessions
     return rtt_s + per_block * (end - start) * load_penalty
 
@@ -69,8 +74,13 @@ def plan_chain(
     banned: Collection[str] = (),
     allowed: Collection[str] | None = None,
     rtt_s: Mapping[str, float] | None = None,
+    forward_tokens: int | None = None,
 ) -> list[Hop]:
-    """The fastest chain covering ``start:end``; raises NoRouteError naming uncovered blocks."""
+    """The fastest chain covering ``start:end``; raises NoRouteError naming uncovered blocks.
+
+    By default the cost is that of one decode step (inference sessions); ``forward_tokens``
+    plans a stateless forward of that many tokens instead, weighing servers by prefill speed.
+    """
     end = state.num_blocks if end is None else end
     servers = usable(state, banned, allowed)
     by_peer = {s.peer_id: s for s in servers}
@@ -96,7 +106,7 @@ def plan_chain(
             if not s.start <= pos < s.end:
                 continue
             nxt = min(s.end, end)
-            c = cost + step_cost_s(s, pos, nxt, hop_rtt(prev, s))
+            c = cost + step_cost_s(s, pos, nxt, hop_rtt(prev, s), forward_tokens)
             if (c, hops + 1) < best.get((nxt, s.peer_id), (float("inf"), 0)):
                 best[(nxt, s.peer_id)] = (c, hops + 1)
                 heapq.heappush(heap, (c, hops + 1, ids + (s.peer_id,), nxt, s.peer_id, path + (Hop(s.peer_id, pos, nxt),)))
