@@ -153,3 +153,29 @@ def test_swarm_up_chat_with_piped_input(smollm2_dir):
         assert wait_gone(tag) == []
     finally:
         kill_tagged(tag)
+
+
+def test_dht_identity_keeps_the_address_across_restarts(tmp_path):
+    identity = tmp_path / "bootstrap.key"
+    addresses = []
+    for _ in range(2):
+        env, tag = tagged_env()
+        proc = subprocess.Popen([*CLI, "dht", "--identity", str(identity)], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True, env=env, start_new_session=True)
+        try:
+            lines = [proc.stdout.readline() for _ in range(2)]
+            assert lines[1].strip().startswith("--initial-peers /ip4/127.0.0.1/tcp/"), lines
+            addresses.append(lines[1].split("/p2p/")[1].split()[0])
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+            kill_tagged(tag)
+    assert identity.exists() and addresses[0] == addresses[1]
+
+
+def test_help_for_every_command():
+    for args in (["--help"], ["server", "--help"], ["swarm", "up", "--help"], ["swarm", "status", "--help"],
+                 ["generate", "--help"], ["chat", "--help"], ["dht", "--help"], ["models", "fetch", "--help"],
+                 ["models", "list", "--help"]):
+        result = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and "usage: corolla" in result.stdout, (args, result.stderr)

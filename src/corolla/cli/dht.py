@@ -27,11 +27,11 @@ def run(args: argparse.Namespace) -> int:
     announce = [f"/ip4/{args.announce_host}/tcp/{args.port}"] if args.announce_host else None
     dht = start_dht(args.initial_peers, host_maddrs=[f"/ip4/{args.host}/tcp/{args.port}"],
                     announce_maddrs=announce, identity_path=args.identity)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # after the DHT child forked: it keeps its own handlers
+        signal.signal(sig, lambda *_: stop.set())
     print("DHT peer running. Join it with:", flush=True)
     print("  --initial-peers " + " ".join(visible_maddrs(dht)), flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     dht.shutdown()
     return 0

@@ -54,6 +54,7 @@ class Server:
             forward_tps=round(self.throughput.forward_tps, 3),
             cache_tokens_left=max(capacity - used, 0),
             active_sessions=len(sessions) if sessions else 0,
+            queued_requests=self.handlers.inflight if self.handlers else 0,
             public_name=self.config.public_name,
             next_pings={peer: round(rtt, 6) for peer, rtt in sorted(self.next_pings.items())[:64]},
         )

@@ -35,7 +35,7 @@ def step_cost_s(server: ServerRecord, start: int, end: int, rtt_s: float, tokens
         per_block = 1.0 / (max(server.info.inference_rps, MIN_RPS) * span)
     else:
         per_block = tokens / (max(server.info.forward_tps, MIN_RPS) * span)
-    load_penalty = 1.0 + 0.1 * server.info.active_sessions
+    load_penalty = 1.0 + 0.1 * server.info.active_sessions + 0.5 * server.info.queued_requests
     return rtt_s + per_block * (end - start) * load_penalty
 
 
