@@ -204,7 +204,7 @@ def main(argv=None) -> int:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    console = Console(width=max(Console().width, 120))
+    console = Console(width=max(Console().width, 150))
     ref = resolve_model(args.model)
     path, model_id = ref.path, ref.model_id
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -293,7 +293,7 @@ def main(argv=None) -> int:
         ratio = med["tok_s"] / paired["tok_s"]
         ratio_decode = med["decode_tok_s"] / paired["decode_tok_s"]
         bad = [m for m in s["mismatch"] if m is not None]
-        table.add_row(f"swarm x{n}", " ".join(f"{a}:{b}" for a, b in s["spans"]), f"{med['ttft_ms']:.0f}",
+        table.add_row(f"swarm x{n}", ",".join(f"{a}:{b}" for a, b in s["spans"]), f"{med['ttft_ms']:.0f}",
                       f"{med['tok_s']:.1f}", f"{med['decode_tok_s']:.1f}", f"{med['step_ms_median']:.1f}",
                       f"{paired['tok_s']:.1f}", f"{ratio:.2f}", f"{ratio_decode:.2f}",
                       "[green]yes[/]" if not bad else f"[red]no, from token {min(bad)}[/]",

@@ -166,9 +166,10 @@ def test_dht_identity_keeps_the_address_across_restarts(tmp_path):
             lines = [proc.stdout.readline() for _ in range(2)]
             assert lines[1].strip().startswith("--initial-peers /ip4/127.0.0.1/tcp/"), lines
             addresses.append(lines[1].split("/p2p/")[1].split()[0])
-        finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(30) == 0
+            assert wait_gone(tag) == []  # its DHT child and p2pd stop too
+        finally:
             kill_tagged(tag)
     assert identity.exists() and addresses[0] == addresses[1]
 
