@@ -54,7 +54,8 @@ def fetch_swarm_state(dht, model_id: str, num_blocks: int) -> SwarmState:
 
 
 async def _get_many(dht, node, *, keys):
-    found = await node.get_many(keys)
+    # latest values from the network, not the node's cache: a server that just joined must show
+    found = await node.get_many(keys, sufficient_expiration_time=float("inf"))
     out = {}
     for key, entry in found.items():
         value = getattr(entry, "value", None)
