@@ -128,9 +128,11 @@ def test_swarm_status(swarm_up):
 def test_piped_chat_answers_and_exits(swarm_up):
     _, peers, _, _ = swarm_up
     result = subprocess.run([*CLI, "chat", "smollm2-135m", "--initial-peers", *peers, "--max-new-tokens", "24"],
-                            input="What is the capital of France?\n", capture_output=True, text=True, timeout=300)
+                            input="What is the capital of France?\nAnd of Italy?\n", capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "Paris" in result.stdout
+    # two answers; the second needs the first turn as context (one session across turns)
+    assert "Paris" in result.stdout and "Rome" in result.stdout, result.stdout
 
 
 def test_sigterm_stops_every_process(swarm_up):

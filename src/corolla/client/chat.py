@@ -12,6 +12,7 @@ from typing import TextIO
 import torch
 
 from corolla.client.sampling import SamplingParams, TextDelta
+from corolla.client.session import InferenceSession
 
 
 def render(tokenizer, messages: list[dict]) -> torch.Tensor:
@@ -23,12 +24,10 @@ def chat(model, *, params: SamplingParams = SamplingParams(), max_new_tokens: in
          stop_strings: list[str] | None = None, system: str | None = None, max_length: int = 4096,
          stdin: TextIO = sys.stdin, out: TextIO = sys.stdout) -> int:
     """Read user messages line by line until EOF; answer each. Returns the number of turns."""
-    tokenizer = model.tokenizer
     messages: list[dict] = [{"role": "system", "content": system}] if system else []
     interactive = stdin.isatty()
     turns = 0
-    session_cm = model.inference_session(max_length=max_length)
-    session = session_cm.__enter__()
+    session = InferenceSession(model.client, max_length)
     try:
         while True:
             if interactive:
@@ -37,37 +36,35 @@ def chat(model, *, params: SamplingParams = SamplingParams(), max_new_tokens: in
             line = stdin.readline()
             if not line:
                 break
-            text = line.strip()
-            if not text:
+            if not line.strip():
                 continue
-            messages.append({"role": "user", "content": text})
-            ids = render(tokenizer, messages)
+            messages.append({"role": "user", "content": line.strip()})
+            ids = render(model.tokenizer, messages)
+            known = _held_ids(session)
+            if known.shape[1] and not (known.shape[1] < ids.shape[1] and torch.equal(ids[:, : known.shape[1]], known)):
+                session.close()  # the template re-rendered history differently: start over
+                session = InferenceSession(model.client, max_length)
+                known = _held_ids(session)
             if interactive:
                 out.write("assistant> ")
-            if session.token_ids is not None:
-                # the answer so far + new user message; fall back to a fresh session on mismatch
-                known = torch.cat([t for t in (session.token_ids, session.pending_ids) if t is not None], dim=1)
-                if not (known.shape[1] < ids.shape[1] and torch.equal(ids[:, : known.shape[1]], known)):
-                    session_cm.__exit__(None, None, None)
-                    session_cm = model.inference_session(max_length=max_length)
-                    session = session_cm.__enter__()
-            answer = _answer(model, session, ids, params, max_new_tokens, stop_strings, out)
+            answer = _answer(model, session, ids[:, known.shape[1]:], params, max_new_tokens, stop_strings, out)
             messages.append({"role": "assistant", "content": answer})
             turns += 1
     finally:
-        session_cm.__exit__(None, None, None)
+        session.close()
     return turns
 
 
-def _answer(model, session, ids, params, max_new_tokens, stop_strings, out) -> str:
-    if session.token_ids is None:
-        new = ids
-    else:
-        known = session.token_ids.shape[1] + (session.pending_ids.shape[1] if session.pending_ids is not None else 0)
-        new = ids[:, known:]
+def _held_ids(session: InferenceSession) -> torch.Tensor:
+    """Tokens the session already holds (or has sampled and will send first), [1, L]."""
+    parts = [t for t in (session.token_ids, session.pending_ids) if t is not None]
+    return torch.cat(parts, dim=1) if parts else torch.empty(1, 0, dtype=torch.long)
+
+
+def _answer(model, session, new_ids, params, max_new_tokens, stop_strings, out) -> str:
     decoder = TextDelta(model.tokenizer)
     eos = model.eos_token_ids()
-    for tokens in model.stream(new, params=params, max_new_tokens=max_new_tokens, stop_strings=stop_strings,
+    for tokens in model.stream(new_ids, params=params, max_new_tokens=max_new_tokens, stop_strings=stop_strings,
                                session=session):
         token = int(tokens[0])
         if token in eos:

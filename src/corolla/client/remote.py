@@ -43,10 +43,15 @@ class SwarmClient:
         self.p2p = self.loop.run(self.dht.replicate_p2p())
         self._bans: dict[str, tuple[float, float]] = {}  # peer -> (banned until, last ban length)
         self._rtt: dict[str, tuple[float, float]] = {}  # peer -> (measured at, round trip seconds)
+        self._state: tuple[float, SwarmState] | None = None  # (read at, state)
 
     # ---- swarm state and routing --------------------------------------------------------------
-    def swarm_state(self) -> SwarmState:
-        return fetch_swarm_state(self.dht, self.model_id, self.num_blocks)
+    def swarm_state(self, max_age_s: float = 0.0) -> SwarmState:
+        """The swarm's state from the DHT, or a read at most ``max_age_s`` old."""
+        now = time.monotonic()
+        if self._state is None or now - self._state[0] > max_age_s:
+            self._state = (now, fetch_swarm_state(self.dht, self.model_id, self.num_blocks))
+        return self._state[1]
 
     def banned(self) -> set[str]:
         now = time.monotonic()
@@ -56,6 +61,7 @@ class SwarmClient:
         _, last = self._bans.get(peer_id, (0.0, 0.0))
         length = min(last * 2, 300.0) if last else self.config.ban_s
         self._bans[peer_id] = (time.monotonic() + length, length)
+        self._state = None  # the swarm just changed: re-read before re-routing
         log.info("banned %s for %.0f s", peer_id, length)
 
     def plan(self, start: int = 0, end: int | None = None, forward_tokens: int | None = None) -> list[Hop]:
@@ -64,13 +70,14 @@ class SwarmClient:
         ``forward_tokens``: plan a stateless forward of that many tokens (weighs prefill speed).
         """
         deadline = time.monotonic() + self.config.route_timeout_s
-        delay = 0.1
+        delay, max_age_s = 0.1, self.config.state_max_age_s
         while True:
             try:
-                state = self.swarm_state()
+                state = self.swarm_state(max_age_s)
                 return plan_chain(state, start, end, banned=self.banned(), allowed=self.config.allowed_servers,
                                   rtt_s=self.measure_rtts(state), forward_tokens=forward_tokens)
             except NoRouteError:
+                max_age_s = 0.0  # wait on fresh reads
                 if time.monotonic() + delay > deadline:
                     raise
                 time.sleep(delay)
