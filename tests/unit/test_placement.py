@@ -7,30 +7,9 @@ import random
 
 import pytest
 
-from corolla.protocol.messages import ServerInfo
 from corolla.server.placement import block_throughput, blocks_that_fit, choose_blocks, plan_move, weakest
-from corolla.swarm.discovery import ServerRecord, SwarmState
-
-
-def server(peer_id: str, start: int, end: int, *, rps: float = 10.0, state: str = "online") -> ServerRecord:
-    return ServerRecord(
-        peer_id,
-        ServerInfo(
-            state=state,
-            start_block=start,
-            end_block=end,
-            version="0.1.0",
-            dtype="float32",
-            inference_rps=rps,
-            forward_tps=100.0,
-            cache_tokens_left=4096,
-        ),
-    )
-
-
-def swarm(num_blocks: int, *servers: ServerRecord, model_id: str = "m") -> SwarmState:
-    """A state as discovery builds it: servers sorted by peer id."""
-    return SwarmState(model_id, num_blocks, tuple(sorted(servers, key=lambda s: s.peer_id)))
+from corolla.swarm.discovery import ServerRecord
+from tests.unit.synthetic import server, swarm
 
 
 def spans(servers) -> dict[str, tuple[int, int]]:
