@@ -31,6 +31,21 @@ from corolla.server.sessions import SessionTable, check_hidden, check_step
 log = logging.getLogger(__name__)
 
 
+async def _until_client_closes(requests: AsyncIterator[runtime_pb2.ExpertRequest], timeout_s: float = 5.0) -> None:
+    """After answering with an error, let the client close its side before we close ours.
+
+    Closing first races with the client's end-of-stream write: its transport then fails with a
+    broken pipe and drops our (already delivered) error, so the client would see a lost
+    connection instead of the typed error.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for _ in requests:
+                pass  # whatever else it sent after the error is ignored
+    except Exception:  # timed out, or the connection is already gone: nothing more to say
+        pass
+
+
 def error_response(err: CorollaError) -> runtime_pb2.ExpertResponse:
     meta = ResponseMeta(error=ErrorInfo(code=err.code, message=str(err)[:4096]))
     return runtime_pb2.ExpertResponse(metadata=encode_meta(meta))
@@ -164,10 +179,12 @@ class BlockHandlers:
                     yield self._ok(out, session.position)
                 except CorollaError as e:
                     yield error_response(e)
+                    await _until_client_closes(requests)
                     return
                 except Exception as e:
                     log.exception("inference step failed")
                     yield error_response(ServerInternalError(f"inference failed on the server: {type(e).__name__}"))
+                    await _until_client_closes(requests)
                     return
         finally:
             if session is not None:
