@@ -23,15 +23,10 @@ def add_sampling(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=None, help="random seed for sampling")
 
 
-def sampling_kwargs(args: argparse.Namespace) -> dict:
+def sampling_params(args: argparse.Namespace):
+    """The sampling flags as SamplingParams (greedy unless a sampling flag is given)."""
+    from corolla.client.sampling import SamplingParams
+
     sample = args.temperature is not None or args.top_k is not None or args.top_p is not None
-    return dict(
-        max_new_tokens=args.max_new_tokens,
-        do_sample=sample,
-        temperature=args.temperature or 1.0,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty,
-        stop_strings=args.stop or None,
-        seed=args.seed,
-    )
+    return SamplingParams(do_sample=sample, temperature=args.temperature or 1.0, top_k=args.top_k,
+                          top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)

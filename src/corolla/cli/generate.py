@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from corolla.cli.common import add_peers, add_sampling, sampling_kwargs
+from corolla.cli.common import add_peers, add_sampling, sampling_params
 
 
 def register(sub) -> None:
@@ -37,9 +37,8 @@ def _open(args):
 def run_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from corolla.client.sampling import SamplingParams, TextDelta
+    from corolla.client.sampling import TextDelta
 
-    kw = sampling_kwargs(args)
     with _open(args) as model:
         tok = model.tokenizer
         if args.chat_template:
@@ -48,12 +47,10 @@ def run_generate(args: argparse.Namespace) -> int:
             ids = render(tok, [{"role": "user", "content": args.prompt}])
         else:
             ids = torch.tensor([tok(args.prompt)["input_ids"]], dtype=torch.long)
-        params = SamplingParams(kw["do_sample"], kw["temperature"], kw["top_k"], kw["top_p"],
-                                kw["repetition_penalty"], kw["seed"])
         decoder = TextDelta(tok)
         eos = model.eos_token_ids()
-        for tokens in model.stream(ids, params=params, max_new_tokens=kw["max_new_tokens"],
-                                   stop_strings=kw["stop_strings"]):
+        for tokens in model.stream(ids, params=sampling_params(args), max_new_tokens=args.max_new_tokens,
+                                   stop_strings=args.stop or None):
             if int(tokens[0]) in eos:
                 break
             sys.stdout.write(decoder.push(int(tokens[0])))
@@ -64,12 +61,8 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def chat_with(model, args: argparse.Namespace) -> int:
     from corolla.client.chat import chat
-    from corolla.client.sampling import SamplingParams
 
-    kw = sampling_kwargs(args)
-    params = SamplingParams(kw["do_sample"], kw["temperature"], kw["top_k"], kw["top_p"],
-                            kw["repetition_penalty"], kw["seed"])
-    chat(model, params=params, max_new_tokens=kw["max_new_tokens"], stop_strings=kw["stop_strings"],
+    chat(model, params=sampling_params(args), max_new_tokens=args.max_new_tokens, stop_strings=args.stop or None,
          system=getattr(args, "system", None))
     return 0
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 from typing import Any
 
 import torch
@@ -26,7 +25,6 @@ class Session:
     position: int = 0
     batch_size: int | None = None
     generation: int = 0  # the server's span generation this session was opened under
-    last_used: float = dataclasses.field(default_factory=time.monotonic)
 
 
 class SessionTable:
