@@ -37,25 +37,16 @@ def _open(args):
 def run_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from corolla.client.sampling import TextDelta
+    from corolla.client.chat import render, stream_text
 
     with _open(args) as model:
         tok = model.tokenizer
         if args.chat_template:
-            from corolla.client.chat import render
-
             ids = render(tok, [{"role": "user", "content": args.prompt}])
         else:
             ids = torch.tensor([tok(args.prompt)["input_ids"]], dtype=torch.long)
-        decoder = TextDelta(tok)
-        eos = model.eos_token_ids()
-        for tokens in model.stream(ids, params=sampling_params(args), max_new_tokens=args.max_new_tokens,
-                                   stop_strings=args.stop or None):
-            if int(tokens[0]) in eos:
-                break
-            sys.stdout.write(decoder.push(int(tokens[0])))
-            sys.stdout.flush()
-        sys.stdout.write("\n")
+        stream_text(model, ids, sys.stdout, params=sampling_params(args), max_new_tokens=args.max_new_tokens,
+                    stop_strings=args.stop or None)
     return 0
 
 

@@ -47,7 +47,8 @@ def chat(model, *, params: SamplingParams = SamplingParams(), max_new_tokens: in
                 known = _held_ids(session)
             if interactive:
                 out.write("assistant> ")
-            answer = _answer(model, session, ids[:, known.shape[1]:], params, max_new_tokens, stop_strings, out)
+            answer = stream_text(model, ids[:, known.shape[1]:], out, params=params, max_new_tokens=max_new_tokens,
+                                 stop_strings=stop_strings, session=session)
             messages.append({"role": "assistant", "content": answer})
             turns += 1
     finally:
@@ -61,7 +62,10 @@ def _held_ids(session: InferenceSession) -> torch.Tensor:
     return torch.cat(parts, dim=1) if parts else torch.empty(1, 0, dtype=torch.long)
 
 
-def _answer(model, session, new_ids, params, max_new_tokens, stop_strings, out) -> str:
+def stream_text(model, new_ids: torch.Tensor, out: TextIO, *, params: SamplingParams = SamplingParams(),
+                max_new_tokens: int = 256, stop_strings: list[str] | None = None,
+                session: InferenceSession | None = None) -> str:
+    """Generate from ``new_ids`` [1, T], writing text to ``out`` as it comes (until EOS); returns it."""
     decoder = TextDelta(model.tokenizer)
     eos = model.eos_token_ids()
     for tokens in model.stream(new_ids, params=params, max_new_tokens=max_new_tokens, stop_strings=stop_strings,

@@ -12,7 +12,7 @@ from hivemind.proto import runtime_pb2
 from corolla.client.config import ClientConfig
 from corolla.client.loop import LoopThread
 from corolla.errors import NoRouteError, RemoteCallError, error_from_wire
-from corolla.protocol.messages import ForwardMeta, ResponseMeta, ServerInfo, decode_meta, encode_meta
+from corolla.protocol.messages import ForwardMeta, ResponseMeta, decode_meta, encode_meta
 from corolla.protocol.rpc import TRANSPORT_ERRORS, stub_for
 from corolla.protocol.tensors import from_wire, to_wire
 from corolla.swarm.dht import start_dht
@@ -128,13 +128,6 @@ class SwarmClient:
         except TRANSPORT_ERRORS as e:
             raise RemoteCallError(f"forward to {hop.peer_id} failed: {type(e).__name__}: {e}") from e
         return parse_response(response)[1]
-
-    def server_info(self, peer_id: str) -> ServerInfo:
-        async def call():
-            request = runtime_pb2.ExpertRequest(uid=self.model_id)
-            return await stub_for(self.p2p, peer_id).rpc_info(request, timeout=self.config.request_timeout_s)
-
-        return decode_meta(self.loop.run(call()).metadata, ServerInfo)
 
     def close(self) -> None:
         try:

@@ -55,8 +55,6 @@ class _HopStream:
             if self._responses is None:  # hivemind reads the first request before returning the stream
                 self._responses = await stub_for(self.client.p2p, self.hop.peer_id).rpc_inference(self._requests())
             response = await asyncio.wait_for(anext(self._responses), self.client.config.request_timeout_s)
-        except CorollaError:
-            raise
         except StopAsyncIteration:
             raise RemoteCallError(f"server {self.hop.peer_id} closed the session stream") from None
         except asyncio.TimeoutError:

@@ -8,7 +8,6 @@ Metadata travels as msgpack (never pickle).
 from __future__ import annotations
 
 import enum
-import re
 from typing import Annotated, TypeVar
 
 import msgpack
@@ -134,14 +133,6 @@ def _short(e: ValidationError) -> str:
     return "; ".join(parts)
 
 
-_BLOCK_KEY = re.compile(r"(?P<model>[A-Za-z0-9][A-Za-z0-9._\-]*)\.(?P<block>[0-9]+)")
-
-
 def block_key(model_id: str, block: int) -> str:
     """The DHT key under which servers of ``block`` of ``model_id`` announce themselves."""
     return f"{model_id}.{block}"
-
-
-def parse_block_key(key: str) -> tuple[str, int] | None:
-    m = _BLOCK_KEY.fullmatch(key)
-    return (m["model"], int(m["block"])) if m else None

@@ -170,8 +170,8 @@ class BlockHandlers:
                         if not self.accepting:
                             raise ServerBusyError("this server is shutting down; use another one")
                         first, last = self._local_blocks(meta.open.model_id, meta.open.start_block, meta.open.end_block)
-                        session = self.sessions.open(meta.open, peer, first, last, self.span.new_cache())
-                        session.generation = self.generation
+                        session = self.sessions.open(meta.open, peer, first, last, self.span.new_cache(),
+                                                     self.generation)
                     elif meta.open is not None:
                         raise BadRequestError(f"session {session.id} is already open on this stream")
                     hidden = self._hidden(request)

@@ -42,7 +42,7 @@ class SessionTable:
         with self._lock:
             return sum(s.position * (s.batch_size or 1) for s in self._sessions.values())
 
-    def open(self, req: SessionOpen, peer: str, first: int, last: int, cache: Any) -> Session:
+    def open(self, req: SessionOpen, peer: str, first: int, last: int, cache: Any, generation: int = 0) -> Session:
         if req.max_length > self.max_length:
             raise SequenceTooLongError(
                 f"max_length {req.max_length} is more than this server allows per session ({self.max_length})"
@@ -54,7 +54,7 @@ class SessionTable:
                 raise ServerBusyError(f"server is at its limit of {self.max_sessions} sessions")
             if sum(s.peer == peer for s in self._sessions.values()) >= self.max_per_peer:
                 raise ServerBusyError(f"peer {peer} already holds {self.max_per_peer} sessions here (the per-peer limit)")
-            session = Session(req.session_id, peer, first, last, req.max_length, cache)
+            session = Session(req.session_id, peer, first, last, req.max_length, cache, generation=generation)
             self._sessions[req.session_id] = session
             return session
 
