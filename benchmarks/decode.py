@@ -205,7 +205,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=64, help="new tokens per run (default 64)")
     p.add_argument("--servers", type=int, nargs="+", default=[1, 2, 3], help="swarm sizes (default 1 2 3)")
     p.add_argument("--server-threads", type=int, default=None,
-                   help="torch threads per server process (default: the server's own default, all cores)")
+                   help="torch threads per server process (default: LocalSwarm's share, cores // servers)")
+    p.add_argument("--no-push", action="store_true",
+                   help="the client relays every hop's output itself instead of servers pushing it to the next one")
     p.add_argument("--server-env", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra environment for the server processes, e.g. OMP_WAIT_POLICY=PASSIVE")
     p.add_argument("--quiet-idle", type=float, default=0.8,
@@ -296,7 +298,7 @@ def main(argv=None) -> int:
                 swarm.start(spans)
                 startup_s = time.perf_counter() - t0
                 client = DistributedModelForCausalLM.from_pretrained(
-                    path, initial_peers=swarm.initial_peers, model_id=model_id)
+                    path, initial_peers=swarm.initial_peers, model_id=model_id, push=not args.no_push)
             try:
                 with progress:
                     task = progress.add_task(f"swarm of {n} (interleaved with local)", total=args.warmup + args.runs)
@@ -362,7 +364,7 @@ def main(argv=None) -> int:
     results["config"] = {
         "model": model_id, "path": str(path), "dtype": "float32", "prompt_tokens": ids.shape[1],
         "new_tokens": args.new_tokens, "runs": args.runs, "warmup": args.warmup, "servers": args.servers,
-        "server_threads": args.server_threads, "server_env": args.server_env, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "server_threads": args.server_threads, "push": not args.no_push, "server_env": args.server_env, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(), "machine": platform.machine(), "python": sys.version.split()[0],
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv,
     }

@@ -121,3 +121,14 @@ class _Ref:
 @pytest.fixture(scope="module")
 def smollm2_ref(smollm2_dir):
     return _Ref(smollm2_dir)
+
+
+@pytest.mark.parametrize("push", [True, False], ids=["push", "relay"])
+def test_servers_push_to_the_next_hop_with_the_same_output(tiny_swarm, tiny_ref, push):
+    """Servers hand each output straight to the next hop; the tokens are the same as without."""
+    ids = torch.randint(0, 320, (1, 10), generator=torch.Generator().manual_seed(11))
+    with tiny_swarm.client(2, push=push) as model, model.inference_session(max_length=64) as session:
+        out = model.generate(ids, max_new_tokens=12, eos_token_id=[])
+        # the first step opens the streams; from the second on, hops 2 and 3 get their input pushed
+        assert session.pushed_inputs == (2 * 11 if push else 0)
+    assert torch.equal(out, local_greedy(tiny_ref, ids, 12))

@@ -15,4 +15,5 @@ class ClientConfig:
     max_chunk_tokens: int = 1024  # prefill is sent in chunks of at most this many tokens (x batch)
     max_retries: int = 5  # failed steps re-routed before giving up
     ban_s: float = 15.0  # first ban of a failing server; doubles on repeat
+    push: bool = True  # servers push each step's output straight to the next server (see InferenceSession)
     state_max_age_s: float = 5.0  # new sessions reuse a DHT read this recent (a failure re-reads at once)

@@ -19,7 +19,7 @@ from hivemind.proto import runtime_pb2
 
 from corolla.client.remote import SwarmClient, parse_response
 from corolla.errors import CorollaError, NoRouteError, RemoteCallError, SequenceTooLongError
-from corolla.protocol.messages import InferenceMeta, SessionOpen, encode_meta
+from corolla.protocol.messages import InferenceMeta, PushTarget, SessionOpen, encode_meta
 from corolla.protocol.rpc import TRANSPORT_ERRORS, stub_for
 from corolla.protocol.tensors import to_wire
 from corolla.swarm.routing import Hop
@@ -47,13 +47,33 @@ class _HopStream:
         while (item := await self._queue.get()) is not None:
             yield item
 
+    @property
+    def push_target(self) -> PushTarget | None:
+        """Where the previous hop may push its output to (once this stream is open)."""
+        return PushTarget(peer_id=self.hop.peer_id, session_id=self.open_meta.session_id) if self._opened else None
+
     async def step(self, hidden: torch.Tensor, position: int) -> torch.Tensor:
-        meta = InferenceMeta(position=position, open=None if self._opened else self.open_meta)
+        await self.send(hidden, position)
+        return (await self.receive())[0]
+
+    async def send(
+        self, hidden: torch.Tensor, position: int, route: tuple[PushTarget, ...] = (), push_from: str | None = None
+    ) -> None:
+        meta = InferenceMeta(position=position, open=None if self._opened else self.open_meta,
+                             route=route or None, push_from=push_from)
         request = runtime_pb2.ExpertRequest(uid=self.client.model_id, tensors=[to_wire(hidden)], metadata=encode_meta(meta))
-        try:
-            self._queue.put_nowait(request)
-            if self._responses is None:  # hivemind reads the first request before returning the stream
+        self._queue.put_nowait(request)
+        if self._responses is None:  # hivemind reads the first request before returning the stream
+            try:
                 self._responses = await stub_for(self.client.p2p, self.hop.peer_id).rpc_inference(self._requests())
+            except TRANSPORT_ERRORS as e:
+                raise RemoteCallError(f"call to {self.hop.peer_id} failed: {type(e).__name__}: {e}") from e
+
+    async def receive(self) -> tuple[torch.Tensor, bool]:
+        """The next step's output, and whether this server pushed it on to the next hop."""
+        if self._responses is None:
+            raise RemoteCallError(f"no stream is open to {self.hop.peer_id}")
+        try:
             response = await asyncio.wait_for(anext(self._responses), self.client.config.request_timeout_s)
         except StopAsyncIteration:
             raise RemoteCallError(f"server {self.hop.peer_id} closed the session stream") from None
@@ -64,7 +84,8 @@ class _HopStream:
         except TRANSPORT_ERRORS as e:
             raise RemoteCallError(f"call to {self.hop.peer_id} failed: {type(e).__name__}: {e}") from e
         self._opened = True
-        return parse_response(response)[1]
+        meta, out = parse_response(response)
+        return out, meta.pushed
 
     async def close(self) -> None:
         self._queue.put_nowait(None)
@@ -95,6 +116,7 @@ class InferenceSession:
         self._hops: list[_HopState] = []
         self._closed = False
         self.recoveries = 0  # how many times a failed server was replaced
+        self.pushed_inputs = 0  # hop inputs that a server pushed to the next one (the client sent no copy)
         # kept for generate(): tokens already in the servers' caches, and one sampled but not sent
         self.token_ids: torch.Tensor | None = None
         self.pending_ids: torch.Tensor | None = None
@@ -145,16 +167,39 @@ class InferenceSession:
         return hop.start, hop.end
 
     async def _run_chain(self, x: torch.Tensor, index: int):
-        """Send ``x`` through hops ``index:``; on failure return where it stopped."""
+        """Send ``x`` through hops ``index:``; on failure return where it stopped.
+
+        With ``ClientConfig.push`` each request names the hops after it (their open sessions),
+        and a server pushes its output straight to the next one, which starts computing at once;
+        the client only reads each hop's output (kept for replay) and sends a step itself where
+        a push did not happen (a hop just opened or replaced, a push refused or lost).
+        """
+        pushed = False
         for i in range(index, len(self._hops)):
             state = self._hops[i]
             try:
-                y = await state.stream.step(x, self.position)
+                if pushed:
+                    self.pushed_inputs += 1
+                else:
+                    route, push_from = self._push_route(i)
+                    await state.stream.send(x, self.position, route, push_from)
+                y, pushed = await state.stream.receive()
             except CorollaError as e:
                 return x, i, e
             state.inputs.append(x)
             x = y
         return x, None, None
+
+    def _push_route(self, index: int) -> tuple[tuple[PushTarget, ...], str | None]:
+        """The open hops after ``index`` (up to the first not yet open) and the hop before it."""
+        if not self.client.config.push:
+            return (), None
+        route = []
+        for state in self._hops[index + 1 :]:
+            if (target := state.stream.push_target) is None:
+                break
+            route.append(target)
+        return tuple(route), self._hops[index - 1].stream.hop.peer_id if index > 0 else None
 
     def _replace(self, index: int) -> None:
         """Route around hop ``index`` and replay its inputs into the replacement hops."""

@@ -21,6 +21,7 @@ MAX_META_BYTES = 64 * 1024
 ModelId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")]
 SessionId = Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")]
 BlockIndex = Annotated[int, Field(ge=0, le=100_000)]
+PeerIdStr = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[1-9A-HJ-NP-Za-km-z]+$")]  # base58
 
 
 class _Wire(BaseModel):
@@ -76,6 +77,11 @@ class SessionOpen(_Wire):
         return self
 
 
+class PushTarget(_Wire):
+    peer_id: PeerIdStr
+    session_id: SessionId
+
+
 class InferenceMeta(_Wire):
     """Metadata of one step of an inference stream.
 
@@ -85,6 +91,20 @@ class InferenceMeta(_Wire):
 
     position: int = Field(ge=0)
     open: SessionOpen | None = None
+    # server-to-server push: after this step, send the output straight on to the first of these
+    # sessions (the next hops, in order), which passes it on to the rest; the client need not
+    # relay it, saving a round trip per hop ...
+    route: tuple[PushTarget, ...] | None = Field(default=None, max_length=64)
+    # ... and accept pushed inputs for this session only from this peer (the previous hop)
+    push_from: PeerIdStr | None = None
+
+
+class PushMeta(_Wire):
+    """Metadata of ``rpc_push``: a previous hop's output, the input of ``session_id``'s step at ``position``."""
+
+    session_id: SessionId
+    position: int = Field(ge=0)
+    route: tuple[PushTarget, ...] | None = Field(default=None, max_length=64)  # where the receiver pushes on
 
 
 class ForwardMeta(_Wire):
@@ -103,6 +123,7 @@ class ErrorInfo(_Wire):
 class ResponseMeta(_Wire):
     error: ErrorInfo | None = None
     position: int | None = None
+    pushed: bool = False  # the next hop took this output from us: the client need not send it
 
 
 M = TypeVar("M", bound=BaseModel)

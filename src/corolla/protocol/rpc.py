@@ -7,6 +7,9 @@ the receiver parses with a model from :mod:`corolla.protocol.messages`.
 - ``rpc_forward``: unary; hidden states [B, T, H] through ``ForwardMeta``'s blocks, no state.
 - ``rpc_inference``: bidirectional stream, one session; each message carries only new tokens'
   hidden states and an ``InferenceMeta``; the first message opens the session.
+- ``rpc_push``: bidirectional stream, server to server, kept open; each message is a previous
+  hop's output for one of the receiver's sessions (``PushMeta``), acknowledged in order, so the
+  next server need not wait for the client to relay it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,12 @@ class BlockRPC(ServicerBase):
         self, request: runtime_pb2.ExpertRequest, context: P2PContext
     ) -> runtime_pb2.ExpertResponse:
         raise NotImplementedError
+
+    async def rpc_push(
+        self, requests: AsyncIterator[runtime_pb2.ExpertRequest], context: P2PContext
+    ) -> AsyncIterator[runtime_pb2.ExpertResponse]:
+        raise NotImplementedError
+        yield  # pragma: no cover
 
     async def rpc_inference(
         self, requests: AsyncIterator[runtime_pb2.ExpertRequest], context: P2PContext

@@ -36,4 +36,5 @@ class ServerConfig:
     rebalance_period_s: float = 60.0  # 0 disables moving
     rebalance_min_gain: float = 1.2  # move when the weakest block's throughput grows by this factor
     throughput: float | None = None  # announce this many steps/s instead of measuring
+    push_timeout_s: float = 5.0  # a push to the next hop that takes longer is given up (the client relays it)
     drain_timeout_s: float = 5.0  # on SIGTERM, how long running steps may take to finish

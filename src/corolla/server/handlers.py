@@ -23,15 +23,36 @@ from corolla.errors import (
     SessionLostError,
     UnknownSessionError,
 )
-from corolla.protocol.messages import ErrorInfo, ForwardMeta, InferenceMeta, ResponseMeta, decode_meta, encode_meta
+from corolla.protocol.messages import (
+    ErrorInfo,
+    ForwardMeta,
+    InferenceMeta,
+    PushMeta,
+    PushTarget,
+    ResponseMeta,
+    decode_meta,
+    encode_meta,
+)
 from corolla.protocol.tensors import from_wire, to_wire
 from corolla.server.config import ServerConfig
+from corolla.server.push import PushLinks
 from corolla.server.sessions import SessionTable, check_hidden, check_step
 
 log = logging.getLogger(__name__)
 
 
-async def _until_client_closes(requests: AsyncIterator[runtime_pb2.ExpertRequest], timeout_s: float = 5.0) -> None:
+async def _read_into(requests: AsyncIterator[runtime_pb2.ExpertRequest], inbox: asyncio.Queue) -> None:
+    """Move a stream's requests into ``inbox``; ``("end",)`` when the client closes it or it breaks."""
+    try:
+        async for request in requests:
+            inbox.put_nowait(("request", request))
+    except Exception as e:  # a broken connection ends the session like a close
+        log.debug("inference stream ended: %s: %s", type(e).__name__, e)
+    finally:
+        inbox.put_nowait(("end",))
+
+
+async def _until_client_closes(inbox: asyncio.Queue, timeout_s: float = 5.0) -> None:
     """After answering with an error, let the client close its side before we close ours.
 
     Closing first races with the client's end-of-stream write: its transport then fails with a
@@ -40,9 +61,9 @@ async def _until_client_closes(requests: AsyncIterator[runtime_pb2.ExpertRequest
     """
     try:
         async with asyncio.timeout(timeout_s):
-            async for _ in requests:
-                pass  # whatever else it sent after the error is ignored
-    except Exception:  # timed out, or the connection is already gone: nothing more to say
+            while (await inbox.get())[0] != "end":
+                pass  # whatever else arrives after the error is ignored
+    except TimeoutError:
         pass
 
 
@@ -79,6 +100,7 @@ class BlockHandlers:
         self.accepting = True  # False while draining for shutdown
         self.inflight = 0  # requests being computed right now
         self.generation = 0  # bumped when the server moves to other blocks: older sessions are lost
+        self.pushes: PushLinks | None = None  # set by the server once it is on the network
 
     def swap_span(self, span: torch.nn.Module, start: int, end: int) -> None:
         """Serve other blocks from now on (runs on the compute thread, between steps)."""
@@ -117,8 +139,9 @@ class BlockHandlers:
         while self.inflight and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
 
-    def _ok(self, out: torch.Tensor, position: int | None = None) -> runtime_pb2.ExpertResponse:
-        return runtime_pb2.ExpertResponse(tensors=[to_wire(out)], metadata=encode_meta(ResponseMeta(position=position)))
+    def _ok(self, out: torch.Tensor, position: int | None = None, pushed: bool = False) -> runtime_pb2.ExpertResponse:
+        meta = ResponseMeta(position=position, pushed=pushed)
+        return runtime_pb2.ExpertResponse(tensors=[to_wire(out)], metadata=encode_meta(meta))
 
     # ---- compute (runs on the compute thread) -----------------------------------------------
     def _forward(self, hidden: torch.Tensor, first: int, last: int) -> torch.Tensor:
@@ -151,41 +174,101 @@ class BlockHandlers:
             log.exception("forward failed")
             return error_response(ServerInternalError(f"forward failed on the server: {type(e).__name__}"))
 
+    async def rpc_push(
+        self, requests: AsyncIterator[runtime_pb2.ExpertRequest], context: P2PContext
+    ) -> AsyncIterator[runtime_pb2.ExpertResponse]:
+        """Previous hops' outputs for our sessions, each queued as its session's next input.
+
+        A push is accepted only from the peer the session's client named as the previous hop
+        (``push_from``), and only for the step the session expects next; the pusher tells its
+        client whether we took it, and the client sends the step itself when we did not.
+        """
+        sender = context.remote_id.to_base58()
+        async for request in requests:
+            try:
+                meta = decode_meta(request.metadata, PushMeta)
+                session = self.sessions.get(meta.session_id)
+                if session is None or session.inbox is None:
+                    raise UnknownSessionError(f"no open session {meta.session_id}")
+                if session.push_from != sender:
+                    raise BadRequestError(f"session {meta.session_id} does not accept pushes from this peer")
+                hidden = self._hidden(request)
+                check_step(session, hidden, meta.position)
+                session.inbox.put_nowait(("push", meta.position, hidden, meta.route))
+                yield runtime_pb2.ExpertResponse(metadata=encode_meta(ResponseMeta(position=meta.position)))
+            except CorollaError as e:
+                yield error_response(e)
+
+    async def _push(self, route: tuple[PushTarget, ...], out: torch.Tensor, position: int) -> bool:
+        """Send our output of the step at ``position`` to the next hop; True if it took it."""
+        target, *rest = route
+        request = runtime_pb2.ExpertRequest(
+            uid=self.model_id, tensors=[to_wire(out)],
+            metadata=encode_meta(PushMeta(session_id=target.session_id, position=position, route=tuple(rest) or None)),
+        )
+        try:
+            meta = await self.pushes.push(target.peer_id, request, self.config.push_timeout_s)
+        except Exception as e:  # the client then sends the step itself
+            log.debug("push to %s failed: %s: %s", target.peer_id, type(e).__name__, e)
+            return False
+        if meta.error is not None:
+            log.debug("push to %s refused: %s", target.peer_id, meta.error.message)
+        return meta.error is None
+
     async def rpc_inference(
         self, requests: AsyncIterator[runtime_pb2.ExpertRequest], context: P2PContext
     ) -> AsyncIterator[runtime_pb2.ExpertResponse]:
+        """One session. Steps come from the client or, pushed, from the previous hop; each step
+        is answered to the client once, and pushed on along the route the client gave."""
         session = None
         peer = context.remote_id.to_base58()
+        inbox: asyncio.Queue = asyncio.Queue()
+        reader = asyncio.create_task(_read_into(requests, inbox))
         try:
             while True:
                 try:
-                    request = await asyncio.wait_for(anext(requests), self.config.session_idle_timeout_s)
-                except (StopAsyncIteration, asyncio.TimeoutError):
-                    return  # client closed the stream, or left it idle for too long
+                    item = await asyncio.wait_for(inbox.get(), self.config.session_idle_timeout_s)
+                except asyncio.TimeoutError:
+                    return  # the client left the stream idle for too long
+                if item[0] == "end":
+                    return  # the client closed the stream
                 try:
-                    meta = decode_meta(request.metadata, InferenceMeta)
-                    if session is None:
-                        if meta.open is None:
-                            raise UnknownSessionError("no session is open on this stream: the first step must open one")
-                        if not self.accepting:
-                            raise ServerBusyError("this server is shutting down; use another one")
-                        first, last = self._local_blocks(meta.open.model_id, meta.open.start_block, meta.open.end_block)
-                        session = self.sessions.open(meta.open, peer, first, last, self.span.new_cache(),
-                                                     self.generation)
-                    elif meta.open is not None:
-                        raise BadRequestError(f"session {session.id} is already open on this stream")
-                    hidden = self._hidden(request)
-                    out = await self._run(self._step, session, hidden, meta.position)
-                    yield self._ok(out, session.position)
+                    if item[0] == "push":
+                        _, position, hidden, route = item
+                        if position != session.position:
+                            continue  # the client's own copy of this step came first
+                        session.pushed = {p for p in session.pushed if p > position - 8} | {position}
+                    else:
+                        request = item[1]
+                        meta = decode_meta(request.metadata, InferenceMeta)
+                        if session is None:
+                            if meta.open is None:
+                                raise UnknownSessionError("no session is open on this stream: the first step must open one")
+                            if not self.accepting:
+                                raise ServerBusyError("this server is shutting down; use another one")
+                            first, last = self._local_blocks(meta.open.model_id, meta.open.start_block, meta.open.end_block)
+                            session = self.sessions.open(meta.open, peer, first, last, self.span.new_cache(),
+                                                         self.generation)
+                            session.inbox = inbox
+                        elif meta.open is not None:
+                            raise BadRequestError(f"session {session.id} is already open on this stream")
+                        session.push_from = meta.push_from
+                        if meta.position in session.pushed and meta.position < session.position:
+                            continue  # a push that timed out for its sender still reached us: done already
+                        hidden, position, route = self._hidden(request), meta.position, meta.route
+                    out = await self._run(self._step, session, hidden, position)
+                    pushed = bool(route) and self.pushes is not None and await self._push(route, out, position)
+                    yield self._ok(out, session.position, pushed)
                 except CorollaError as e:
                     yield error_response(e)
-                    await _until_client_closes(requests)
+                    await _until_client_closes(inbox)
                     return
                 except Exception as e:
                     log.exception("inference step failed")
                     yield error_response(ServerInternalError(f"inference failed on the server: {type(e).__name__}"))
-                    await _until_client_closes(requests)
+                    await _until_client_closes(inbox)
                     return
         finally:
+            reader.cancel()
             if session is not None:
                 self.sessions.close(session)

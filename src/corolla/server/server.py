@@ -20,6 +20,7 @@ from corolla.protocol.rpc import NAMESPACE, BlockRPC, stub_for
 from corolla.server import placement
 from corolla.server.config import ServerConfig
 from corolla.server.handlers import BlockHandlers
+from corolla.server.push import PushLinks
 from corolla.server.throughput import Throughput, measure_cached
 from corolla.swarm.announce import announce
 from corolla.swarm.dht import start_dht
@@ -129,6 +130,7 @@ class Server:
     # ---- serving -----------------------------------------------------------------------------
     async def serve(self) -> None:
         self.p2p = await self.dht.replicate_p2p()
+        self.handlers.pushes = PushLinks(self.p2p)
         await BlockRPC().add_p2p_handlers(self.p2p, wrapper=self.handlers, namespace=NAMESPACE)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -162,6 +164,8 @@ class Server:
         self.state = ServerState.OFFLINE
         await self._guarded(self._announce(wait=False), "announcing OFFLINE")
         await self.handlers.drain(self.config.drain_timeout_s)
+        if self.handlers.pushes is not None:
+            self.handlers.pushes.close()
         log.info("left the swarm")
 
     async def _measure_pings(self) -> None:

@@ -25,6 +25,9 @@ class Session:
     position: int = 0
     batch_size: int | None = None
     generation: int = 0  # the server's span generation this session was opened under
+    inbox: Any = None  # the stream's asyncio.Queue: pushes from the previous hop land here
+    push_from: str | None = None  # the only peer whose pushes this session accepts
+    pushed: set[int] = dataclasses.field(default_factory=set)  # recent positions computed from a push
 
 
 class SessionTable:
@@ -57,6 +60,10 @@ class SessionTable:
             session = Session(req.session_id, peer, first, last, req.max_length, cache, generation=generation)
             self._sessions[req.session_id] = session
             return session
+
+    def get(self, session_id: str) -> Session | None:
+        with self._lock:
+            return self._sessions.get(session_id)
 
     def close(self, session: Session) -> None:
         with self._lock:

@@ -105,7 +105,12 @@ class LocalSwarm:
     def start(self, spans: Sequence[tuple[int, int]], timeout_s: float = 600.0,
               on_progress: Callable[[int], None] | None = None) -> LocalSwarm:
         self.start_bootstrap()
-        started = [self.add_server(span) for span in spans]
+        extra: list[str] = []
+        if "--torch-threads" not in self.server_args:
+            # the servers share this machine's cores: each gets its share, so none of them waits
+            # for a thread that another server's work has pushed off its core
+            extra = ["--torch-threads", str(max(1, (os.cpu_count() or 1) // max(1, len(spans))))]
+        started = [self.add_server(span, extra) for span in spans]
         self.wait_ready(started, timeout_s, on_progress)
         return self
 

@@ -1,0 +1,92 @@
+"""Server-to-server push: long-lived ``rpc_push`` streams from a server to the next hops.
+
+A unary call through the p2p daemons opens a new stream each time, which costs about as much
+as the client relaying the step itself; a stream per next server, kept open, is what makes
+pushing faster than relaying. Each push is acknowledged, in order, on the same stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+
+from hivemind.proto import runtime_pb2
+
+from corolla.protocol.messages import ResponseMeta, decode_meta
+from corolla.protocol.rpc import stub_for
+
+log = logging.getLogger(__name__)
+
+
+class PushLink:
+    """One open push stream to one peer."""
+
+    def __init__(self, p2p, peer_id: str):
+        self.p2p, self.peer_id = p2p, peer_id
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._waiting: collections.deque[asyncio.Future] = collections.deque()
+        self._reader: asyncio.Task | None = None
+        self._opening = asyncio.Lock()
+        self.broken = False
+
+    async def _requests(self):
+        while (item := await self._queue.get()) is not None:
+            yield item
+
+    async def _read(self, responses) -> None:
+        try:
+            async for response in responses:
+                future = self._waiting.popleft()
+                if not future.done():  # its sender may have stopped waiting
+                    future.set_result(response)
+        except Exception as e:
+            log.debug("push stream to %s broke: %s: %s", self.peer_id, type(e).__name__, e)
+        finally:
+            self.broken = True
+            while self._waiting:
+                future = self._waiting.popleft()
+                if not future.done():
+                    future.set_exception(ConnectionError(f"push stream to {self.peer_id} closed"))
+
+    async def push(self, request: runtime_pb2.ExpertRequest, timeout_s: float) -> ResponseMeta:
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append(future)
+        self._queue.put_nowait(request)
+        async with self._opening:
+            if self._reader is None:  # hivemind reads the first request before returning the stream
+                responses = await stub_for(self.p2p, self.peer_id).rpc_push(self._requests())
+                self._reader = asyncio.create_task(self._read(responses))
+        response = await asyncio.wait_for(future, timeout_s)
+        return decode_meta(response.metadata, ResponseMeta)
+
+    def close(self) -> None:
+        self.broken = True
+        self._queue.put_nowait(None)
+        if self._reader is not None:
+            self._reader.cancel()
+
+
+class PushLinks:
+    """The open push streams of one server, by peer; a broken one is replaced on the next push."""
+
+    def __init__(self, p2p):
+        self.p2p = p2p
+        self._links: dict[str, PushLink] = {}
+
+    async def push(self, peer_id: str, request: runtime_pb2.ExpertRequest, timeout_s: float) -> ResponseMeta:
+        link = self._links.get(peer_id)
+        if link is None or link.broken:
+            link = self._links[peer_id] = PushLink(self.p2p, peer_id)
+        try:
+            return await link.push(request, timeout_s)
+        except BaseException:
+            link.close()  # slow or broken: the next push opens a fresh stream
+            if self._links.get(peer_id) is link:
+                del self._links[peer_id]
+            raise
+
+    def close(self) -> None:
+        for link in self._links.values():
+            link.close()
+        self._links.clear()
