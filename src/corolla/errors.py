@@ -67,6 +67,14 @@ class SessionLostError(CorollaError):
     retryable = True
 
 
+class SessionEvictedError(SessionLostError):
+    """The server dropped this session's KV cache to make room for others (or it sat idle too long).
+
+    Not the server's fault: the client replays the session — on the same server or another —
+    without banning it.
+    """
+
+
 class ServerInternalError(CorollaError):
     """The server failed while computing; the request may succeed elsewhere."""
 
@@ -107,6 +115,7 @@ WIRE_ERRORS: dict[str, type[CorollaError]] = {
         ServerBusyError,
         ServerInternalError,
         SessionLostError,
+        SessionEvictedError,
     )
 }
 

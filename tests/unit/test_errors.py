@@ -15,6 +15,7 @@ from corolla.errors import (
     RemoteCallError,
     RequestError,
     SequenceTooLongError,
+    SessionEvictedError,
     ServerBusyError,
     ServerInternalError,
     SessionLostError,
@@ -27,6 +28,7 @@ from corolla.errors import (
 
 SERVER_SIDE = [
     BadRequestError, UnknownSessionError, SequenceTooLongError, ServerBusyError, ServerInternalError, SessionLostError,
+    SessionEvictedError,
 ]
 
 

@@ -84,7 +84,7 @@ def test_non_finite_values_are_refused(bad, dtype):
 
 # --- check_step --------------------------------------------------------------------------------------
 def session(position: int = 0, max_length: int = 10, batch_size: int | None = None) -> Session:
-    return Session("session-1", "peer", 0, 2, max_length, cache=None, position=position, batch_size=batch_size)
+    return Session("session-1", "peer", 0, 2, max_length, position=position, batch_size=batch_size)
 
 
 def test_step_at_the_right_position_passes():
@@ -124,66 +124,56 @@ def test_sequence_too_long_is_not_retryable():
 # --- SessionTable --------------------------------------------------------------------------------------
 def test_open_returns_a_session_with_the_request_fields():
     t = table()
-    s = t.open(req("session-abc", max_length=77), "peerA", 1, 3, cache="kv")
-    assert (s.id, s.peer, s.first, s.last, s.max_length, s.cache) == ("session-abc", "peerA", 1, 3, 77, "kv")
+    s = t.open(req("session-abc", max_length=77), "peerA", 1, 3)
+    assert (s.id, s.peer, s.first, s.last, s.max_length, s.kv) == ("session-abc", "peerA", 1, 3, 77, None)
     assert s.position == 0 and s.batch_size is None
     assert len(t) == 1
 
 
 def test_max_length_above_server_limit_is_refused():
     t = table(max_length=100)
-    t.open(req("session-ok", max_length=100), "p", 0, 2, None)  # at the limit
+    t.open(req("session-ok", max_length=100), "p", 0, 2)  # at the limit
     with pytest.raises(SequenceTooLongError, match="max_length 101 .* allows per session \\(100\\)"):
-        t.open(req("session-long", max_length=101), "p", 0, 2, None)
+        t.open(req("session-long", max_length=101), "p", 0, 2)
     assert len(t) == 1
 
 
 def test_duplicate_session_id_is_refused():
     t = table()
-    t.open(req("session-1"), "p", 0, 2, None)
+    t.open(req("session-1"), "p", 0, 2)
     with pytest.raises(BadRequestError, match="already open"):
-        t.open(req("session-1"), "q", 0, 2, None)  # not even from another peer
+        t.open(req("session-1"), "q", 0, 2)  # not even from another peer
     assert len(t) == 1
 
 
 def test_server_session_limit_is_busy_and_retryable():
     t = table(max_sessions=3, max_per_peer=3)
     for i in range(3):
-        t.open(req(f"session-{i}"), f"peer{i}", 0, 2, None)
+        t.open(req(f"session-{i}"), f"peer{i}", 0, 2)
     with pytest.raises(ServerBusyError, match="limit of 3 sessions") as e:
-        t.open(req("session-x"), "peerX", 0, 2, None)
+        t.open(req("session-x"), "peerX", 0, 2)
     assert e.value.retryable
     assert len(t) == 3
 
 
 def test_per_peer_limit_leaves_room_for_other_peers():
     t = table(max_sessions=10, max_per_peer=2)
-    t.open(req("session-a1"), "alice", 0, 2, None)
-    t.open(req("session-a2"), "alice", 0, 2, None)
+    t.open(req("session-a1"), "alice", 0, 2)
+    t.open(req("session-a2"), "alice", 0, 2)
     with pytest.raises(ServerBusyError, match="peer alice already holds 2 sessions"):
-        t.open(req("session-a3"), "alice", 0, 2, None)
-    t.open(req("session-b1"), "bob", 0, 2, None)
+        t.open(req("session-a3"), "alice", 0, 2)
+    t.open(req("session-b1"), "bob", 0, 2)
     assert len(t) == 3
 
 
 def test_closing_frees_a_slot_and_is_idempotent():
     t = table(max_sessions=1, max_per_peer=1)
-    s = t.open(req("session-1"), "p", 0, 2, None)
+    s = t.open(req("session-1"), "p", 0, 2)
     t.close(s)
     t.close(s)
     assert len(t) == 0
-    again = t.open(req("session-1"), "p", 0, 2, None)  # the same id may be reused once closed
+    again = t.open(req("session-1"), "p", 0, 2)  # the same id may be reused once closed
     assert again is not s
-
-
-def test_tokens_in_use_counts_position_times_batch():
-    t = table()
-    a = t.open(req("session-a"), "p", 0, 2, None)
-    b = t.open(req("session-b"), "q", 0, 2, None)
-    assert t.tokens_in_use() == 0
-    a.position, a.batch_size = 5, 2
-    b.position = 3  # batch not yet known counts as 1
-    assert t.tokens_in_use() == 13
 
 
 def test_concurrent_opens_never_exceed_the_limit():
@@ -194,7 +184,7 @@ def test_concurrent_opens_never_exceed_the_limit():
     def worker(i: int):
         barrier.wait()
         try:
-            t.open(req(f"session-{i:03d}"), "p", 0, 2, None)
+            t.open(req(f"session-{i:03d}"), "p", 0, 2)
             results.append("ok")
         except ServerBusyError:
             results.append("busy")

@@ -36,6 +36,25 @@ def register(sub) -> None:
     p.add_argument("--max-session-length", type=int, default=8192, help="tokens per session (default 8192)")
     p.add_argument("--max-sessions", type=int, default=64, help="open sessions at once (default 64)")
     p.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
+    p.add_argument("--max-sessions-per-peer", type=int, default=16, help="open sessions of one client (default 16)")
+    p.add_argument("--session-idle-timeout-s", type=float, default=600.0,
+                   help="drop a session idle this long; its client replays it when it comes back (default 600)")
+    c = p.add_argument_group("KV cache and batching")
+    budget = c.add_mutually_exclusive_group()
+    budget.add_argument("--cache-bytes", type=int, default=2 * 1024**3,
+                        help="KV cache budget of all sessions together, allocated as they grow (default 2 GiB)")
+    budget.add_argument("--cache-tokens", type=int, default=None,
+                        help="the budget in tokens of this server's span instead of bytes")
+    c.add_argument("--cache-policy", default="wait", choices=["wait", "evict-lru"],
+                   help="when the cache is full: wait for room (then answer 'busy' so the client re-routes), or "
+                        "evict the least recently used idle session (its client replays it) (default wait)")
+    c.add_argument("--cache-wait-s", type=float, default=5.0, help="longest wait for room with --cache-policy wait")
+    c.add_argument("--max-cache-bytes-per-peer", type=int, default=None,
+                   help="KV cache one client may hold here (default: the whole budget)")
+    c.add_argument("--max-batch-tokens", type=int, default=2048,
+                   help="tokens of all sessions in one batched forward (default 2048)")
+    c.add_argument("--batch-window-ms", type=float, default=0.0,
+                   help="wait this long for other active sessions' steps before running a batch (default 0)")
     g = p.add_argument_group("placement (without --blocks)")
     g.add_argument("--memory-budget-bytes", type=int, default=None,
                    help="how much memory the blocks may take (default: half of what is available)")
@@ -65,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype, initial_peers=tuple(args.initial_peers), new_swarm=args.new_swarm, host=args.host,
         port=args.port, announce_host=args.announce_host, identity_path=args.identity, public_name=args.public_name,
         max_session_length=args.max_session_length, max_sessions=args.max_sessions, torch_threads=args.torch_threads,
+        max_sessions_per_peer=args.max_sessions_per_peer, session_idle_timeout_s=args.session_idle_timeout_s,
+        cache_bytes=args.cache_bytes, cache_tokens=args.cache_tokens, cache_policy=args.cache_policy,
+        cache_wait_s=args.cache_wait_s, max_cache_bytes_per_peer=args.max_cache_bytes_per_peer,
+        max_batch_tokens=args.max_batch_tokens, batch_window_ms=args.batch_window_ms,
         memory_budget_bytes=args.memory_budget_bytes, rebalance_period_s=args.rebalance_period_s,
         rebalance_min_gain=args.rebalance_min_gain, throughput=args.throughput,
         announce_period_s=args.announce_period_s, announce_expiration_s=max(30.0, 3 * args.announce_period_s),

@@ -16,6 +16,7 @@ import torch
 from transformers.modeling_outputs import CausalLMOutput
 
 from corolla.client.config import ClientConfig
+from corolla.client.head_batching import HeadBatcher
 from corolla.client.remote import SwarmClient
 from corolla.client.sampling import Sampler, SamplingParams
 from corolla.client.session import InferenceSession
@@ -28,6 +29,7 @@ class DistributedModelForCausalLM:
 
     def __init__(self, path: Path, model_id: str, config: Any, head: torch.nn.Module, client: SwarmClient):
         self.path, self.model_id, self.config, self.head, self.client = path, model_id, config, head, client
+        self._head_batcher = HeadBatcher(lambda hidden: self.head.logits(hidden[:, None, :])[:, 0, :])
         self._tokenizer = None
         self._active: InferenceSession | None = None
 
@@ -178,7 +180,7 @@ class DistributedModelForCausalLM:
                     hidden = session.step(self.head.embed(feed))  # [B, T, H] -> [B, T, H]
                     session.token_ids = feed if session.token_ids is None else torch.cat([session.token_ids, feed], 1)
                     session.pending_ids = None
-                    logits = self.head.logits(hidden[:, -1:, :])[:, -1, :]  # [B, V]
+                    logits = self._head_batcher.logits(hidden[:, -1, :])  # [B, V], shared with other threads
                     tokens = sampler.next_tokens(context, logits)
                     if len(eos):
                         tokens = torch.where(finished, eos_tensor[0], tokens)  # finished rows pad with EOS

@@ -18,7 +18,7 @@ import torch
 from hivemind.proto import runtime_pb2
 
 from corolla.client.remote import SwarmClient, parse_response
-from corolla.errors import CorollaError, NoRouteError, RemoteCallError, SequenceTooLongError
+from corolla.errors import CorollaError, NoRouteError, RemoteCallError, SequenceTooLongError, SessionEvictedError
 from corolla.protocol.messages import InferenceMeta, PushTarget, SessionOpen, encode_meta
 from corolla.protocol.rpc import TRANSPORT_ERRORS, stub_for
 from corolla.protocol.tensors import to_wire
@@ -116,6 +116,7 @@ class InferenceSession:
         self._hops: list[_HopState] = []
         self._closed = False
         self.recoveries = 0  # how many times a failed server was replaced
+        self.evictions = 0  # how many times a server dropped this session's cache for room (replayed)
         self.pushed_inputs = 0  # hop inputs that a server pushed to the next one (the client sent no copy)
         # kept for generate(): tokens already in the servers' caches, and one sampled but not sent
         self.token_ids: torch.Tensor | None = None
@@ -150,9 +151,14 @@ class InferenceSession:
                 failures += 1
                 if not getattr(error, "retryable", False) or failures > self.client.config.max_retries:
                     raise error
-                log.warning("server %s failed (%s); re-routing blocks %d:%d", peer, error, *self._span(failed))
-                self.client.ban(peer)
-                time.sleep(_backoff_s(failures))
+                if isinstance(error, SessionEvictedError):  # the server is fine: it needed the room
+                    log.info("server %s dropped our session (%s); replaying blocks %d:%d", peer, error,
+                             *self._span(failed))
+                    self.evictions += 1
+                else:
+                    log.warning("server %s failed (%s); re-routing blocks %d:%d", peer, error, *self._span(failed))
+                    self.client.ban(peer)
+                    time.sleep(_backoff_s(failures))
                 try:
                     self._replace(failed)
                     break

@@ -98,6 +98,99 @@ class LlamaSpan(nn.Module):
         return hidden
 
 
+    # ---- batched steps over many sessions' caches (the server's inference path) ----------------
+    def kv_layout(self, dtype: torch.dtype):
+        from corolla.server.kv import KVLayout
+
+        cfg = self.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        return KVLayout(self.num_blocks, cfg.num_key_value_heads, head_dim, dtype)
+
+    def step(self, items: list[tuple[torch.Tensor, Any, int]], first: int = 0, last: int | None = None) -> list[torch.Tensor]:
+        """One inference step of several sessions as one batch through local blocks ``first:last``.
+
+        ``items`` are ``(hidden [b, t, H], SessionKV, position)``: any number of sessions, each
+        with its own batch, length and position. Every token goes through the weights together
+        (the cost of a decode step is reading the weights, so a batch costs about what one
+        session does); attention runs per session against its own cache, with its own causal
+        (and sliding-window) mask. This mirrors the decoder layer's forward op for op.
+        """
+        from transformers.models.llama.modeling_llama import rotate_half
+
+        last = self.num_blocks if last is None else last
+        shapes = [h.shape for h, _, _ in items]
+        x = torch.cat([h.reshape(-1, h.shape[-1]) for h, _, _ in items])  # [N, H]
+        positions = torch.cat([
+            torch.arange(p, p + shape[1]).repeat(shape[0]) for (_, _, p), shape in zip(items, shapes)
+        ])
+        cos, sin = self.rotary_emb(x[None], positions[None])  # [1, N, head_dim]
+        cos, sin = cos[0, :, None, :], sin[0, :, None, :]  # broadcast over heads
+        windows = {"full_attention": None, "sliding_attention": getattr(self.config, "sliding_window", None)}
+        masks = {kind: [_step_mask(shape[1], p, windows[kind]) for (_, _, p), shape in zip(items, shapes)]
+                 for kind in set(self._kinds[first:last])}
+        for i in range(first, last):
+            layer, kind = self.layers[i], self._kinds[i]
+            attn = layer.self_attn
+            residual = x
+            h = layer.input_layernorm(x)
+            q = linear(attn.q_proj, h).view(len(x), -1, attn.head_dim)
+            k = linear(attn.k_proj, h).view(len(x), -1, attn.head_dim)
+            v = linear(attn.v_proj, h).view(len(x), -1, attn.head_dim)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+            outputs, offset = [], 0
+            for (_, kv, position), (b, t, _), mask in zip(items, shapes, masks[kind]):
+                n = b * t
+                # contiguous: the fused CPU attention kernel refuses strided slices (and falls back to a slow one)
+                qi, ki, vi = (z[offset : offset + n].view(b, t, -1, attn.head_dim).transpose(1, 2).contiguous()
+                              for z in (q, k, v))
+                keys, values = kv.append(i, ki, vi, position)
+                out = nn.functional.scaled_dot_product_attention(
+                    qi, keys, values, attn_mask=mask, scale=attn.scaling, enable_gqa=True
+                )
+                outputs.append(out.transpose(1, 2).reshape(n, -1))
+                offset += n
+            x = residual + linear(attn.o_proj, torch.cat(outputs))
+            mlp, h = layer.mlp, layer.post_attention_layernorm(x)
+            x = x + linear(mlp.down_proj, mlp.act_fn(linear(mlp.gate_proj, h)) * linear(mlp.up_proj, h))
+        results, offset = [], 0
+        for b, t, hidden_size in shapes:
+            results.append(x[offset : offset + b * t].view(b, t, hidden_size))
+            offset += b * t
+        return results
+
+
+SMALL_BATCH_ROWS = 8
+
+
+def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` for ``x [rows, in]``, fast for the few rows of decode steps.
+
+    For a handful of rows, ``x @ W.T`` goes to a single-threaded BLAS matrix-vector kernel that
+    reads the weights at a fraction of the memory bandwidth; ``W @ x.T`` with at least two columns
+    goes to the multi-threaded matrix-matrix kernel (about 2.7x faster for one row on this
+    machine's 2 cores, measured in benchmarks/README.md). Same math, float rounding aside.
+    """
+    if type(layer) is not nn.Linear or x.dtype != torch.float32 or x.shape[0] > SMALL_BATCH_ROWS:
+        return layer(x)  # quantized or half-precision layers, and big batches, keep their own kernels
+    rows = x.contiguous() if x.shape[0] > 1 else torch.cat([x, x.new_zeros(1, x.shape[1])])
+    out = (layer.weight @ rows.t()).t()[: x.shape[0]].contiguous()  # row-major rows.t() is the slow layout
+    return out + layer.bias if layer.bias is not None else out
+
+
+def _step_mask(tokens: int, position: int, window: int | None) -> torch.Tensor | None:
+    """Which cached keys each of ``tokens`` new queries at ``position`` sees: [tokens, position + tokens]."""
+    total = position + tokens
+    if tokens == 1 and (window is None or total <= window):
+        return None  # one query sees everything before it
+    q = torch.arange(position, total)[:, None]
+    k = torch.arange(total)[None, :]
+    allowed = k <= q
+    if window is not None:
+        allowed &= k > q - window
+    return allowed
+
+
 class LlamaHead(nn.Module):
     """Client-side parts: token embeddings, final norm, LM head (tied to embeddings or not)."""
 
@@ -119,6 +212,10 @@ class LlamaHead(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         hidden = self.norm(hidden)
         weight = self.embed_tokens.weight if self.tied else self.lm_head.weight
+        rows = hidden.reshape(-1, hidden.shape[-1])
+        if rows.dtype == torch.float32 and 1 <= rows.shape[0] <= SMALL_BATCH_ROWS:  # decode: see linear()
+            padded = rows.contiguous() if rows.shape[0] > 1 else torch.cat([rows, rows.new_zeros(1, rows.shape[1])])
+            return (weight @ padded.t()).t()[: rows.shape[0]].contiguous().reshape(*hidden.shape[:-1], -1)
         return nn.functional.linear(hidden, weight)  # [B, T, H] -> [B, T, V]
 
 

@@ -50,6 +50,8 @@ class ServerInfo(_Wire):
     cache_tokens_left: int = Field(ge=0)
     active_sessions: int = Field(default=0, ge=0)
     queued_requests: int = Field(default=0, ge=0)  # requests waiting for or in computation
+    steps_served: int = Field(default=0, ge=0)  # inference steps computed since start ...
+    batches_run: int = Field(default=0, ge=0)  # ... in this many batched forwards
     public_name: str | None = Field(default=None, max_length=64)
     # round-trip times (seconds) to the servers holding the following blocks, by peer id
     next_pings: dict[Annotated[str, Field(max_length=64)], float] = Field(default_factory=dict, max_length=64)

@@ -26,7 +26,15 @@ class ServerConfig:
     max_sessions_per_peer: int = 16
     max_batch_size: int = 16
     max_step_tokens: int = 4096  # batch * new tokens in one step or forward call
-    session_idle_timeout_s: float = 600.0
+    session_idle_timeout_s: float = 600.0  # a session idle this long is dropped (its client replays it)
+    # KV cache and batching
+    cache_bytes: int = 2 * 1024**3  # KV cache budget for all sessions together
+    cache_tokens: int | None = None  # the budget in tokens of this span instead (overrides cache_bytes)
+    cache_policy: str = "wait"  # when it is full: "wait" (then ServerBusy) or "evict-lru"
+    cache_wait_s: float = 5.0  # "wait": how long a step may wait for room before ServerBusy
+    max_cache_bytes_per_peer: int | None = None  # default: the whole budget
+    max_batch_tokens: int = 2048  # tokens of all sessions in one batched forward
+    batch_window_ms: float = 0.0  # wait this long for other active sessions' steps before a batch
     # DHT announcements
     announce_period_s: float = 10.0
     announce_expiration_s: float = 30.0

@@ -20,7 +20,7 @@ from corolla.errors import (
     CorollaError,
     ServerBusyError,
     ServerInternalError,
-    SessionLostError,
+    SessionEvictedError,
     UnknownSessionError,
 )
 from corolla.protocol.messages import (
@@ -35,6 +35,8 @@ from corolla.protocol.messages import (
 )
 from corolla.protocol.tensors import from_wire, to_wire
 from corolla.server.config import ServerConfig
+from corolla.server.batching import Batcher
+from corolla.server.kv import CacheBudget
 from corolla.server.push import PushLinks
 from corolla.server.sessions import SessionTable, check_hidden, check_step
 
@@ -101,6 +103,16 @@ class BlockHandlers:
         self.inflight = 0  # requests being computed right now
         self.generation = 0  # bumped when the server moves to other blocks: older sessions are lost
         self.pushes: PushLinks | None = None  # set by the server once it is on the network
+        token_bytes = span.kv_layout(dtype).token_bytes
+        self.budget = CacheBudget(config.cache_tokens * token_bytes if config.cache_tokens else config.cache_bytes)
+        self.batcher = Batcher(
+            span_getter=lambda: self.span, executor=self.compute, sessions=self.sessions, budget=self.budget,
+            layout_getter=lambda: self.span.kv_layout(self.dtype), dtype=dtype,
+            max_batch_tokens=config.max_batch_tokens, policy=config.cache_policy,
+            wait_timeout_s=config.cache_wait_s, window_s=config.batch_window_ms / 1000,
+            max_cache_bytes_per_peer=config.max_cache_bytes_per_peer or self.budget.total,
+            generation_getter=lambda: self.generation,
+        )
 
     def swap_span(self, span: torch.nn.Module, start: int, end: int) -> None:
         """Serve other blocks from now on (runs on the compute thread, between steps)."""
@@ -136,7 +148,7 @@ class BlockHandlers:
         """Refuse new sessions and let the steps already running finish (up to ``timeout_s``)."""
         self.accepting = False
         deadline = asyncio.get_running_loop().time() + timeout_s
-        while self.inflight and asyncio.get_running_loop().time() < deadline:
+        while (self.inflight or self.batcher.pending) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
 
     def _ok(self, out: torch.Tensor, position: int | None = None, pushed: bool = False) -> runtime_pb2.ExpertResponse:
@@ -147,16 +159,6 @@ class BlockHandlers:
     def _forward(self, hidden: torch.Tensor, first: int, last: int) -> torch.Tensor:
         with torch.inference_mode():
             return self.span(hidden.to(self.dtype), None, 0, first, last).float()
-
-    def _step(self, session, hidden: torch.Tensor, position: int) -> torch.Tensor:
-        if session.generation != self.generation:
-            raise SessionLostError(f"this server moved to blocks {self.start}:{self.end}; session {session.id} is gone")
-        check_step(session, hidden, position)
-        with torch.inference_mode():
-            out = self.span(hidden.to(self.dtype), session.cache, session.position, session.first, session.last)
-        session.batch_size = hidden.shape[0]
-        session.position += hidden.shape[1]
-        return out.float()
 
     # ---- RPC ----------------------------------------------------------------------------------
     async def rpc_info(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
@@ -228,8 +230,12 @@ class BlockHandlers:
             while True:
                 try:
                     item = await asyncio.wait_for(inbox.get(), self.config.session_idle_timeout_s)
-                except asyncio.TimeoutError:
-                    return  # the client left the stream idle for too long
+                except asyncio.TimeoutError:  # the client left the stream idle for too long
+                    if session is not None:
+                        yield error_response(SessionEvictedError(
+                            f"session {session.id} was idle for {self.config.session_idle_timeout_s:g} s and expired; "
+                            "replay it"))
+                    return
                 if item[0] == "end":
                     return  # the client closed the stream
                 try:
@@ -247,8 +253,7 @@ class BlockHandlers:
                             if not self.accepting:
                                 raise ServerBusyError("this server is shutting down; use another one")
                             first, last = self._local_blocks(meta.open.model_id, meta.open.start_block, meta.open.end_block)
-                            session = self.sessions.open(meta.open, peer, first, last, self.span.new_cache(),
-                                                         self.generation)
+                            session = self.sessions.open(meta.open, peer, first, last, self.generation)
                             session.inbox = inbox
                         elif meta.open is not None:
                             raise BadRequestError(f"session {session.id} is already open on this stream")
@@ -256,7 +261,8 @@ class BlockHandlers:
                         if meta.position in session.pushed and meta.position < session.position:
                             continue  # a push that timed out for its sender still reached us: done already
                         hidden, position, route = self._hidden(request), meta.position, meta.route
-                    out = await self._run(self._step, session, hidden, position)
+                    check_step(session, hidden, position)
+                    out = await self.batcher.submit(session, hidden, position)
                     pushed = bool(route) and self.pushes is not None and await self._push(route, out, position)
                     yield self._ok(out, session.position, pushed)
                 except CorollaError as e:
@@ -272,3 +278,4 @@ class BlockHandlers:
             reader.cancel()
             if session is not None:
                 self.sessions.close(session)
+                self.batcher.release(session)

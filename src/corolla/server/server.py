@@ -41,9 +41,12 @@ class Server:
 
     # ---- info --------------------------------------------------------------------------------
     def info(self, state: ServerState | None = None, span: tuple[int, int] | None = None) -> ServerInfo:
-        sessions = self.handlers.sessions if self.handlers else None
-        used = sessions.tokens_in_use() if sessions else 0
-        capacity = self.config.max_sessions * self.config.max_session_length
+        handlers = self.handlers
+        if handlers is not None:
+            token_bytes = handlers.span.kv_layout(handlers.dtype).token_bytes
+            tokens_left = handlers.budget.free // max(token_bytes, 1)
+        else:
+            tokens_left = 0
         start, end = span or (self.start, self.end)
         return ServerInfo(
             state=state or self.state,
@@ -53,9 +56,11 @@ class Server:
             dtype=self.config.dtype,
             inference_rps=round(self.throughput.inference_rps, 3),
             forward_tps=round(self.throughput.forward_tps, 3),
-            cache_tokens_left=max(capacity - used, 0),
-            active_sessions=len(sessions) if sessions else 0,
-            queued_requests=self.handlers.inflight if self.handlers else 0,
+            cache_tokens_left=max(tokens_left, 0),
+            active_sessions=len(handlers.sessions) if handlers else 0,
+            queued_requests=handlers.inflight + handlers.batcher.pending if handlers else 0,
+            steps_served=handlers.batcher.steps if handlers else 0,
+            batches_run=handlers.batcher.batches if handlers else 0,
             public_name=self.config.public_name,
             next_pings={peer: round(rtt, 6) for peer, rtt in sorted(self.next_pings.items())[:64]},
         )
@@ -164,6 +169,7 @@ class Server:
         self.state = ServerState.OFFLINE
         await self._guarded(self._announce(wait=False), "announcing OFFLINE")
         await self.handlers.drain(self.config.drain_timeout_s)
+        self.handlers.batcher.close()
         if self.handlers.pushes is not None:
             self.handlers.pushes.close()
         log.info("left the swarm")

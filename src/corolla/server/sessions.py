@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from typing import Any
 
 import torch
@@ -21,13 +22,15 @@ class Session:
     first: int  # local block indices this session runs
     last: int
     max_length: int
-    cache: Any
+    kv: Any = None  # SessionKV, created at the first step (when the batch size is known)
     position: int = 0
     batch_size: int | None = None
     generation: int = 0  # the server's span generation this session was opened under
     inbox: Any = None  # the stream's asyncio.Queue: pushes from the previous hop land here
     push_from: str | None = None  # the only peer whose pushes this session accepts
     pushed: set[int] = dataclasses.field(default_factory=set)  # recent positions computed from a push
+    last_used: float = dataclasses.field(default_factory=time.monotonic)  # for idle expiry and LRU eviction
+    evicted: bool = False  # its cache was dropped for room: the next step tells the client to replay
 
 
 class SessionTable:
@@ -41,11 +44,16 @@ class SessionTable:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def tokens_in_use(self) -> int:
+    def all(self) -> list[Session]:
         with self._lock:
-            return sum(s.position * (s.batch_size or 1) for s in self._sessions.values())
+            return list(self._sessions.values())
 
-    def open(self, req: SessionOpen, peer: str, first: int, last: int, cache: Any, generation: int = 0) -> Session:
+    def cache_bytes(self, peer: str) -> int:
+        """KV cache bytes held by ``peer``'s sessions."""
+        with self._lock:
+            return sum(s.kv.nbytes for s in self._sessions.values() if s.peer == peer and s.kv is not None)
+
+    def open(self, req: SessionOpen, peer: str, first: int, last: int, generation: int = 0) -> Session:
         if req.max_length > self.max_length:
             raise SequenceTooLongError(
                 f"max_length {req.max_length} is more than this server allows per session ({self.max_length})"
@@ -57,7 +65,7 @@ class SessionTable:
                 raise ServerBusyError(f"server is at its limit of {self.max_sessions} sessions")
             if sum(s.peer == peer for s in self._sessions.values()) >= self.max_per_peer:
                 raise ServerBusyError(f"peer {peer} already holds {self.max_per_peer} sessions here (the per-peer limit)")
-            session = Session(req.session_id, peer, first, last, req.max_length, cache, generation=generation)
+            session = Session(req.session_id, peer, first, last, req.max_length, generation=generation)
             self._sessions[req.session_id] = session
             return session
 

@@ -1,0 +1,256 @@
+"""Continuous batching: the steps of concurrent sessions run as one forward through the span.
+
+Steps are queued as they arrive. Whenever the compute thread is free, the scheduler takes what is
+queued — decode steps first, then prefill chunks — up to a token budget, makes room for their KV
+caches (growing them within the server's byte budget, waiting or evicting per the policy), and
+runs them as one batch. A lone session never waits for company; while a batch computes, the next
+one gathers. Each session's result is what it would get alone (greedy tokens identical).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+import torch
+
+from corolla.errors import CorollaError, ServerBusyError, SessionEvictedError, SessionLostError
+from corolla.server.kv import CacheBudget, KVLayout, SessionKV
+from corolla.server.sessions import Session, SessionTable
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("wait", "evict-lru")
+
+
+@dataclasses.dataclass
+class StepRequest:
+    session: Session
+    hidden: torch.Tensor
+    position: int
+    future: asyncio.Future
+    since: float
+    capacity: int = 0  # the KV capacity this step needs (decided when it is scheduled)
+
+    @property
+    def tokens(self) -> int:
+        return self.hidden.shape[0] * self.hidden.shape[1]
+
+
+class Batcher:
+    def __init__(
+        self,
+        *,
+        span_getter: Callable[[], torch.nn.Module],
+        executor: Executor,
+        sessions: SessionTable,
+        budget: CacheBudget,
+        layout_getter: Callable[[], KVLayout],
+        dtype: torch.dtype,
+        max_batch_tokens: int,
+        policy: str,
+        wait_timeout_s: float,
+        window_s: float,
+        max_cache_bytes_per_peer: int,
+        generation_getter: Callable[[], int],
+    ):
+        if policy not in POLICIES:
+            raise ValueError(f"cache policy must be one of {', '.join(POLICIES)}, not {policy!r}")
+        self._span, self._layout, self._generation = span_getter, layout_getter, generation_getter
+        self.executor, self.sessions, self.budget, self.dtype = executor, sessions, budget, dtype
+        self.max_batch_tokens, self.policy = max_batch_tokens, policy
+        self.wait_timeout_s, self.window_s = wait_timeout_s, window_s
+        self.max_cache_bytes_per_peer = max_cache_bytes_per_peer
+        self.queue: list[StepRequest] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.computing = 0  # steps in the batch being computed now
+        self.batches = 0  # batches run so far, and the steps in them (for stats and tests)
+        self.steps = 0
+        self.evictions = 0
+
+    # ---- the session side ------------------------------------------------------------------------
+    async def submit(self, session: Session, hidden: torch.Tensor, position: int) -> torch.Tensor:
+        """Queue one step; return its output [b, t, H] once its batch has run."""
+        if session.evicted:
+            raise SessionEvictedError(
+                f"session {session.id} was evicted to make room in this server's KV cache; replay it"
+            )
+        if session.generation != self._generation():
+            raise SessionLostError(f"this server moved to other blocks; session {session.id} is gone")
+        future = asyncio.get_running_loop().create_future()
+        self.queue.append(StepRequest(session, hidden, position, future, time.monotonic()))
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+        return await future
+
+    def release(self, session: Session) -> None:
+        """The session is closed: give its cache back to the budget."""
+        if session.kv is not None:
+            self.budget.give_back(session.kv.free())
+            session.kv = None
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        for request in self.queue:
+            if not request.future.done():
+                request.future.set_exception(ServerBusyError("this server is shutting down; use another one"))
+        self.queue.clear()
+
+    @property
+    def pending(self) -> int:
+        return len(self.queue) + self.computing
+
+    # ---- the scheduler ---------------------------------------------------------------------------
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.queue:
+                self._wake.clear()
+                await self._wake.wait()
+            if self.window_s:
+                await self._gather()
+            batch = self._select()
+            if not batch:  # everything queued waits for cache memory
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), 0.05)
+                except TimeoutError:
+                    pass
+                continue
+            self.computing = len(batch)
+            try:
+                outputs = await loop.run_in_executor(self.executor, self._compute, batch)
+            except Exception as e:
+                log.exception("batched step failed")
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_exception(e if isinstance(e, CorollaError) else _internal(e))
+                continue
+            finally:
+                self.computing = 0
+            for request, out in zip(batch, outputs):
+                if not request.future.done():
+                    request.future.set_result(out)
+
+    async def _gather(self) -> None:
+        """Wait up to the window for the other active sessions' steps, so they share one batch."""
+        deadline = time.monotonic() + self.window_s
+        while len(self.queue) < self._sessions_in_flight():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), left)
+            except TimeoutError:
+                return
+
+    def _sessions_in_flight(self) -> int:
+        """Sessions that stepped here recently and may send their next step any moment."""
+        now = time.monotonic()
+        return sum(1 for s in self.sessions.all() if now - s.last_used < 1.0 and not s.evicted)
+
+    def _select(self) -> list[StepRequest]:
+        """The next batch: decode steps, then prefill, within the token and cache budgets."""
+        now = time.monotonic()
+        order = sorted(self.queue, key=lambda r: (r.hidden.shape[1] > 1, r.since))
+        batch: list[StepRequest] = []
+        tokens = 0
+        busy = {r.session.id for r in self.queue}
+        for request in order:
+            if batch and tokens + request.tokens > self.max_batch_tokens:
+                continue
+            error = self._make_room(request, busy)
+            if error is None:
+                batch.append(request)
+                tokens += request.tokens
+                self.queue.remove(request)
+            elif error is not _WAIT or now - request.since > self.wait_timeout_s:
+                self.queue.remove(request)
+                if not request.future.done():
+                    request.future.set_exception(error if error is not _WAIT else self._busy_error())
+        return batch
+
+    def _make_room(self, request: StepRequest, busy: set[str]):
+        """Reserve the bytes this step's cache needs; None when done, else an error or _WAIT."""
+        session = request.session
+        if session.evicted:
+            return SessionEvictedError(f"session {session.id} was evicted from this server's KV cache; replay it")
+        batch = request.hidden.shape[0]
+        if session.kv is None:
+            session.kv = SessionKV(self._layout(), session.first, session.last, batch, session.max_length)
+        kv = session.kv
+        request.capacity = kv.capacity_for(request.position + request.hidden.shape[1])
+        needed = (request.capacity - kv.capacity) * kv.token_bytes
+        if needed <= 0:
+            return None
+        held = self.sessions.cache_bytes(session.peer)
+        if held + needed > self.max_cache_bytes_per_peer:
+            return ServerBusyError(
+                f"peer {session.peer} would hold {held + needed} bytes of KV cache here, more than the per-peer "
+                f"limit of {self.max_cache_bytes_per_peer}"
+            )
+        if needed > self.budget.total:
+            return ServerBusyError(f"this session needs {needed} bytes of KV cache, more than this server has")
+        while not self.budget.try_take(needed):
+            if self.policy != "evict-lru" or not self._evict_one(busy | {session.id}):
+                return _WAIT
+        return None
+
+    def _evict_one(self, keep: set[str]) -> bool:
+        """Drop the least recently used idle session's cache; False if none can go."""
+        idle = [s for s in self.sessions.all() if s.id not in keep and s.kv is not None and s.kv.capacity and not s.evicted]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda s: s.last_used)
+        victim.evicted = True
+        self.release(victim)
+        self.evictions += 1
+        log.info("evicted session %s (idle %.1f s) to make room", victim.id, time.monotonic() - victim.last_used)
+        return True
+
+    def _busy_error(self) -> ServerBusyError:
+        return ServerBusyError(
+            f"this server's KV cache is full ({self.budget.used} of {self.budget.total} bytes in use) and no room "
+            f"came free within {self.wait_timeout_s:g} s; try another server"
+        )
+
+    # ---- the compute thread ----------------------------------------------------------------------
+    def _compute(self, batch: list[StepRequest]) -> list[torch.Tensor]:
+        span = self._span()
+        for request in batch:
+            request.session.kv.grow(request.capacity, request.session.position)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, request in enumerate(batch):
+            groups.setdefault((request.session.first, request.session.last), []).append(index)
+        outputs: list[torch.Tensor | None] = [None] * len(batch)
+        with torch.inference_mode():
+            for (first, last), indices in groups.items():
+                items = [(batch[i].hidden.to(self.dtype), batch[i].session.kv, batch[i].position) for i in indices]
+                for i, out in zip(indices, span.step(items, first, last)):
+                    outputs[i] = out.float()
+        now = time.monotonic()
+        for request in batch:
+            session = request.session
+            session.batch_size = request.hidden.shape[0]
+            session.position += request.hidden.shape[1]
+            session.last_used = now
+        self.batches += 1
+        self.steps += len(batch)
+        return outputs
+
+
+_WAIT = object()  # the step waits for cache memory
+
+
+def _internal(e: Exception) -> CorollaError:
+    from corolla.errors import ServerInternalError
+
+    return ServerInternalError(f"inference failed on the server: {type(e).__name__}")
