@@ -140,9 +140,17 @@ class Batcher:
                     request.future.set_result(out)
 
     async def _gather(self) -> None:
-        """Wait up to the window for the other active sessions' steps, so they share one batch."""
+        """Wait up to the window for the steps of the other sessions that enter the swarm here.
+
+        Only a session's first server waits (where its client sends each step); the servers
+        after it get whole batches pushed at once and never wait, so two servers cannot end
+        up waiting for each other's sessions.
+        """
         deadline = time.monotonic() + self.window_s
-        while len(self.queue) < self._sessions_in_flight():
+        while True:
+            queued = sum(1 for r in self.queue if r.session.push_from is None)
+            if not queued or queued >= self._entry_sessions_in_flight():
+                return
             left = deadline - time.monotonic()
             if left <= 0:
                 return
@@ -152,10 +160,11 @@ class Batcher:
             except TimeoutError:
                 return
 
-    def _sessions_in_flight(self) -> int:
-        """Sessions that stepped here recently and may send their next step any moment."""
+    def _entry_sessions_in_flight(self) -> int:
+        """Sessions entering here that stepped in the last second: their next step is near."""
         now = time.monotonic()
-        return sum(1 for s in self.sessions.all() if now - s.last_used < 1.0 and not s.evicted)
+        return sum(1 for s in self.sessions.all()
+                   if s.push_from is None and now - s.last_used < 1.0 and not s.evicted)
 
     def _select(self) -> list[StepRequest]:
         """The next batch: decode steps, then prefill, within the token and cache budgets."""
