@@ -28,6 +28,9 @@ def register(sub) -> None:
     add_peers(p)
     p.add_argument("--new-swarm", action="store_true", help="start a new swarm instead of joining one")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="compute dtype")
+    p.add_argument("--quant", default="none", choices=["none", "int8", "bnb-int8", "nf4"],
+                   help="weight quantization: int8 = PyTorch dynamic int8 on CPU (with --dtype float32); "
+                        "bnb-int8 / nf4 need CUDA and bitsandbytes (default none)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all interfaces)")
     p.add_argument("--port", type=int, default=0, help="TCP port (default: any free port)")
     p.add_argument("--announce-host", default=None, help="public address to announce, if behind NAT or 0.0.0.0")
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     start, end = args.blocks if args.blocks else (None, None)
     config = ServerConfig(
         model=args.model, start_block=start, end_block=end, num_blocks=args.num_blocks, model_id=args.model_id,
-        dtype=args.dtype, initial_peers=tuple(args.initial_peers), new_swarm=args.new_swarm, host=args.host,
+        dtype=args.dtype, quant=args.quant, initial_peers=tuple(args.initial_peers), new_swarm=args.new_swarm, host=args.host,
         port=args.port, announce_host=args.announce_host, identity_path=args.identity, public_name=args.public_name,
         max_session_length=args.max_session_length, max_sessions=args.max_sessions, torch_threads=args.torch_threads,
         max_sessions_per_peer=args.max_sessions_per_peer, session_idle_timeout_s=args.session_idle_timeout_s,

@@ -13,6 +13,7 @@ class ServerConfig:
     num_blocks: int | None = None
     model_id: str | None = None  # DHT prefix; default: the model's name
     dtype: str = "float32"
+    quant: str = "none"  # none | int8 (CPU dynamic quantization) | bnb-int8 | nf4 (CUDA + bitsandbytes)
     initial_peers: tuple[str, ...] = ()
     new_swarm: bool = False
     host: str = "127.0.0.1"

@@ -19,6 +19,7 @@ from corolla.protocol.messages import ServerInfo, ServerState, encode_meta
 from corolla.protocol.rpc import NAMESPACE, BlockRPC, stub_for
 from corolla.server import placement
 from corolla.server.config import ServerConfig
+from corolla.models.quant import check_dtype, check_quant, quantize_span
 from corolla.server.handlers import BlockHandlers
 from corolla.server.push import PushLinks
 from corolla.server.throughput import Throughput, measure_cached
@@ -54,6 +55,7 @@ class Server:
             end_block=end,
             version=corolla.__version__,
             dtype=self.config.dtype,
+            quant=self.config.quant,
             inference_rps=round(self.throughput.inference_rps, 3),
             forward_tps=round(self.throughput.forward_tps, 3),
             cache_tokens_left=max(tokens_left, 0),
@@ -76,6 +78,8 @@ class Server:
         if cfg.torch_threads:
             torch.set_num_threads(cfg.torch_threads)
         self.dtype = parse_dtype(cfg.dtype)
+        check_dtype(self.dtype)
+        check_quant(cfg.quant, self.dtype)
         ref = resolve_model(cfg.model)
         self.path = ref.path
         self.model_config = load_config(ref.path)
@@ -121,13 +125,14 @@ class Server:
 
     def _load(self, start: int, end: int) -> torch.nn.Module:
         log.info("loading blocks %d:%d of %s (%s)", start, end, self.model_id, self.config.dtype)
-        span = load_span(self.path, self.model_config, start, end, self.dtype)
+        span = quantize_span(load_span(self.path, self.model_config, start, end, self.dtype), self.config.quant,
+                             self.dtype)
         if self.config.throughput is not None:
             self.throughput = Throughput(self.config.throughput, self.config.throughput * 16)
         else:
             self.throughput = measure_cached(
                 cache_root() / "throughput.json",
-                {"model": self.model_id, "span": [start, end], "dtype": self.config.dtype},
+                {"model": self.model_id, "span": [start, end], "dtype": self.config.dtype, "quant": self.config.quant},
                 span, self.model_config.hidden_size, self.dtype,
             )
         return span

@@ -30,14 +30,21 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+MEASURE_VERSION = 2  # bump when the compute path changes: cached figures are then measured again
+
+
 def measure(span: torch.nn.Module, hidden_size: int, dtype: torch.dtype, steps: int = 5) -> Throughput:
+    """Decode steps/s on the path sessions use (``span.step``), and stateless forward tokens/s."""
+    from corolla.server.kv import SessionKV
+
     with torch.inference_mode():
-        cache = span.new_cache()
-        span(torch.zeros(1, 8, hidden_size, dtype=dtype), cache, 0)  # warm-up prefill
+        kv = SessionKV(span.kv_layout(dtype), 0, span.num_blocks, 1, 8 + steps)
+        kv.grow(8 + steps, 0)
+        span.step([(torch.zeros(1, 8, hidden_size, dtype=dtype), kv, 0)])  # warm-up prefill
         times = []
         for i in range(steps):
             t0 = time.perf_counter()
-            span(torch.zeros(1, 1, hidden_size, dtype=dtype), cache, 8 + i)
+            span.step([(torch.zeros(1, 1, hidden_size, dtype=dtype), kv, 8 + i)])
             times.append(time.perf_counter() - t0)
         tokens = 64
         t0 = time.perf_counter()
@@ -50,7 +57,7 @@ def measure(span: torch.nn.Module, hidden_size: int, dtype: torch.dtype, steps: 
 def measure_cached(
     cache_file: Path, key_parts: dict, span: torch.nn.Module, hidden_size: int, dtype: torch.dtype
 ) -> Throughput:
-    key = json.dumps({**key_parts, "cpu": _cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__},
+    key = json.dumps({**key_parts, "version": MEASURE_VERSION, "cpu": _cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__},
                      sort_keys=True)
     try:
         table = json.loads(cache_file.read_text())

@@ -1,0 +1,60 @@
+"""Server precisions: compute dtype checks and weight quantization of a loaded span.
+
+- ``--dtype float32 | bfloat16 | float16``: refused with a clear message where this machine
+  cannot run it (checked by running a small matmul in that dtype);
+- ``--quant int8`` (CPU): PyTorch dynamic quantization of every Linear layer (int8 weights,
+  activations quantized on the fly), on a float32 span;
+- ``--quant bnb-int8 | nf4``: bitsandbytes 8-bit / 4-bit NormalFloat, only with a CUDA device
+  and bitsandbytes installed; refused otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+
+import torch
+from torch import nn
+
+from corolla.errors import ModelError
+
+QUANTS = ("none", "int8", "bnb-int8", "nf4")
+
+
+def check_dtype(dtype: torch.dtype, device: str = "cpu") -> None:
+    """Raise ModelError if ``device`` cannot multiply matrices in ``dtype``."""
+    try:
+        a = torch.ones(4, 4, dtype=dtype, device=device)
+        (a @ a).sum().item()
+    except Exception as e:
+        raise ModelError(f"this machine ({device}) cannot compute in {dtype}: {type(e).__name__}: {e}; "
+                         "use --dtype float32") from None
+
+
+def check_quant(quant: str, dtype: torch.dtype, device: str = "cpu") -> None:
+    """Raise ModelError if ``quant`` cannot run here with ``dtype`` (before anything is loaded)."""
+    if quant == "none":
+        return
+    if quant == "int8":
+        if device != "cpu":
+            raise ModelError("--quant int8 is PyTorch's CPU dynamic quantization; on CUDA use --quant bnb-int8 or nf4")
+        if dtype != torch.float32:
+            raise ModelError(f"--quant int8 quantizes float32 weights; use --dtype float32 (not {dtype})")
+        return
+    if quant in ("bnb-int8", "nf4"):
+        if not torch.cuda.is_available() or device == "cpu":
+            raise ModelError(f"--quant {quant} needs a CUDA device (bitsandbytes); on CPU use --quant int8")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ModelError(f"--quant {quant} needs bitsandbytes: pip install bitsandbytes")
+        raise ModelError(f"--quant {quant}: corolla servers run on CPU in this version; CUDA serving comes later")
+    raise ModelError(f"unknown quantization {quant!r}; choose one of {', '.join(QUANTS)}")
+
+
+def quantize_span(span: nn.Module, quant: str, dtype: torch.dtype, device: str = "cpu") -> nn.Module:
+    """Apply ``quant`` to the span's Linear layers (in place); return the span."""
+    check_quant(quant, dtype, device)
+    if quant == "int8":
+        with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
+            warnings.simplefilter("ignore")
+            return torch.ao.quantization.quantize_dynamic(span, {nn.Linear}, dtype=torch.qint8, inplace=True)
+    return span

@@ -1,0 +1,53 @@
+"""Precision choices are checked before anything loads, with messages that say what to do."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from corolla.errors import ModelError
+from corolla.models.llama import linear
+from corolla.models.quant import check_dtype, check_quant, quantize_span
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_this_cpu_runs_every_offered_dtype(dtype):
+    check_dtype(dtype)
+
+
+def test_int8_needs_float32_weights():
+    with pytest.raises(ModelError, match="--dtype float32"):
+        check_quant("int8", torch.bfloat16)
+    check_quant("int8", torch.float32)
+
+
+@pytest.mark.parametrize("quant", ["bnb-int8", "nf4"])
+def test_bitsandbytes_modes_are_refused_on_cpu(quant):
+    with pytest.raises(ModelError, match="CUDA"):
+        check_quant(quant, torch.float32)
+
+
+def test_unknown_quantization_is_named():
+    with pytest.raises(ModelError, match="int4.*none, int8"):
+        check_quant("int4", torch.float32)
+
+
+def test_int8_replaces_every_linear_and_stays_close():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.SiLU(), nn.Linear(128, 64))
+    x = torch.randn(3, 64)
+    expected = model(x)
+    quantized = quantize_span(model, "int8", torch.float32)
+    assert not any(type(m) is nn.Linear for m in quantized.modules())
+    got = quantized(x)
+    assert (got - expected).abs().max() < 0.05 * expected.abs().max()
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 8, 9])
+def test_fast_small_batch_linear_is_the_same_math(rows):
+    torch.manual_seed(rows)
+    layer = nn.Linear(64, 96, bias=True)
+    x = torch.randn(rows, 64)
+    assert torch.allclose(linear(layer, x), layer(x), atol=1e-5)
+    assert linear(layer, x).is_contiguous()
