@@ -72,12 +72,6 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-    import sys
-
-    if "torch" not in sys.modules:  # libgomp reads it when torch loads
-        # idle OpenMP threads sleep instead of spinning: servers sharing cores take turns cleanly
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from corolla.server.config import ServerConfig
     from corolla.server.server import Server
 

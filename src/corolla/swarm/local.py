@@ -72,10 +72,7 @@ class LocalSwarm:
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="corolla-swarm-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.server_args = list(server_args)
-        # Servers of one machine share its cores and take turns: an idle server's OpenMP threads
-        # must sleep rather than spin, or they steal the cores from the server whose turn it is.
         self.env = {**(env if env is not None else os.environ)}
-        self.env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         self.dht = None
         self.servers: list[ServerProcess] = []
 
