@@ -206,6 +206,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--servers", type=int, nargs="+", default=[1, 2, 3], help="swarm sizes (default 1 2 3)")
     p.add_argument("--server-threads", type=int, default=None,
                    help="torch threads per server process (default: LocalSwarm's share, cores // servers)")
+    p.add_argument("--compression", default="none", choices=["none", "fp16", "bf16", "int8"],
+                   help="how the client and servers send hidden states (default none: float32)")
     p.add_argument("--no-push", action="store_true",
                    help="the client relays every hop's output itself instead of servers pushing it to the next one")
     p.add_argument("--server-env", nargs="*", default=[], metavar="KEY=VALUE",
@@ -298,7 +300,8 @@ def main(argv=None) -> int:
                 swarm.start(spans)
                 startup_s = time.perf_counter() - t0
                 client = DistributedModelForCausalLM.from_pretrained(
-                    path, initial_peers=swarm.initial_peers, model_id=model_id, push=not args.no_push)
+                    path, initial_peers=swarm.initial_peers, model_id=model_id, push=not args.no_push,
+                    compression=args.compression)
             try:
                 with progress:
                     task = progress.add_task(f"swarm of {n} (interleaved with local)", total=args.warmup + args.runs)
@@ -364,7 +367,7 @@ def main(argv=None) -> int:
     results["config"] = {
         "model": model_id, "path": str(path), "dtype": "float32", "prompt_tokens": ids.shape[1],
         "new_tokens": args.new_tokens, "runs": args.runs, "warmup": args.warmup, "servers": args.servers,
-        "server_threads": args.server_threads, "push": not args.no_push, "server_env": args.server_env, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "server_threads": args.server_threads, "push": not args.no_push, "compression": args.compression, "server_env": args.server_env, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(), "machine": platform.machine(), "python": sys.version.split()[0],
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv,
     }

@@ -132,3 +132,18 @@ def test_servers_push_to_the_next_hop_with_the_same_output(tiny_swarm, tiny_ref,
         # the first step opens the streams; from the second on, hops 2 and 3 get their input pushed
         assert session.pushed_inputs == (2 * 11 if push else 0)
     assert torch.equal(out, local_greedy(tiny_ref, ids, 12))
+
+
+@pytest.mark.parametrize("codec", ["fp16", "bf16", "int8"])
+def test_wire_compression_stays_close_to_the_model(tiny_swarm, tiny_ref, codec):
+    """Hidden states sent as fp16, bf16 or int8 (both ways, and in pushes between servers)."""
+    ids = torch.randint(0, 320, (1, 14), generator=torch.Generator().manual_seed(21))
+    with tiny_swarm.client(2, compression=codec) as model:
+        with torch.no_grad():
+            logits, expected = model(ids).logits, tiny_ref(ids).logits
+        with model.inference_session(max_length=40) as session:
+            out = model.generate(ids, max_new_tokens=10, eos_token_id=[])
+            assert session.pushed_inputs > 0  # the servers pushed compressed outputs to each other
+    assert (logits - expected).abs().max() < 0.05 * expected.abs().max()
+    assert (logits.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.75
+    assert out.shape == (1, 24)

@@ -323,3 +323,42 @@ def test_largest_allowed_size_is_not_refused_for_its_size():
 def test_zero_sized_tensor_decodes():
     t = from_wire(_proto(b"", [0, 4]))
     assert list(t.shape) == [0, 4]
+
+
+# --- codecs of hidden states ------------------------------------------------------------------------
+from corolla.protocol.tensors import CODECS, decode, encode  # noqa: E402
+
+
+@pytest.mark.parametrize("codec,tolerance,ratio", [("none", 0.0, 1.0), ("fp16", 1e-3, 0.5), ("bf16", 8e-3, 0.5),
+                                                   ("int8", 8e-3, 0.3)])
+def test_codecs_round_trip_within_their_precision_and_size(codec, tolerance, ratio):
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 5, 64) * torch.logspace(-2, 2, 64)  # rows with very different scales
+    wire = encode(hidden, codec)
+    back = decode(wire, codec)
+    assert back.dtype == torch.float32 and back.shape == hidden.shape
+    rel = ((back - hidden).abs() / hidden.abs().amax(dim=-1, keepdim=True)).max().item()
+    assert rel <= tolerance
+    size = sum(len(t.buffer) for t in wire)
+    assert size <= ratio * hidden.numel() * 4 + 64
+
+
+def test_every_codec_is_covered():
+    assert set(CODECS) == {"none", "fp16", "bf16", "int8"}
+
+
+@pytest.mark.parametrize("codec", ["none", "bf16", "int8"])
+def test_malformed_codec_payloads_are_bad_requests(codec):
+    hidden = torch.randn(1, 3, 8)
+    wrong_count = encode(hidden, "int8")[:1] if codec == "int8" else encode(hidden, "int8")
+    with pytest.raises(BadRequestError, match="tensor"):
+        decode(wrong_count, codec)
+    if codec == "bf16":
+        with pytest.raises(BadRequestError, match="int16"):
+            decode(encode(hidden, "none"), "bf16")
+    if codec == "int8":
+        values, _ = encode(hidden, "int8")
+        with pytest.raises(BadRequestError, match="float32 scales|do not match"):
+            decode([values, encode(torch.ones(1, 2, 1), "none")[0]], "int8")
+    with pytest.raises(BadRequestError, match="unknown codec"):
+        decode(encode(hidden), "zstd")

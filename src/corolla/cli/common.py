@@ -12,6 +12,11 @@ def add_peers(parser: argparse.ArgumentParser) -> None:
                         help="name of the model in the DHT (default: the model's own name); all peers must agree")
 
 
+def add_compression(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--compression", default="none", choices=["none", "fp16", "bf16", "int8"],
+                        help="how hidden states travel between this client and the servers (default none: float32)")
+
+
 def add_sampling(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("sampling")
     g.add_argument("--max-new-tokens", type=int, default=256, help="stop after this many new tokens (default 256)")

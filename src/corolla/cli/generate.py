@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from corolla.cli.common import add_peers, add_sampling, sampling_params
+from corolla.cli.common import add_compression, add_peers, add_sampling, sampling_params
 
 
 def register(sub) -> None:
@@ -15,6 +15,7 @@ def register(sub) -> None:
     g.add_argument("prompt", help="the text to continue")
     g.add_argument("--chat-template", action="store_true", help="wrap PROMPT as a user message of the chat template")
     add_peers(g)
+    add_compression(g)
     add_sampling(g)
     g.set_defaults(func=run_generate)
 
@@ -23,6 +24,7 @@ def register(sub) -> None:
     c.add_argument("model", help="packaged name, local HF folder, GGUF file or Hub repo id")
     c.add_argument("--system", default=None, help="a system prompt")
     add_peers(c)
+    add_compression(c)
     add_sampling(c)
     c.set_defaults(func=run_chat)
 
@@ -31,7 +33,7 @@ def _open(args):
     from corolla.client.model import DistributedModelForCausalLM
 
     return DistributedModelForCausalLM.from_pretrained(args.model, initial_peers=args.initial_peers,
-                                                       model_id=args.model_id)
+                                                       model_id=args.model_id, compression=args.compression)
 
 
 def run_generate(args: argparse.Namespace) -> int:

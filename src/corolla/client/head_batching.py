@@ -30,6 +30,12 @@ class HeadBatcher:
         self.calls = 0  # head computations run, and rows computed (for stats and tests)
         self.rows = 0
 
+    @property
+    def waiting(self) -> int:
+        """Calls queued for the next head computation."""
+        with self._cv:
+            return len(self._pending)
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``hidden [B, H]`` -> logits ``[B, V]``, batched with whatever other threads wait now."""
         slot = _Slot(hidden)
@@ -55,7 +61,7 @@ class HeadBatcher:
         try:
             out = self._logits(torch.cat([s.hidden for s in batch]))
             self.calls += 1
-            self.rows += len(batch)
+            self.rows += sum(len(s.hidden) for s in batch)
             offset = 0
             for s in batch:
                 s.result = out[offset : offset + len(s.hidden)]

@@ -11,10 +11,10 @@ from hivemind.proto import runtime_pb2
 
 from corolla.client.config import ClientConfig
 from corolla.client.loop import LoopThread
-from corolla.errors import NoRouteError, RemoteCallError, error_from_wire
+from corolla.errors import BadRequestError, NoRouteError, RemoteCallError, error_from_wire
 from corolla.protocol.messages import ForwardMeta, ResponseMeta, decode_meta, encode_meta
 from corolla.protocol.rpc import TRANSPORT_ERRORS, stub_for
-from corolla.protocol.tensors import from_wire, to_wire
+from corolla.protocol.tensors import decode, encode
 from corolla.swarm.dht import start_dht
 from corolla.swarm.discovery import SwarmState, fetch_swarm_state
 from corolla.swarm.routing import Hop, plan_chain
@@ -22,14 +22,15 @@ from corolla.swarm.routing import Hop, plan_chain
 log = logging.getLogger(__name__)
 
 
-def parse_response(response: runtime_pb2.ExpertResponse) -> tuple[ResponseMeta, torch.Tensor | None]:
+def parse_response(response: runtime_pb2.ExpertResponse, codec: str | None = None) -> tuple[ResponseMeta, torch.Tensor]:
     """Server answer -> (metadata, tensor); a server-side error is re-raised with its own type."""
     meta = decode_meta(response.metadata, ResponseMeta)
     if meta.error is not None:
         raise error_from_wire(meta.error.code, meta.error.message)
-    if len(response.tensors) != 1:
-        raise RemoteCallError(f"server answered with {len(response.tensors)} tensors instead of 1")
-    return meta, from_wire(response.tensors[0])
+    try:
+        return meta, decode(response.tensors, codec)
+    except BadRequestError as e:
+        raise RemoteCallError(f"server answered with malformed tensors: {e}") from None
 
 
 class SwarmClient:
@@ -119,15 +120,17 @@ class SwarmClient:
         return hidden
 
     async def call_forward(self, hop: Hop, hidden: torch.Tensor) -> torch.Tensor:
-        meta = ForwardMeta(model_id=self.model_id, start_block=hop.start, end_block=hop.end)
-        request = runtime_pb2.ExpertRequest(uid=self.model_id, tensors=[to_wire(hidden)], metadata=encode_meta(meta))
+        codec = self.config.compression
+        meta = ForwardMeta(model_id=self.model_id, start_block=hop.start, end_block=hop.end,
+                           compression=None if codec == "none" else codec)
+        request = runtime_pb2.ExpertRequest(uid=self.model_id, tensors=encode(hidden, codec), metadata=encode_meta(meta))
         try:
             response = await stub_for(self.p2p, hop.peer_id).rpc_forward(request, timeout=self.config.request_timeout_s)
         except asyncio.TimeoutError:
             raise RemoteCallError(f"{hop.peer_id} did not answer within {self.config.request_timeout_s} s") from None
         except TRANSPORT_ERRORS as e:
             raise RemoteCallError(f"forward to {hop.peer_id} failed: {type(e).__name__}: {e}") from e
-        return parse_response(response)[1]
+        return parse_response(response, codec)[1]
 
     def close(self) -> None:
         try:

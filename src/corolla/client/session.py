@@ -21,7 +21,7 @@ from corolla.client.remote import SwarmClient, parse_response
 from corolla.errors import CorollaError, NoRouteError, RemoteCallError, SequenceTooLongError, SessionEvictedError
 from corolla.protocol.messages import InferenceMeta, PushTarget, SessionOpen, encode_meta
 from corolla.protocol.rpc import TRANSPORT_ERRORS, stub_for
-from corolla.protocol.tensors import to_wire
+from corolla.protocol.tensors import encode
 from corolla.swarm.routing import Hop
 
 log = logging.getLogger(__name__)
@@ -59,9 +59,11 @@ class _HopStream:
     async def send(
         self, hidden: torch.Tensor, position: int, route: tuple[PushTarget, ...] = (), push_from: str | None = None
     ) -> None:
+        codec = self.client.config.compression
         meta = InferenceMeta(position=position, open=None if self._opened else self.open_meta,
-                             route=route or None, push_from=push_from)
-        request = runtime_pb2.ExpertRequest(uid=self.client.model_id, tensors=[to_wire(hidden)], metadata=encode_meta(meta))
+                             route=route or None, push_from=push_from, compression=None if codec == "none" else codec)
+        request = runtime_pb2.ExpertRequest(uid=self.client.model_id, tensors=encode(hidden, codec),
+                                            metadata=encode_meta(meta))
         self._queue.put_nowait(request)
         if self._responses is None:  # hivemind reads the first request before returning the stream
             try:
@@ -84,7 +86,7 @@ class _HopStream:
         except TRANSPORT_ERRORS as e:
             raise RemoteCallError(f"call to {self.hop.peer_id} failed: {type(e).__name__}: {e}") from e
         self._opened = True
-        meta, out = parse_response(response)
+        meta, out = parse_response(response, self.client.config.compression)
         return out, meta.pushed
 
     async def close(self) -> None:

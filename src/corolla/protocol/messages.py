@@ -8,7 +8,7 @@ Metadata travels as msgpack (never pickle).
 from __future__ import annotations
 
 import enum
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -21,6 +21,7 @@ MAX_META_BYTES = 64 * 1024
 ModelId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")]
 SessionId = Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")]
 BlockIndex = Annotated[int, Field(ge=0, le=100_000)]
+Codec = Literal["none", "fp16", "bf16", "int8"]  # see corolla.protocol.tensors
 PeerIdStr = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[1-9A-HJ-NP-Za-km-z]+$")]  # base58
 
 
@@ -99,6 +100,7 @@ class InferenceMeta(_Wire):
     route: tuple[PushTarget, ...] | None = Field(default=None, max_length=64)
     # ... and accept pushed inputs for this session only from this peer (the previous hop)
     push_from: PeerIdStr | None = None
+    compression: Codec | None = None  # how this step's tensors travel, and how the answer should
 
 
 class PushMeta(_Wire):
@@ -107,6 +109,7 @@ class PushMeta(_Wire):
     session_id: SessionId
     position: int = Field(ge=0)
     route: tuple[PushTarget, ...] | None = Field(default=None, max_length=64)  # where the receiver pushes on
+    compression: Codec | None = None
 
 
 class ForwardMeta(_Wire):
@@ -115,6 +118,7 @@ class ForwardMeta(_Wire):
     model_id: ModelId
     start_block: BlockIndex
     end_block: BlockIndex
+    compression: Codec | None = None
 
 
 class ErrorInfo(_Wire):

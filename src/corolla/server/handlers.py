@@ -33,7 +33,7 @@ from corolla.protocol.messages import (
     decode_meta,
     encode_meta,
 )
-from corolla.protocol.tensors import from_wire, to_wire
+from corolla.protocol.tensors import decode, encode
 from corolla.server.config import ServerConfig
 from corolla.server.batching import Batcher
 from corolla.server.kv import CacheBudget
@@ -127,11 +127,9 @@ class BlockHandlers:
             raise BadRequestError(f"blocks {start}:{end} are not within this server's span {self.start}:{self.end}")
         return start - self.start, end - self.start
 
-    def _hidden(self, request: runtime_pb2.ExpertRequest) -> torch.Tensor:
-        if len(request.tensors) != 1:
-            raise BadRequestError(f"expected 1 tensor (hidden states), got {len(request.tensors)}")
+    def _hidden(self, request: runtime_pb2.ExpertRequest, codec: str | None = None) -> torch.Tensor:
         return check_hidden(
-            from_wire(request.tensors[0]),
+            decode(request.tensors, codec),
             hidden_size=self.hidden_size,
             max_batch=self.config.max_batch_size,
             max_tokens=self.config.max_step_tokens,
@@ -151,9 +149,10 @@ class BlockHandlers:
         while (self.inflight or self.batcher.pending) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.01)
 
-    def _ok(self, out: torch.Tensor, position: int | None = None, pushed: bool = False) -> runtime_pb2.ExpertResponse:
+    def _ok(self, out: torch.Tensor, position: int | None = None, pushed: bool = False,
+            codec: str | None = None) -> runtime_pb2.ExpertResponse:
         meta = ResponseMeta(position=position, pushed=pushed)
-        return runtime_pb2.ExpertResponse(tensors=[to_wire(out)], metadata=encode_meta(meta))
+        return runtime_pb2.ExpertResponse(tensors=encode(out, codec), metadata=encode_meta(meta))
 
     # ---- compute (runs on the compute thread) -----------------------------------------------
     def _forward(self, hidden: torch.Tensor, first: int, last: int) -> torch.Tensor:
@@ -168,8 +167,8 @@ class BlockHandlers:
         try:
             meta = decode_meta(request.metadata, ForwardMeta)
             first, last = self._local_blocks(meta.model_id, meta.start_block, meta.end_block)
-            hidden = self._hidden(request)
-            return self._ok(await self._run(self._forward, hidden, first, last))
+            hidden = self._hidden(request, meta.compression)
+            return self._ok(await self._run(self._forward, hidden, first, last), codec=meta.compression)
         except CorollaError as e:
             return error_response(e)
         except Exception as e:
@@ -194,19 +193,21 @@ class BlockHandlers:
                     raise UnknownSessionError(f"no open session {meta.session_id}")
                 if session.push_from != sender:
                     raise BadRequestError(f"session {meta.session_id} does not accept pushes from this peer")
-                hidden = self._hidden(request)
+                hidden = self._hidden(request, meta.compression)
                 check_step(session, hidden, meta.position)
-                session.inbox.put_nowait(("push", meta.position, hidden, meta.route))
+                session.inbox.put_nowait(("push", meta.position, hidden, meta.route, meta.compression))
                 yield runtime_pb2.ExpertResponse(metadata=encode_meta(ResponseMeta(position=meta.position)))
             except CorollaError as e:
                 yield error_response(e)
 
-    async def _push(self, route: tuple[PushTarget, ...], out: torch.Tensor, position: int) -> bool:
+    async def _push(self, route: tuple[PushTarget, ...], out: torch.Tensor, position: int,
+                    codec: str | None) -> bool:
         """Send our output of the step at ``position`` to the next hop; True if it took it."""
         target, *rest = route
         request = runtime_pb2.ExpertRequest(
-            uid=self.model_id, tensors=[to_wire(out)],
-            metadata=encode_meta(PushMeta(session_id=target.session_id, position=position, route=tuple(rest) or None)),
+            uid=self.model_id, tensors=encode(out, codec),
+            metadata=encode_meta(PushMeta(session_id=target.session_id, position=position, route=tuple(rest) or None,
+                                          compression=codec)),
         )
         try:
             meta = await self.pushes.push(target.peer_id, request, self.config.push_timeout_s)
@@ -240,7 +241,7 @@ class BlockHandlers:
                     return  # the client closed the stream
                 try:
                     if item[0] == "push":
-                        _, position, hidden, route = item
+                        _, position, hidden, route, codec = item
                         if position != session.position:
                             continue  # the client's own copy of this step came first
                         session.pushed = {p for p in session.pushed if p > position - 8} | {position}
@@ -260,11 +261,12 @@ class BlockHandlers:
                         session.push_from = meta.push_from
                         if meta.position in session.pushed and meta.position < session.position:
                             continue  # a push that timed out for its sender still reached us: done already
-                        hidden, position, route = self._hidden(request), meta.position, meta.route
+                        codec = meta.compression
+                        hidden, position, route = self._hidden(request, codec), meta.position, meta.route
                     check_step(session, hidden, position)
                     out = await self.batcher.submit(session, hidden, position)
-                    pushed = bool(route) and self.pushes is not None and await self._push(route, out, position)
-                    yield self._ok(out, session.position, pushed)
+                    pushed = bool(route) and self.pushes is not None and await self._push(route, out, position, codec)
+                    yield self._ok(out, session.position, pushed, codec)
                 except CorollaError as e:
                     yield error_response(e)
                     await _until_client_closes(inbox)
