@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _common import CpuWatch, add_quiet_args, wait_quiet  # benchmarks/ is on sys.path when a script in it runs
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 MESSAGES = [
@@ -102,70 +103,6 @@ class _Clock:
         return Run(self.times[0] - self.start, end - self.start, self.tokens, steps, self.idle_before)
 
 
-def _cpu_times() -> tuple[int, int]:
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return fields[3] + fields[4], sum(fields)  # idle + iowait, total
-
-
-def cpu_idle(interval_s: float = 0.5) -> float:
-    """Fraction of all CPUs' time that was idle over ``interval_s`` (1.0 where /proc is missing)."""
-    try:
-        idle0, total0 = _cpu_times()
-        time.sleep(interval_s)
-        idle1, total1 = _cpu_times()
-    except (OSError, ValueError, IndexError):
-        return 1.0
-    return (idle1 - idle0) / max(total1 - total0, 1)
-
-
-class CpuWatch:
-    """CPU time used by processes *outside* this benchmark's process tree while a run was timed.
-
-    Busy time of the whole machine (/proc/stat) minus what this process and its descendants
-    (servers, their DHT children, p2pd daemons) used; a run during which another job ran is
-    repeated (see ``--max-foreign-cpu``).
-    """
-
-    def __init__(self):
-        self._tick = os.sysconf("SC_CLK_TCK")
-        self._start = self._snapshot()
-
-    def _snapshot(self) -> tuple[float, dict[int, tuple[int, float]]]:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        busy = (sum(fields[:8]) - fields[3] - fields[4]) / self._tick  # all but idle and iowait
-        procs = {}
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            try:
-                stat = Path(f"/proc/{name}/stat").read_text()
-            except OSError:
-                continue
-            rest = stat[stat.rfind(")") + 2 :].split()  # fields after "pid (comm) "
-            procs[int(name)] = (int(rest[1]), (int(rest[11]) + int(rest[12])) / self._tick)
-        return busy, procs
-
-    def foreign_cpu_s(self) -> float:
-        busy0, before = self._start
-        busy1, after = self._snapshot()
-        ours, grew = {os.getpid()}, True
-        while grew:
-            new = {pid for pid, (ppid, _) in after.items() if ppid in ours and pid not in ours}
-            ours |= new
-            grew = bool(new)
-        own = sum(cpu - before.get(pid, (0, 0.0))[1] for pid, (_, cpu) in after.items() if pid in ours)
-        return max(busy1 - busy0 - own, 0.0)
-
-
-def wait_quiet(threshold: float, max_wait_s: float) -> float:
-    """Wait until the machine is at least ``threshold`` idle (or ``max_wait_s`` passed)."""
-    deadline = time.monotonic() + max_wait_s
-    idle = cpu_idle()
-    while idle < threshold and time.monotonic() < deadline:
-        idle = cpu_idle(1.0)
-    return idle
-
-
 def local_run(model, ids: torch.Tensor, generation_config, idle: float) -> Run:
     clock = _Clock(idle)
     with torch.inference_mode():
@@ -212,13 +149,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the client relays every hop's output itself instead of servers pushing it to the next one")
     p.add_argument("--server-env", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra environment for the server processes, e.g. OMP_WAIT_POLICY=PASSIVE")
-    p.add_argument("--quiet-idle", type=float, default=0.8,
-                   help="before each run wait until this fraction of CPU time is idle (default 0.8; 0 = never wait)")
-    p.add_argument("--quiet-wait-s", type=float, default=120.0, help="longest wait for a quiet machine per run")
-    p.add_argument("--max-foreign-cpu", type=float, default=0.1,
-                   help="repeat a run when processes outside the benchmark used more than this many CPUs on "
-                        "average during it (default 0.1)")
-    p.add_argument("--max-retries", type=int, default=5, help="repeats of a disturbed run before keeping it (default 5)")
+    add_quiet_args(p)
     p.add_argument("--out", type=Path, default=OUT_DIR / "decode.json", help="JSON results file")
     return p.parse_args(argv)
 
@@ -267,7 +198,7 @@ def main(argv=None) -> int:
             idle = wait_quiet(args.quiet_idle, args.quiet_wait_s) if args.quiet_idle > 0 else 1.0
             watch = CpuWatch()
             run = fn(idle)
-            run.foreign_cpu = watch.foreign_cpu_s() / run.total_s
+            run.foreign_cpu = watch.stop().foreign_cpu_s() / run.total_s
             if run.foreign_cpu <= args.max_foreign_cpu:
                 break
             discarded["count"] += 1

@@ -68,7 +68,7 @@ class Batcher:
         self.queue: list[StepRequest] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
-        self.computing = 0  # steps in the batch being computed now
+        self._computing: set[str] = set()  # sessions whose step is being computed now
         self.batches = 0  # batches run so far, and the steps in them (for stats and tests)
         self.steps = 0
         self.evictions = 0
@@ -90,7 +90,13 @@ class Batcher:
         return await future
 
     def release(self, session: Session) -> None:
-        """The session is closed: give its cache back to the budget."""
+        """The session is closed: give its cache back (after its step, if one is queued or running)."""
+        session.closed = True
+        if session.id not in self._computing and all(r.session is not session for r in self.queue):
+            self._free(session)
+        self._wake.set()  # room may have come free for waiting steps
+
+    def _free(self, session: Session) -> None:
         if session.kv is not None:
             self.budget.give_back(session.kv.free())
             session.kv = None
@@ -105,7 +111,7 @@ class Batcher:
 
     @property
     def pending(self) -> int:
-        return len(self.queue) + self.computing
+        return len(self.queue) + len(self._computing)
 
     # ---- the scheduler ---------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -124,7 +130,7 @@ class Batcher:
                 except TimeoutError:
                     pass
                 continue
-            self.computing = len(batch)
+            self._computing = {r.session.id for r in batch}
             try:
                 outputs = await loop.run_in_executor(self.executor, self._compute, batch)
             except Exception as e:
@@ -134,7 +140,10 @@ class Batcher:
                         request.future.set_exception(e if isinstance(e, CorollaError) else _internal(e))
                 continue
             finally:
-                self.computing = 0
+                self._computing = set()
+                for request in batch:  # closed while its step ran: its cache goes back now
+                    if request.session.closed:
+                        self._free(request.session)
             for request, out in zip(batch, outputs):
                 if not request.future.done():
                     request.future.set_result(out)
@@ -174,6 +183,12 @@ class Batcher:
         tokens = 0
         busy = {r.session.id for r in self.queue}
         for request in order:
+            if request.session.closed:  # its client is gone
+                self.queue.remove(request)
+                self._free(request.session)
+                if not request.future.done():
+                    request.future.cancel()
+                continue
             if batch and tokens + request.tokens > self.max_batch_tokens:
                 continue
             error = self._make_room(request, busy)
@@ -220,7 +235,7 @@ class Batcher:
             return False
         victim = min(idle, key=lambda s: s.last_used)
         victim.evicted = True
-        self.release(victim)
+        self._free(victim)
         self.evictions += 1
         log.info("evicted session %s (idle %.1f s) to make room", victim.id, time.monotonic() - victim.last_used)
         return True
