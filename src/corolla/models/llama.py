@@ -173,9 +173,14 @@ def linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """
     if type(layer) is not nn.Linear or x.dtype != torch.float32 or x.shape[0] > SMALL_BATCH_ROWS:
         return layer(x)  # quantized or half-precision layers, and big batches, keep their own kernels
-    rows = x.contiguous() if x.shape[0] > 1 else torch.cat([x, x.new_zeros(1, x.shape[1])])
-    out = (layer.weight @ rows.t()).t()[: x.shape[0]].contiguous()  # row-major rows.t() is the slow layout
+    out = _few_rows_matmul(layer.weight, x)
     return out + layer.bias if layer.bias is not None else out
+
+
+def _few_rows_matmul(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``x @ weight.T`` for 1..SMALL_BATCH_ROWS float32 rows, computed as ``weight @ x.T`` (see linear)."""
+    rows = x.contiguous() if x.shape[0] > 1 else torch.cat([x, x.new_zeros(1, x.shape[1])])
+    return (weight @ rows.t()).t()[: x.shape[0]].contiguous()  # row-major rows.t() is the slow layout
 
 
 def _step_mask(tokens: int, position: int, window: int | None) -> torch.Tensor | None:
@@ -214,8 +219,7 @@ class LlamaHead(nn.Module):
         weight = self.embed_tokens.weight if self.tied else self.lm_head.weight
         rows = hidden.reshape(-1, hidden.shape[-1])
         if rows.dtype == torch.float32 and 1 <= rows.shape[0] <= SMALL_BATCH_ROWS:  # decode: see linear()
-            padded = rows.contiguous() if rows.shape[0] > 1 else torch.cat([rows, rows.new_zeros(1, rows.shape[1])])
-            return (weight @ padded.t()).t()[: rows.shape[0]].contiguous().reshape(*hidden.shape[:-1], -1)
+            return _few_rows_matmul(weight, rows).reshape(*hidden.shape[:-1], -1)
         return nn.functional.linear(hidden, weight)  # [B, T, H] -> [B, T, V]
 
 

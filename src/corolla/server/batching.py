@@ -19,7 +19,7 @@ from concurrent.futures import Executor
 import torch
 
 from corolla.errors import CorollaError, ServerBusyError, SessionEvictedError, SessionLostError
-from corolla.server.kv import CacheBudget, KVLayout, SessionKV
+from corolla.server.kv import CacheBudget, SessionKV
 from corolla.server.sessions import Session, SessionTable
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,6 @@ class Batcher:
         executor: Executor,
         sessions: SessionTable,
         budget: CacheBudget,
-        layout_getter: Callable[[], KVLayout],
         dtype: torch.dtype,
         max_batch_tokens: int,
         policy: str,
@@ -60,7 +59,7 @@ class Batcher:
     ):
         if policy not in POLICIES:
             raise ValueError(f"cache policy must be one of {', '.join(POLICIES)}, not {policy!r}")
-        self._span, self._layout, self._generation = span_getter, layout_getter, generation_getter
+        self._span, self._generation = span_getter, generation_getter
         self.executor, self.sessions, self.budget, self.dtype = executor, sessions, budget, dtype
         self.max_batch_tokens, self.policy = max_batch_tokens, policy
         self.wait_timeout_s, self.window_s = wait_timeout_s, window_s
@@ -71,7 +70,6 @@ class Batcher:
         self._computing: set[str] = set()  # sessions whose step is being computed now
         self.batches = 0  # batches run so far, and the steps in them (for stats and tests)
         self.steps = 0
-        self.evictions = 0
 
     # ---- the session side ------------------------------------------------------------------------
     async def submit(self, session: Session, hidden: torch.Tensor, position: int) -> torch.Tensor:
@@ -209,7 +207,8 @@ class Batcher:
             return SessionEvictedError(f"session {session.id} was evicted from this server's KV cache; replay it")
         batch = request.hidden.shape[0]
         if session.kv is None:
-            session.kv = SessionKV(self._layout(), session.first, session.last, batch, session.max_length)
+            layout = self._span().kv_layout(self.dtype)
+            session.kv = SessionKV(layout, session.first, session.last, batch, session.max_length)
         kv = session.kv
         request.capacity = kv.capacity_for(request.position + request.hidden.shape[1])
         needed = (request.capacity - kv.capacity) * kv.token_bytes
@@ -236,7 +235,6 @@ class Batcher:
         victim = min(idle, key=lambda s: s.last_used)
         victim.evicted = True
         self._free(victim)
-        self.evictions += 1
         log.info("evicted session %s (idle %.1f s) to make room", victim.id, time.monotonic() - victim.last_used)
         return True
 

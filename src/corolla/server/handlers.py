@@ -103,11 +103,11 @@ class BlockHandlers:
         self.inflight = 0  # requests being computed right now
         self.generation = 0  # bumped when the server moves to other blocks: older sessions are lost
         self.pushes: PushLinks | None = None  # set by the server once it is on the network
-        token_bytes = span.kv_layout(dtype).token_bytes
+        token_bytes = self.span.kv_layout(dtype).token_bytes
         self.budget = CacheBudget(config.cache_tokens * token_bytes if config.cache_tokens else config.cache_bytes)
         self.batcher = Batcher(
             span_getter=lambda: self.span, executor=self.compute, sessions=self.sessions, budget=self.budget,
-            layout_getter=lambda: self.span.kv_layout(self.dtype), dtype=dtype,
+            dtype=dtype,
             max_batch_tokens=config.max_batch_tokens, policy=config.cache_policy,
             wait_timeout_s=config.cache_wait_s, window_s=config.batch_window_ms / 1000,
             max_cache_bytes_per_peer=config.max_cache_bytes_per_peer or self.budget.total,
@@ -118,6 +118,11 @@ class BlockHandlers:
         """Serve other blocks from now on (runs on the compute thread, between steps)."""
         self.span, self.start, self.end = span, start, end
         self.generation += 1
+
+    @property
+    def cache_tokens_left(self) -> int:
+        """Tokens of this span's KV cache the budget still has room for."""
+        return max(self.budget.free // max(self.span.kv_layout(self.dtype).token_bytes, 1), 0)
 
     # ---- helpers --------------------------------------------------------------------------
     def _local_blocks(self, model_id: str, start: int, end: int) -> tuple[int, int]:

@@ -14,12 +14,12 @@ from hivemind.proto import runtime_pb2
 import corolla
 from corolla.errors import CorollaError
 from corolla.models.loading import block_bytes, load_config, load_span, parse_dtype
+from corolla.models.quant import check_dtype, check_quant, quantize_span
 from corolla.models.resolve import cache_root, resolve_model
 from corolla.protocol.messages import ServerInfo, ServerState, encode_meta
 from corolla.protocol.rpc import NAMESPACE, BlockRPC, stub_for
 from corolla.server import placement
 from corolla.server.config import ServerConfig
-from corolla.models.quant import check_dtype, check_quant, quantize_span
 from corolla.server.handlers import BlockHandlers
 from corolla.server.push import PushLinks
 from corolla.server.throughput import Throughput, measure_cached
@@ -43,11 +43,6 @@ class Server:
     # ---- info --------------------------------------------------------------------------------
     def info(self, state: ServerState | None = None, span: tuple[int, int] | None = None) -> ServerInfo:
         handlers = self.handlers
-        if handlers is not None:
-            token_bytes = handlers.span.kv_layout(handlers.dtype).token_bytes
-            tokens_left = handlers.budget.free // max(token_bytes, 1)
-        else:
-            tokens_left = 0
         start, end = span or (self.start, self.end)
         return ServerInfo(
             state=state or self.state,
@@ -58,7 +53,7 @@ class Server:
             quant=self.config.quant,
             inference_rps=round(self.throughput.inference_rps, 3),
             forward_tps=round(self.throughput.forward_tps, 3),
-            cache_tokens_left=max(tokens_left, 0),
+            cache_tokens_left=handlers.cache_tokens_left if handlers else 0,
             active_sessions=len(handlers.sessions) if handlers else 0,
             queued_requests=handlers.inflight + handlers.batcher.pending if handlers else 0,
             steps_served=handlers.batcher.steps if handlers else 0,
