@@ -58,6 +58,9 @@ def register(sub) -> None:
                    help="tokens of all sessions in one batched forward (default 2048)")
     c.add_argument("--batch-window-ms", type=float, default=0.0,
                    help="wait this long for other active sessions' steps before running a batch (default 0)")
+    c.add_argument("--cohort-wait-ms", type=float, default=10.0,
+                   help="wait up to this long for the rest of a cohort: steps that an upstream batch sent on "
+                        "together, so concurrent sessions keep being batched together (default 10; 0: never)")
     g = p.add_argument_group("placement (without --blocks)")
     g.add_argument("--memory-budget-bytes", type=int, default=None,
                    help="how much memory the blocks may take (default: half of what is available)")
@@ -85,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         cache_bytes=args.cache_bytes, cache_tokens=args.cache_tokens, cache_policy=args.cache_policy,
         cache_wait_s=args.cache_wait_s, max_cache_bytes_per_peer=args.max_cache_bytes_per_peer,
         max_batch_tokens=args.max_batch_tokens, batch_window_ms=args.batch_window_ms,
+        cohort_wait_ms=args.cohort_wait_ms,
         memory_budget_bytes=args.memory_budget_bytes, rebalance_period_s=args.rebalance_period_s,
         rebalance_min_gain=args.rebalance_min_gain, throughput=args.throughput,
         announce_period_s=args.announce_period_s, announce_expiration_s=max(30.0, 3 * args.announce_period_s),

@@ -29,7 +29,8 @@ class DistributedModelForCausalLM:
 
     def __init__(self, path: Path, model_id: str, config: Any, head: torch.nn.Module, client: SwarmClient):
         self.path, self.model_id, self.config, self.head, self.client = path, model_id, config, head, client
-        self._head_batcher = HeadBatcher(lambda hidden: self.head.logits(hidden[:, None, :])[:, 0, :])
+        self._head_batcher = HeadBatcher(lambda hidden: self.head.logits(hidden[:, None, :])[:, 0, :],
+                                         cohort_wait_s=client.config.cohort_wait_s)
         self._tokenizer = None
         self._active: InferenceSession | None = None
 
@@ -172,15 +173,18 @@ class DistributedModelForCausalLM:
         sampler = Sampler(params)
         finished = torch.zeros(feed.shape[0], dtype=torch.bool)
         generated: list[torch.Tensor] = []
+        cohort = None  # this step's company from the last LM head batch (see HeadBatcher)
         if streamer is not None and input_ids is not None:
             streamer.put(input_ids.cpu())
         try:
             with torch.inference_mode():
-                for _ in range(max_new_tokens):
-                    hidden = session.step(self.head.embed(feed))  # [B, T, H] -> [B, T, H]
+                for index in range(max_new_tokens):
+                    hidden = session.step(self.head.embed(feed), cohort)  # [B, T, H] -> [B, T, H]
                     session.token_ids = feed if session.token_ids is None else torch.cat([session.token_ids, feed], 1)
                     session.pending_ids = None
-                    logits = self._head_batcher.logits(hidden[:, -1, :])  # [B, V], shared with other threads
+                    # [B, V], computed with other threads' rows; a next step goes to the session's first server
+                    logits, cohort = self._head_batcher.step_logits(
+                        hidden[:, -1, :], session.cohort, session.entry_peer if index + 1 < max_new_tokens else None)
                     tokens = sampler.next_tokens(context, logits)
                     if len(eos):
                         tokens = torch.where(finished, eos_tensor[0], tokens)  # finished rows pad with EOS

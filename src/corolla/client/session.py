@@ -19,7 +19,7 @@ from hivemind.proto import runtime_pb2
 
 from corolla.client.remote import SwarmClient, parse_response
 from corolla.errors import CorollaError, NoRouteError, RemoteCallError, SequenceTooLongError, SessionEvictedError
-from corolla.protocol.messages import InferenceMeta, PushTarget, SessionOpen, encode_meta
+from corolla.protocol.messages import Cohort, InferenceMeta, PushTarget, SessionOpen, encode_meta
 from corolla.protocol.rpc import TRANSPORT_ERRORS, stub_for
 from corolla.protocol.tensors import encode
 from corolla.swarm.routing import Hop
@@ -57,11 +57,13 @@ class _HopStream:
         return (await self.receive())[0]
 
     async def send(
-        self, hidden: torch.Tensor, position: int, route: tuple[PushTarget, ...] = (), push_from: str | None = None
+        self, hidden: torch.Tensor, position: int, route: tuple[PushTarget, ...] = (), push_from: str | None = None,
+        cohort: Cohort | None = None,
     ) -> None:
         codec = self.client.config.compression
         meta = InferenceMeta(position=position, open=None if self._opened else self.open_meta,
-                             route=route or None, push_from=push_from, compression=None if codec == "none" else codec)
+                             route=route or None, push_from=push_from, compression=None if codec == "none" else codec,
+                             cohort=cohort)
         request = runtime_pb2.ExpertRequest(uid=self.client.model_id, tensors=encode(hidden, codec),
                                             metadata=encode_meta(meta))
         self._queue.put_nowait(request)
@@ -71,8 +73,9 @@ class _HopStream:
             except TRANSPORT_ERRORS as e:
                 raise RemoteCallError(f"call to {self.hop.peer_id} failed: {type(e).__name__}: {e}") from e
 
-    async def receive(self) -> tuple[torch.Tensor, bool]:
-        """The next step's output, and whether this server pushed it on to the next hop."""
+    async def receive(self) -> tuple[torch.Tensor, bool, Cohort | None]:
+        """The next step's output, whether this server pushed it on to the next hop, and the
+        cohort of outputs of its batch that came to us with it."""
         if self._responses is None:
             raise RemoteCallError(f"no stream is open to {self.hop.peer_id}")
         try:
@@ -87,7 +90,7 @@ class _HopStream:
             raise RemoteCallError(f"call to {self.hop.peer_id} failed: {type(e).__name__}: {e}") from e
         self._opened = True
         meta, out = parse_response(response, self.client.config.compression)
-        return out, meta.pushed
+        return out, meta.pushed, meta.cohort
 
     async def close(self) -> None:
         self._queue.put_nowait(None)
@@ -120,6 +123,7 @@ class InferenceSession:
         self.recoveries = 0  # how many times a failed server was replaced
         self.evictions = 0  # how many times a server dropped this session's cache for room (replayed)
         self.pushed_inputs = 0  # hop inputs that a server pushed to the next one (the client sent no copy)
+        self.cohort: Cohort | None = None  # the outputs that arrived with the last step's (for the LM head)
         # kept for generate(): tokens already in the servers' caches, and one sampled but not sent
         self.token_ids: torch.Tensor | None = None
         self.pending_ids: torch.Tensor | None = None
@@ -128,7 +132,14 @@ class InferenceSession:
     def chain(self) -> list[Hop]:
         return [h.stream.hop for h in self._hops]
 
-    def step(self, hidden: torch.Tensor) -> torch.Tensor:
+    @property
+    def entry_peer(self) -> str | None:
+        """The server that receives this session's steps first (None before the first step)."""
+        return self._hops[0].stream.hop.peer_id if self._hops else None
+
+    def step(self, hidden: torch.Tensor, cohort: Cohort | None = None) -> torch.Tensor:
+        """``hidden [B, T, H]`` through every block. ``cohort``: the steps of other sessions that
+        this one left the client's LM head with, for the same first server."""
         if self._closed:
             raise CorollaError("this inference session is closed")
         if self.position + hidden.shape[1] > self.max_length:
@@ -136,15 +147,18 @@ class InferenceSession:
                 f"session would reach {self.position + hidden.shape[1]} tokens, past its max_length {self.max_length}"
             )
         chunk = max(1, self.client.config.max_chunk_tokens // hidden.shape[0])
-        return torch.cat([self._step_chunk(piece) for piece in hidden.split(chunk, dim=1)], dim=1)
+        pieces = hidden.split(chunk, dim=1)
+        if len(pieces) == 1:
+            return self._step_chunk(hidden, cohort)
+        return torch.cat([self._step_chunk(piece) for piece in pieces], dim=1)
 
-    def _step_chunk(self, hidden: torch.Tensor) -> torch.Tensor:
+    def _step_chunk(self, hidden: torch.Tensor, cohort: Cohort | None = None) -> torch.Tensor:
         if not self._hops:
             self._hops = [_HopState(_HopStream(self.client, hop, self.max_length)) for hop in self.client.plan()]
         failures = 0
         index, x = 0, hidden
         while True:
-            x, failed, error = self.client.loop.run(self._run_chain(x, index))
+            x, failed, error = self.client.loop.run(self._run_chain(x, index, cohort if index == 0 else None))
             if failed is None:
                 self.position += hidden.shape[1]
                 return x
@@ -174,7 +188,7 @@ class InferenceSession:
         hop = self._hops[index].stream.hop
         return hop.start, hop.end
 
-    async def _run_chain(self, x: torch.Tensor, index: int):
+    async def _run_chain(self, x: torch.Tensor, index: int, cohort: Cohort | None = None):
         """Send ``x`` through hops ``index:``; on failure return where it stopped.
 
         With ``ClientConfig.push`` each request names the hops after it (their open sessions),
@@ -190,12 +204,13 @@ class InferenceSession:
                     self.pushed_inputs += 1
                 else:
                     route, push_from = self._push_route(i)
-                    await state.stream.send(x, self.position, route, push_from)
-                y, pushed = await state.stream.receive()
+                    await state.stream.send(x, self.position, route, push_from, cohort)
+                y, pushed, cohort = await state.stream.receive()
             except CorollaError as e:
                 return x, i, e
             state.inputs.append(x)
             x = y
+        self.cohort = cohort
         return x, None, None
 
     def _push_route(self, index: int) -> tuple[tuple[PushTarget, ...], str | None]:

@@ -85,6 +85,18 @@ class PushTarget(_Wire):
     session_id: SessionId
 
 
+class Cohort(_Wire):
+    """Steps that left one batch together for the same receiver.
+
+    The receiver may wait briefly until all ``size`` of them have arrived and compute them as
+    one batch, so that concurrent sessions stay in step along the chain instead of trickling
+    through it in small batches. Only a hint: nothing breaks when members never come.
+    """
+
+    id: str = Field(min_length=1, max_length=32, pattern=r"^[0-9a-f]+$")
+    size: int = Field(ge=2, le=4096)
+
+
 class InferenceMeta(_Wire):
     """Metadata of one step of an inference stream.
 
@@ -101,6 +113,7 @@ class InferenceMeta(_Wire):
     # ... and accept pushed inputs for this session only from this peer (the previous hop)
     push_from: PeerIdStr | None = None
     compression: Codec | None = None  # how this step's tensors travel, and how the answer should
+    cohort: Cohort | None = None
 
 
 class PushMeta(_Wire):
@@ -110,6 +123,7 @@ class PushMeta(_Wire):
     position: int = Field(ge=0)
     route: tuple[PushTarget, ...] | None = Field(default=None, max_length=64)  # where the receiver pushes on
     compression: Codec | None = None
+    cohort: Cohort | None = None
 
 
 class ForwardMeta(_Wire):
@@ -130,6 +144,7 @@ class ResponseMeta(_Wire):
     error: ErrorInfo | None = None
     position: int | None = None
     pushed: bool = False  # the next hop took this output from us: the client need not send it
+    cohort: Cohort | None = None  # the other outputs of this step's batch that went to the same client
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -4,7 +4,9 @@ Steps are queued as they arrive. Whenever the compute thread is free, the schedu
 queued — decode steps first, then prefill chunks — up to a token budget, makes room for their KV
 caches (growing them within the server's byte budget, waiting or evicting per the policy), and
 runs them as one batch. A lone session never waits for company; while a batch computes, the next
-one gathers. Each session's result is what it would get alone (greedy tokens identical).
+one gathers. Steps that left one batch together (a cohort, see ``corolla.protocol.cohorts``)
+are waited for a few milliseconds so that they compute together again. Each session's result
+is what it would get alone (greedy tokens identical).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from concurrent.futures import Executor
 import torch
 
 from corolla.errors import CorollaError, ServerBusyError, SessionEvictedError, SessionLostError
+from corolla.protocol.cohorts import CohortGate, next_cohorts
+from corolla.protocol.messages import Cohort
 from corolla.server.kv import CacheBudget, SessionKV
 from corolla.server.sessions import Session, SessionTable
 
@@ -34,6 +38,8 @@ class StepRequest:
     position: int
     future: asyncio.Future
     since: float
+    cohort: Cohort | None = None  # the batch this step left together with, elsewhere
+    destination: str | None = None  # where its output goes next (a peer id), for the next cohort
     capacity: int = 0  # the KV capacity this step needs (decided when it is scheduled)
 
     @property
@@ -56,6 +62,7 @@ class Batcher:
         window_s: float,
         max_cache_bytes_per_peer: int,
         generation_getter: Callable[[], int],
+        cohort_wait_s: float = 0.0,
     ):
         if policy not in POLICIES:
             raise ValueError(f"cache policy must be one of {', '.join(POLICIES)}, not {policy!r}")
@@ -65,6 +72,7 @@ class Batcher:
         self.wait_timeout_s, self.window_s = wait_timeout_s, window_s
         self.max_cache_bytes_per_peer = max_cache_bytes_per_peer
         self.queue: list[StepRequest] = []
+        self.cohorts = CohortGate(cohort_wait_s)
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._computing: set[str] = set()  # sessions whose step is being computed now
@@ -72,8 +80,12 @@ class Batcher:
         self.steps = 0
 
     # ---- the session side ------------------------------------------------------------------------
-    async def submit(self, session: Session, hidden: torch.Tensor, position: int) -> torch.Tensor:
-        """Queue one step; return its output [b, t, H] once its batch has run."""
+    async def submit(
+        self, session: Session, hidden: torch.Tensor, position: int,
+        cohort: Cohort | None = None, destination: str | None = None,
+    ) -> tuple[torch.Tensor, Cohort | None]:
+        """Queue one step; once its batch has run, return its output [b, t, H] and the cohort
+        of the batch's outputs that go to ``destination`` too."""
         if session.evicted:
             raise SessionEvictedError(
                 f"session {session.id} was evicted to make room in this server's KV cache; replay it"
@@ -81,7 +93,8 @@ class Batcher:
         if session.generation != self._generation():
             raise SessionLostError(f"this server moved to other blocks; session {session.id} is gone")
         future = asyncio.get_running_loop().create_future()
-        self.queue.append(StepRequest(session, hidden, position, future, time.monotonic()))
+        self.cohorts.arrived(cohort)
+        self.queue.append(StepRequest(session, hidden, position, future, time.monotonic(), cohort, destination))
         self._wake.set()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run())
@@ -120,6 +133,7 @@ class Batcher:
                 await self._wake.wait()
             if self.window_s:
                 await self._gather()
+            await self._gather_cohorts()
             batch = self._select()
             if not batch:  # everything queued waits for cache memory
                 self._wake.clear()
@@ -142,9 +156,22 @@ class Batcher:
                 for request in batch:  # closed while its step ran: its cache goes back now
                     if request.session.closed:
                         self._free(request.session)
-            for request, out in zip(batch, outputs):
+            cohorts = next_cohorts([r.destination for r in batch])
+            for request, out, cohort in zip(batch, outputs, cohorts):
                 if not request.future.done():
-                    request.future.set_result(out)
+                    request.future.set_result((out, cohort))
+
+    async def _gather_cohorts(self) -> None:
+        """Wait (a few ms at most) for the missing members of the cohorts that are queued."""
+        while self.queue:
+            left = self.cohorts.wait_s_for((r.cohort for r in self.queue), limit=len(self.sessions))
+            if left <= 0:
+                return
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), left)
+            except TimeoutError:
+                return
 
     async def _gather(self) -> None:
         """Wait up to the window for the steps of the other sessions that enter the swarm here.

@@ -36,6 +36,7 @@ class ServerConfig:
     max_cache_bytes_per_peer: int | None = None  # default: the whole budget
     max_batch_tokens: int = 2048  # tokens of all sessions in one batched forward
     batch_window_ms: float = 0.0  # wait this long for other active sessions' steps before a batch
+    cohort_wait_ms: float = 10.0  # longest wait for the rest of a cohort (steps batched together upstream)
     # DHT announcements
     announce_period_s: float = 10.0
     announce_expiration_s: float = 30.0

@@ -24,6 +24,7 @@ from corolla.errors import (
     UnknownSessionError,
 )
 from corolla.protocol.messages import (
+    Cohort,
     ErrorInfo,
     ForwardMeta,
     InferenceMeta,
@@ -111,7 +112,7 @@ class BlockHandlers:
             max_batch_tokens=config.max_batch_tokens, policy=config.cache_policy,
             wait_timeout_s=config.cache_wait_s, window_s=config.batch_window_ms / 1000,
             max_cache_bytes_per_peer=config.max_cache_bytes_per_peer or self.budget.total,
-            generation_getter=lambda: self.generation,
+            generation_getter=lambda: self.generation, cohort_wait_s=config.cohort_wait_ms / 1000,
         )
 
     def swap_span(self, span: torch.nn.Module, start: int, end: int) -> None:
@@ -155,8 +156,8 @@ class BlockHandlers:
             await asyncio.sleep(0.01)
 
     def _ok(self, out: torch.Tensor, position: int | None = None, pushed: bool = False,
-            codec: str | None = None) -> runtime_pb2.ExpertResponse:
-        meta = ResponseMeta(position=position, pushed=pushed)
+            codec: str | None = None, cohort: Cohort | None = None) -> runtime_pb2.ExpertResponse:
+        meta = ResponseMeta(position=position, pushed=pushed, cohort=cohort)
         return runtime_pb2.ExpertResponse(tensors=encode(out, codec), metadata=encode_meta(meta))
 
     # ---- compute (runs on the compute thread) -----------------------------------------------
@@ -200,19 +201,19 @@ class BlockHandlers:
                     raise BadRequestError(f"session {meta.session_id} does not accept pushes from this peer")
                 hidden = self._hidden(request, meta.compression)
                 check_step(session, hidden, meta.position)
-                session.inbox.put_nowait(("push", meta.position, hidden, meta.route, meta.compression))
+                session.inbox.put_nowait(("push", meta.position, hidden, meta.route, meta.compression, meta.cohort))
                 yield runtime_pb2.ExpertResponse(metadata=encode_meta(ResponseMeta(position=meta.position)))
             except CorollaError as e:
                 yield error_response(e)
 
     async def _push(self, route: tuple[PushTarget, ...], out: torch.Tensor, position: int,
-                    codec: str | None) -> bool:
+                    codec: str | None, cohort: Cohort | None) -> bool:
         """Send our output of the step at ``position`` to the next hop; True if it took it."""
         target, *rest = route
         request = runtime_pb2.ExpertRequest(
             uid=self.model_id, tensors=encode(out, codec),
             metadata=encode_meta(PushMeta(session_id=target.session_id, position=position, route=tuple(rest) or None,
-                                          compression=codec)),
+                                          compression=codec, cohort=cohort)),
         )
         try:
             meta = await self.pushes.push(target.peer_id, request, self.config.push_timeout_s)
@@ -246,7 +247,7 @@ class BlockHandlers:
                     return  # the client closed the stream
                 try:
                     if item[0] == "push":
-                        _, position, hidden, route, codec = item
+                        _, position, hidden, route, codec, cohort = item
                         if position != session.position:
                             continue  # the client's own copy of this step came first
                         session.pushed = {p for p in session.pushed if p > position - 8} | {position}
@@ -267,11 +268,13 @@ class BlockHandlers:
                         if meta.position in session.pushed and meta.position < session.position:
                             continue  # a push that timed out for its sender still reached us: done already
                         codec = meta.compression
-                        hidden, position, route = self._hidden(request, codec), meta.position, meta.route
+                        hidden, position, route, cohort = self._hidden(request, codec), meta.position, meta.route, meta.cohort
                     check_step(session, hidden, position)
-                    out = await self.batcher.submit(session, hidden, position)
-                    pushed = bool(route) and self.pushes is not None and await self._push(route, out, position, codec)
-                    yield self._ok(out, session.position, pushed, codec)
+                    push = bool(route) and self.pushes is not None
+                    out, next_cohort = await self.batcher.submit(
+                        session, hidden, position, cohort, destination=route[0].peer_id if push else peer)
+                    pushed = push and await self._push(route, out, position, codec, next_cohort)
+                    yield self._ok(out, session.position, pushed, codec, None if pushed else next_cohort)
                 except CorollaError as e:
                     yield error_response(e)
                     await _until_client_closes(inbox)
