@@ -68,6 +68,15 @@ def test_next_cohorts_group_by_destination():
     assert other[0].id != out[0].id  # a fresh id per batch
 
 
+def test_next_cohorts_split_into_micro_batches_of_at_least_two():
+    parts = {"A": 2, "B": 4}
+    out = next_cohorts(["A"] * 8 + ["B"] * 3, parts.get)
+    a = {c.id: c.size for c in out[:8]}
+    assert sorted(a.values()) == [4, 4]  # two micro-batches of four for A
+    assert len({c.id for c in out[8:]}) == 1 and out[8].size == 3  # 3 members cannot make 4 parts of two
+    assert next_cohorts(["A", "A", "A"], parts.get)[0].size == 3
+
+
 def test_cohort_on_the_wire_is_validated():
     meta = InferenceMeta(position=3, cohort=Cohort(id="0f" * 8, size=4))
     assert decode_meta(encode_meta(meta), InferenceMeta) == meta
@@ -97,6 +106,26 @@ def test_head_waits_for_its_cohort_and_hands_out_the_next_one():
     (l1, c1), (l2, c2) = results[1], results[2]
     assert torch.equal(l1, torch.full((1, 3), 2.0)) and torch.equal(l2, torch.full((1, 3), 4.0))
     assert c1 == c2 and c1.size == 2 and c1.id != cohort.id  # together again to server-A
+
+
+def test_head_computes_complete_cohorts_without_waiting_for_incomplete_ones():
+    batcher = HeadBatcher(lambda h: h, cohort_wait_s=30.0)
+    done = []
+
+    def run(value, cohort):
+        batcher.step_logits(torch.full((1, 1), float(value)), cohort, None)
+        done.append(value)
+
+    incomplete = threading.Thread(target=run, args=(1, Cohort(id="01", size=2)))
+    incomplete.start()
+    deadline = time.monotonic() + 10
+    while batcher.waiting < 1 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    run(2, None)  # no cohort: computed at once, while the other keeps waiting for its partner
+    assert done == [2] and batcher.calls == 1
+    run(3, Cohort(id="01", size=2))
+    incomplete.join(timeout=10)
+    assert sorted(done) == [1, 2, 3] and batcher.calls == 2
 
 
 def test_head_goes_without_a_member_that_never_comes():

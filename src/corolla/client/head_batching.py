@@ -29,12 +29,14 @@ class _Slot:
 
 
 class HeadBatcher:
-    def __init__(self, logits: Callable[[torch.Tensor], torch.Tensor], cohort_wait_s: float = 0.0):
+    def __init__(self, logits: Callable[[torch.Tensor], torch.Tensor], cohort_wait_s: float = 0.0,
+                 parts: Callable[[Hashable], int] | None = None):
         self._logits = logits
         self._cv = threading.Condition()
         self._pending: list[_Slot] = []
         self._busy = False
         self._cohorts = CohortGate(cohort_wait_s)
+        self._parts = parts  # how many cohorts the rows bound for one destination are split into
         self.calls = 0  # head computations run, and rows computed (for stats and tests)
         self.rows = 0
 
@@ -62,11 +64,11 @@ class HeadBatcher:
                 if self._busy:
                     self._cv.wait()
                     continue
-                left = self._cohorts.wait_s_for(s.cohort for s in self._pending)
-                if left > 0:
-                    self._cv.wait(left)
+                batch = [s for s in self._pending if self._cohorts.ready(s.cohort)]
+                if not batch:  # only members of cohorts still coming in: wait for the rest
+                    self._cv.wait(self._cohorts.wait_s_for(s.cohort for s in self._pending))
                     continue
-                batch, self._pending, self._busy = self._pending, [], True
+                self._pending, self._busy = [s for s in self._pending if s not in batch], True
                 self._cv.release()
                 try:
                     self._compute(batch)
@@ -84,7 +86,7 @@ class HeadBatcher:
             self.calls += 1
             self.rows += sum(len(s.hidden) for s in batch)
             offset = 0
-            for s, cohort in zip(batch, next_cohorts([s.destination for s in batch])):
+            for s, cohort in zip(batch, next_cohorts([s.destination for s in batch], self._parts)):
                 s.result, s.next_cohort = out[offset : offset + len(s.hidden)], cohort
                 offset += len(s.hidden)
         except BaseException as e:  # every waiter learns of the failure, not only this thread

@@ -30,7 +30,8 @@ class DistributedModelForCausalLM:
     def __init__(self, path: Path, model_id: str, config: Any, head: torch.nn.Module, client: SwarmClient):
         self.path, self.model_id, self.config, self.head, self.client = path, model_id, config, head, client
         self._head_batcher = HeadBatcher(lambda hidden: self.head.logits(hidden[:, None, :])[:, 0, :],
-                                         cohort_wait_s=client.config.cohort_wait_s)
+                                         cohort_wait_s=client.config.cohort_wait_s,
+                                         parts=lambda destination: destination[1])  # a micro-batch per hop
         self._tokenizer = None
         self._active: InferenceSession | None = None
 
@@ -184,7 +185,8 @@ class DistributedModelForCausalLM:
                     session.pending_ids = None
                     # [B, V], computed with other threads' rows; a next step goes to the session's first server
                     logits, cohort = self._head_batcher.step_logits(
-                        hidden[:, -1, :], session.cohort, session.entry_peer if index + 1 < max_new_tokens else None)
+                        hidden[:, -1, :], session.cohort,
+                        (session.entry_peer, len(session.chain)) if index + 1 < max_new_tokens else None)
                     tokens = sampler.next_tokens(context, logits)
                     if len(eos):
                         tokens = torch.where(finished, eos_tensor[0], tokens)  # finished rows pad with EOS

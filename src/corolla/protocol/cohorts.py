@@ -39,6 +39,10 @@ class CohortGate:
             entry = self._seen[cohort.id] = [cohort.size, 0, now + self.wait_s]
         entry[1] += 1
 
+    def ready(self, cohort: Cohort | None, limit: int | None = None) -> bool:
+        """Whether a member of ``cohort`` may be computed now: its cohort is complete or late."""
+        return self.wait_s_for((cohort,), limit) <= 0
+
     def wait_s_for(self, cohorts: Iterable[Cohort | None], limit: int | None = None) -> float:
         """Seconds to wait for missing members of these cohorts; 0 when all are complete or late.
 
@@ -55,8 +59,26 @@ class CohortGate:
         return max(longest, 0.0)
 
 
-def next_cohorts(destinations: Sequence[Hashable | None]) -> list[Cohort | None]:
-    """A new cohort per destination that two or more members of a batch go to (``None``: nowhere)."""
-    counts = collections.Counter(d for d in destinations if d is not None)
-    ids = {d: secrets.token_hex(8) for d, n in counts.items() if n >= 2}
-    return [Cohort(id=ids[d], size=counts[d]) if d in ids else None for d in destinations]
+def next_cohorts(
+    destinations: Sequence[Hashable | None], parts: Callable[[Hashable], int] | None = None
+) -> list[Cohort | None]:
+    """New cohorts for a batch's members, by destination (``None``: no next step).
+
+    The members bound for one destination form one cohort, or ``parts(destination)`` cohorts of
+    at least two (micro-batches: while the next server computes one, the one after it computes
+    another, instead of all of them waiting for a single batch to pass through each in turn).
+    """
+    members: dict[Hashable, list[int]] = collections.defaultdict(list)
+    for index, d in enumerate(destinations):
+        if d is not None:
+            members[d].append(index)
+    out: list[Cohort | None] = [None] * len(destinations)
+    for d, indices in members.items():
+        count = max(1, min(parts(d) if parts else 1, len(indices) // 2))
+        for part in range(count):
+            group = indices[part::count]
+            if len(group) >= 2:
+                cohort = Cohort(id=secrets.token_hex(8), size=len(group))
+                for index in group:
+                    out[index] = cohort
+    return out

@@ -161,9 +161,12 @@ class Batcher:
                 if not request.future.done():
                     request.future.set_result((out, cohort))
 
+    def _ready(self, request: StepRequest) -> bool:
+        return self.cohorts.ready(request.cohort, limit=len(self.sessions))
+
     async def _gather_cohorts(self) -> None:
-        """Wait (a few ms at most) for the missing members of the cohorts that are queued."""
-        while self.queue:
+        """While no queued step is ready, wait (a few ms at most) for the rest of their cohorts."""
+        while self.queue and not any(self._ready(r) for r in self.queue):
             left = self.cohorts.wait_s_for((r.cohort for r in self.queue), limit=len(self.sessions))
             if left <= 0:
                 return
@@ -215,6 +218,8 @@ class Batcher:
                     request.future.cancel()
                 continue
             if batch and tokens + request.tokens > self.max_batch_tokens:
+                continue
+            if not self._ready(request):  # part of a cohort still coming in: the next batch
                 continue
             error = self._make_room(request, busy)
             if error is None:
