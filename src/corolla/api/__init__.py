@@ -1,0 +1,1 @@
+"""OpenAI-compatible HTTP API over a swarm: ``create_app(SwarmEngine(model))``, served by uvicorn."""

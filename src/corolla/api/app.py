@@ -1,0 +1,290 @@
+"""The OpenAI-compatible HTTP API: ``create_app(engine)``.
+
+Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions``,
+``GET /api/swarm``; the static pages of ``corolla/web`` at ``/`` when that folder exists.
+Each generation runs in its own thread (see :mod:`corolla.api.generation`); a streamed one is
+cancelled, and its inference session closed, when the HTTP client goes away.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+import uuid
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from corolla.api import prompts
+from corolla.api.errors import APIError, bad_request, from_exception, from_validation
+from corolla.api.generation import Delta, Engine, Failed, Generation, GenerationOptions
+from corolla.api.schemas import ChatCompletionRequest, CompletionRequest
+from corolla.api.streaming import SSEResponse
+from corolla.api.tools import call_prefill, parse_tool_calls
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+DEFAULT_MAX_TOKENS = 256
+DISCONNECT_POLL_S = 0.25
+
+
+def create_app(engine: Engine, *, api_key: str | None = None, web_dir: Path | None = WEB_DIR) -> FastAPI:
+    """An app serving ``engine``; with ``api_key``, ``/v1`` wants ``Authorization: Bearer KEY``."""
+    app = FastAPI(title="corolla", summary="OpenAI-compatible API over a corolla swarm")
+    app.state.engine = engine
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        err = from_validation(list(exc.errors()))
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        err = APIError(exc.status_code, str(exc.detail), type=kind, code=str(exc.status_code))
+        return JSONResponse(err.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    def authorize(request: Request) -> None:
+        if api_key is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), api_key.encode()):
+            raise APIError(401, "invalid or missing API key (send `Authorization: Bearer KEY`)",
+                           type="authentication_error", code="invalid_api_key")
+
+    def check_model(name: str) -> None:
+        if name != engine.model_id:
+            raise APIError(404, f"the model {name!r} does not exist; this server serves {engine.model_id!r}",
+                           type="invalid_request_error", param="model", code="model_not_found")
+
+    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    def list_models() -> dict:
+        return {"object": "list", "data": [_model_card(engine.model_id)]}
+
+    @app.get("/v1/models/{name:path}", dependencies=[Depends(authorize)])
+    def get_model(name: str) -> dict:
+        check_model(name)
+        return _model_card(engine.model_id)
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        check_model(body.model)
+        tools = [t.model_dump(exclude_none=True) for t in body.tools or []]
+        choice = body.tool_choice
+        if choice is not None and not isinstance(choice, str):
+            choice = choice.name
+            if choice not in {t["function"]["name"] for t in tools}:
+                raise bad_request(f"tool_choice names {choice!r}, which is not in tools", param="tool_choice")
+        if choice == "required" and not tools:
+            raise bad_request("tool_choice 'required' needs tools", param="tool_choice")
+        try:
+            messages = [{"role": m.role, "content": m.text(),
+                         "tool_calls": [c.model_dump() for c in m.tool_calls or []]} for m in body.messages]
+        except ValueError as e:
+            raise bad_request(str(e), param="messages") from None
+        text = prompts.render_chat(engine.tokenizer, messages, tools or None, choice)
+        prefill = _prefill(tools, choice)
+        job = _Job(engine, text, body, request)
+        known = {t["function"]["name"] for t in tools} if tools and choice != "none" else set()
+        if body.stream and not known:
+            return await job.stream_chat()
+        content, finish, used = await job.collect()
+        message: dict = {"role": "assistant", "content": content}
+        if known:
+            parsed_content, calls = parse_tool_calls(prefill + content, known)
+            if calls:
+                message = {"role": "assistant", "content": parsed_content,
+                           "tool_calls": [c.to_openai() for c in calls]}
+                finish = "tool_calls"
+        if body.stream:  # tools: the reply is parsed whole, then sent as one chunk
+            return job.replay_chat(message, finish, used)
+        return {"id": job.id, "object": "chat.completion", "created": job.created, "model": engine.model_id,
+                "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+                "usage": used}
+
+    @app.post("/v1/completions", dependencies=[Depends(authorize)])
+    async def completions(body: CompletionRequest, request: Request):
+        check_model(body.model)
+        extra: tuple[str, ...] = ()
+        if body.suffix is not None:
+            if body.echo:
+                raise bad_request("echo cannot be combined with suffix", param="echo")
+            text, fim = prompts.fim_prompt(engine.tokenizer, body.prompt, body.suffix)
+            extra = fim.extra_stops
+        else:
+            text = body.prompt
+        job = _Job(engine, text, body, request, extra_stops=extra, templated=body.suffix is not None)
+        if body.stream:
+            return await job.stream_completion(echo=body.prompt if body.echo else "")
+        content, finish, used = await job.collect()
+        if body.echo:
+            content = body.prompt + content
+        return {"id": job.id, "object": "text_completion", "created": job.created, "model": engine.model_id,
+                "choices": [{"index": 0, "text": content, "finish_reason": finish, "logprobs": None}],
+                "usage": used}
+
+    @app.get("/api/swarm")
+    def swarm() -> dict:
+        return engine.swarm_status()
+
+    if web_dir is not None and web_dir.is_dir():
+        from fastapi.staticfiles import StaticFiles
+
+        app.mount("/", StaticFiles(directory=web_dir, html=True), name="web")
+    return app
+
+
+def _prefill(tools: list[dict], choice: str | None) -> str:
+    """The start of the reply that render_chat put in the prompt (a forced tool call)."""
+    forced = choice if tools and choice not in (None, "auto", "none") else None
+    return call_prefill(forced)
+
+
+def _model_card(model_id: str) -> dict:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "corolla"}
+
+
+class _Job:
+    """One request's generation: prompt tokens, options, and its answer (whole or streamed)."""
+
+    def __init__(self, engine: Engine, prompt: str, body, request: Request, *, extra_stops: tuple[str, ...] = (),
+                 templated: bool = True):
+        self.engine, self.body, self.request = engine, body, request
+        self.id = f"{'chatcmpl' if isinstance(body, ChatCompletionRequest) else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+        # chat templates and FIM prompts carry their own special tokens; a raw prompt gets the tokenizer's
+        self.prompt_ids = engine.encode(prompt, add_special_tokens=not templated)
+        limit = engine.max_context()
+        default = DEFAULT_MAX_TOKENS if limit is None else max(1, min(DEFAULT_MAX_TOKENS, limit - len(self.prompt_ids)))
+        max_tokens = body.token_limit(default)
+        if limit is not None and len(self.prompt_ids) + max_tokens > limit:
+            raise APIError(400, f"the prompt ({len(self.prompt_ids)} tokens) plus max_tokens ({max_tokens}) exceeds "
+                                f"the model's context of {limit} tokens", param="max_tokens",
+                           code="context_length_exceeded")
+        self.options = GenerationOptions(max_tokens=max_tokens, temperature=body.temperature,
+                                         top_p=body.top_p if body.top_p < 1.0 else None, seed=body.seed,
+                                         extra_stops=extra_stops)
+
+    def usage(self, completion_tokens: int) -> dict:
+        n = len(self.prompt_ids)
+        return {"prompt_tokens": n, "completion_tokens": completion_tokens, "total_tokens": n + completion_tokens}
+
+    def start(self) -> Generation:
+        return Generation(self.engine, self.prompt_ids, self.options, self.body.stop_list())
+
+    async def collect(self) -> tuple[str, str, dict]:
+        """The whole answer: (text, finish_reason, usage). Cancelled if the client goes away."""
+        gen = self.start()
+        parts: list[str] = []
+        try:
+            while True:
+                try:
+                    event = await gen.next(DISCONNECT_POLL_S)
+                except TimeoutError:
+                    if await self.request.is_disconnected():
+                        gen.cancel.set()
+                    continue
+                if isinstance(event, Delta):
+                    parts.append(event.text)
+                elif isinstance(event, Failed):
+                    raise from_exception(event.error)
+                else:
+                    return "".join(parts), event.finish_reason, self.usage(event.completion_tokens)
+        finally:
+            gen.cancel.set()  # no-op once done; stops the thread if this task was cancelled
+
+    async def _first(self, gen: Generation):
+        """Wait for the first event so that a failure (e.g. no route) is still an HTTP error."""
+        event = await gen.next()
+        if isinstance(event, Failed):
+            raise from_exception(event.error)
+        return event
+
+    def _sse(self, gen: Generation, first, chunk, final_chunk) -> SSEResponse:
+        include_usage = bool(self.body.stream_options and self.body.stream_options.include_usage)
+
+        async def events():
+            event = first
+            while True:
+                if isinstance(event, Delta):
+                    yield _data(chunk(event.text))
+                elif isinstance(event, Failed):
+                    yield _data(from_exception(event.error).body())
+                    break
+                else:
+                    yield _data(final_chunk(event.finish_reason))
+                    if include_usage:
+                        yield _data({**chunk(None), "choices": [], "usage": self.usage(event.completion_tokens)})
+                    break
+                event = await gen.next()
+            yield "data: [DONE]\n\n"
+
+        return SSEResponse(events(), on_close=gen.cancel.set)
+
+    async def stream_chat(self) -> SSEResponse:
+        gen = self.start()
+        try:
+            first = await self._first(gen)
+        except BaseException:
+            gen.cancel.set()
+            raise
+        base = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.engine.model_id}
+
+        def chunk(text: str | None, role: bool = False) -> dict:
+            delta = {} if text is None else {"content": text}
+            if role:
+                delta["role"] = "assistant"
+            return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None, "logprobs": None}]}
+
+        def final(reason: str) -> dict:
+            return {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": reason, "logprobs": None}]}
+
+        response = self._sse(gen, first, chunk, final)
+        opening = _data(chunk("", role=True))
+        return response.prepend(opening)
+
+    def replay_chat(self, message: dict, finish: str, used: dict) -> SSEResponse:
+        """A finished chat answer (with tool calls) as a stream of one chunk."""
+        base = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.engine.model_id}
+        delta = {"role": "assistant", "content": message.get("content")}
+        if message.get("tool_calls"):
+            delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]
+        include_usage = bool(self.body.stream_options and self.body.stream_options.include_usage)
+
+        async def events():
+            yield _data({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None, "logprobs": None}]})
+            yield _data({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish, "logprobs": None}]})
+            if include_usage:
+                yield _data({**base, "choices": [], "usage": used})
+            yield "data: [DONE]\n\n"
+
+        return SSEResponse(events())
+
+    async def stream_completion(self, echo: str = "") -> SSEResponse:
+        gen = self.start()
+        try:
+            first = await self._first(gen)
+        except BaseException:
+            gen.cancel.set()
+            raise
+        base = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.engine.model_id}
+
+        def chunk(text: str | None) -> dict:
+            return {**base, "choices": [{"index": 0, "text": text or "", "finish_reason": None, "logprobs": None}]}
+
+        def final(reason: str) -> dict:
+            return {**base, "choices": [{"index": 0, "text": "", "finish_reason": reason, "logprobs": None}]}
+
+        response = self._sse(gen, first, chunk, final)
+        return response.prepend(_data(chunk(echo))) if echo else response
+
+
+def _data(obj: dict) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"

@@ -1,0 +1,102 @@
+"""``SwarmEngine``: what the API needs from a :class:`DistributedModelForCausalLM`."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import torch
+
+from corolla.api.generation import GenerationOptions
+from corolla.client.sampling import SamplingParams, TextDelta
+
+SERVER_FIELDS = ("state", "inference_rps", "forward_tps", "active_sessions", "queued_requests",
+                 "cache_tokens_left", "dtype", "quant", "public_name", "version")
+
+
+class SwarmEngine:
+    """Generation and swarm state for the API; thread-safe (each request runs in its own thread).
+
+    Concurrent generations share the model's client, whose LM head batches their steps.
+    """
+
+    def __init__(self, model, *, state_max_age_s: float = 1.0):
+        self.model = model
+        self.model_id: str = model.model_id
+        model.tokenizer  # load it now, not in the first requests' threads at once
+        self._tokenizer_lock = threading.Lock()  # HF fast tokenizers are not safe to share across threads
+        self._state_lock = threading.Lock()
+        self._state: tuple[float, dict] | None = None
+        self.state_max_age_s = state_max_age_s
+        self._open = 0
+        self._open_lock = threading.Lock()
+
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+    def max_context(self) -> int | None:
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    def encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        with self._tokenizer_lock:
+            return self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+
+    @property
+    def open_sessions(self) -> int:
+        """Generations whose inference session is open right now."""
+        return self._open
+
+    def stream(self, prompt_ids: list[int], options: GenerationOptions) -> Iterator[str]:
+        params = SamplingParams(do_sample=options.temperature > 0, temperature=options.temperature or 1.0,
+                                top_p=options.top_p if options.temperature > 0 else None, seed=options.seed)
+        with self._tokenizer_lock:
+            tokenizer = self.tokenizer
+            eos = self.model.eos_token_ids() | {i for i in (tokenizer.convert_tokens_to_ids(t)
+                                                            for t in options.extra_stops) if isinstance(i, int)}
+            if tokenizer.eos_token_id is not None:
+                eos.add(tokenizer.eos_token_id)
+        ids = torch.tensor([prompt_ids], dtype=torch.long)
+        decoder = TextDelta(tokenizer)
+        with self._open_lock:
+            self._open += 1
+        tokens = self.model.stream(ids, params=params, max_new_tokens=options.max_tokens, eos_token_id=sorted(eos))
+        try:
+            for step in tokens:
+                token = int(step[0])
+                if token in eos:
+                    return
+                with self._tokenizer_lock:
+                    delta = decoder.push(token)
+                yield delta
+        finally:
+            tokens.close()  # closes the inference session
+            with self._open_lock:
+                self._open -= 1
+
+    def swarm_status(self) -> dict:
+        """The swarm as the client's DHT sees it (read at most every ``state_max_age_s``)."""
+        from corolla.swarm.discovery import fetch_swarm_state
+
+        with self._state_lock:
+            now = time.monotonic()
+            if self._state is None or now - self._state[0] > self.state_max_age_s:
+                client = self.model.client
+                state = fetch_swarm_state(client.dht, client.model_id, client.num_blocks)
+                self._state = (now, swarm_json(state))
+            return self._state[1]
+
+
+def swarm_json(state) -> dict:
+    """A :class:`~corolla.swarm.discovery.SwarmState` as the JSON of ``GET /api/swarm``."""
+    servers = []
+    for record in state.servers:
+        info = record.info
+        entry = {"peer_id": record.peer_id, "start_block": info.start_block, "end_block": info.end_block}
+        for field in SERVER_FIELDS:
+            value = getattr(info, field)
+            entry[field] = value.value if field == "state" else value
+        servers.append(entry)
+    return {"model_id": state.model_id, "num_blocks": state.num_blocks, "coverage": state.coverage(),
+            "servers": servers}

@@ -1,0 +1,121 @@
+"""API fixtures: a scripted engine (no swarm) and a real SmolLM2 swarm, each served by uvicorn."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from corolla.api.app import create_app
+from corolla.api.generation import GenerationOptions
+from corolla.api.server import serve_in_thread, stop_server, url
+from corolla.swarm.local import LocalSwarm
+
+SERVER_ARGS = ["--max-session-length", "512", "--torch-threads", "1"]
+
+
+@contextlib.contextmanager
+def served(app) -> Iterator[str]:
+    """The app on 127.0.0.1 (a free port) in a thread; yields its base URL (…/v1 not included)."""
+    server, thread = serve_in_thread(app, "127.0.0.1", 0)
+    try:
+        yield url(server)
+    finally:
+        stop_server(server, thread)
+
+
+def openai_client(base: str, api_key: str = "none", **kw):
+    import openai
+
+    return openai.OpenAI(base_url=f"{base}/v1", api_key=api_key, max_retries=0, timeout=120, **kw)
+
+
+@dataclasses.dataclass
+class FakeEngine:
+    """Answers with scripted token texts; ``reply(prompt_text) -> list of token texts`` or an exception."""
+
+    tokenizer: object
+    reply: Callable[[str], list[str]] = lambda prompt: ["Hello", ",", " world", "!"]
+    model_id: str = "fake-model"
+    context: int | None = 2048
+    token_delay_s: float = 0.0  # pacing of a long answer (for cancellation tests)
+    open: int = 0
+    yielded: int = 0
+    prompts: list[str] = dataclasses.field(default_factory=list)
+    options: list[GenerationOptions] = dataclasses.field(default_factory=list)
+
+    def max_context(self) -> int | None:
+        return self.context
+
+    def encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+
+    def stream(self, prompt_ids: list[int], options: GenerationOptions):
+        text = self.tokenizer.decode(prompt_ids)
+        self.prompts.append(text)
+        self.options.append(options)
+        self.open += 1
+        try:
+            for token in self.reply(text)[: options.max_tokens]:
+                time.sleep(self.token_delay_s)
+                self.yielded += 1
+                yield token
+        finally:
+            self.open -= 1
+
+    def swarm_status(self) -> dict:
+        return {"model_id": self.model_id, "num_blocks": 2, "coverage": [1, 1], "servers": []}
+
+
+@pytest.fixture(scope="session")
+def tokenizer(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_dir)
+
+
+@dataclasses.dataclass
+class ApiSwarm:
+    swarm: LocalSwarm
+    folder: object
+    model_id: str
+    peers: list[str]
+    model: object  # DistributedModelForCausalLM
+    engine: object  # SwarmEngine
+    base: str  # the served app's URL
+
+
+@pytest.fixture(scope="session")
+def api_swarm(smollm2_dir, tmp_path_factory) -> Iterator[ApiSwarm]:
+    """SmolLM2-135M on 2 real servers (15 blocks each), a client, and the API served over it."""
+    from corolla.api.engine import SwarmEngine
+    from corolla.client.model import DistributedModelForCausalLM
+
+    model_id = "smollm2-api"
+    swarm = LocalSwarm(str(smollm2_dir), 30, model_id, log_dir=tmp_path_factory.mktemp("logs-api"),
+                       server_args=SERVER_ARGS)
+    try:
+        procs = [swarm.add_server(span) for span in ((0, 15), (15, 30))]
+        swarm.wait_ready(procs, timeout_s=600)
+        with DistributedModelForCausalLM.from_pretrained(smollm2_dir, initial_peers=swarm.initial_peers,
+                                                         model_id=model_id) as model:
+            engine = SwarmEngine(model)
+            with served(create_app(engine, web_dir=None)) as base:
+                yield ApiSwarm(swarm, smollm2_dir, model_id, [p.peer_id for p in procs], model, engine, base)
+    finally:
+        swarm.stop()
+
+
+def http_get(url_: str) -> tuple[int, str]:
+    """(status, body) of a plain GET, for what the openai client cannot ask (pages, /api/swarm)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url_, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
