@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 MODEL ?= qwen2.5-coder-0.5b
 SERVERS ?= 3
 STAMP := $(VENV)/.installed
+CHROMIUM := $(VENV)/.chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+API_PORT ?= 8000
 
 .PHONY: run test install clean bench
 
@@ -16,13 +19,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# Debian's Chromium for the browser tests (Playwright drives it; no browser download)
+$(CHROMIUM):
+	command -v chromium >/dev/null || ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium)
+	mkdir -p $(VENV) && touch $(CHROMIUM)
+
 install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/corolla models fetch $(MODEL)
-	$(BIN)/corolla swarm up $(MODEL) --servers $(SERVERS) --chat
+	$(BIN)/corolla swarm up $(MODEL) --servers $(SERVERS) --chat --api-port $(API_PORT)
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

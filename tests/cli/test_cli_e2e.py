@@ -144,16 +144,32 @@ def test_sigterm_stops_every_process(swarm_up):
 
 
 def test_swarm_up_chat_with_piped_input(smollm2_dir):
-    """What `make run` does: a whole local swarm, one answer to piped input, then everything stops."""
+    """What `make run` does: a whole local swarm, the API and web pages on a printed URL while the
+    terminal chat runs, one answer to piped input, then everything stops."""
+    import openai
+
     env, tag = tagged_env()
+    proc = subprocess.Popen([*CLI, "swarm", "up", "smollm2-135m", "--servers", "3", "--chat", "--api-port", "0",
+                             "--max-new-tokens", "24"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     try:
-        result = subprocess.run([*CLI, "swarm", "up", "smollm2-135m", "--servers", "3", "--chat",
-                                 "--max-new-tokens", "24"], input="What is the capital of France?\n",
-                                capture_output=True, text=True, timeout=600, env=env)
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert "Paris" in result.stdout
+        lines = []
+        while not any("OpenAI-compatible API: " in line for line in lines):
+            line = proc.stderr.readline()
+            assert line, "".join(lines)[-3000:]  # exited before printing the URL
+            lines.append(line)
+        base = next(line for line in lines if "OpenAI-compatible API: " in line).split("OpenAI-compatible API: ")[1]
+        client = openai.OpenAI(base_url=base.strip(), api_key="unused", max_retries=0)
+        assert [m.id for m in client.models.list().data] == ["smollm2-135m"]
+        reply = client.chat.completions.create(model="smollm2-135m", max_tokens=24, temperature=0,
+                                               messages=[{"role": "user", "content": "What is the capital of France?"}])
+        assert "Paris" in reply.choices[0].message.content
+        out, err = proc.communicate("What is the capital of France?\n", timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+        assert "Paris" in out
         assert wait_gone(tag) == []
     finally:
+        proc.kill()
         kill_tagged(tag)
 
 
@@ -179,6 +195,6 @@ def test_dht_identity_keeps_the_address_across_restarts(tmp_path):
 def test_help_for_every_command():
     for args in (["--help"], ["server", "--help"], ["swarm", "up", "--help"], ["swarm", "status", "--help"],
                  ["generate", "--help"], ["chat", "--help"], ["dht", "--help"], ["models", "fetch", "--help"],
-                 ["models", "list", "--help"]):
+                 ["models", "list", "--help"], ["api", "--help"]):
         result = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0 and "usage: corolla" in result.stdout, (args, result.stderr)

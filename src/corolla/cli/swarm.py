@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
@@ -24,6 +25,8 @@ def register(sub) -> None:
     up.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     up.add_argument("--chat", action="store_true", help="once ready, chat in this terminal (stdin); stop at EOF")
     up.add_argument("--system", default=None, help="system prompt for --chat")
+    up.add_argument("--api-port", type=int, default=None,
+                    help="also serve the OpenAI-compatible API and the web pages on 127.0.0.1:PORT (0: any free port)")
     up.add_argument("--log-dir", default=None, help="where server logs go (default: a temporary folder)")
     add_sampling(up)
     up.set_defaults(func=run_up)
@@ -60,12 +63,16 @@ def run_up(args: argparse.Namespace) -> int:
         print(f"swarm ready: all {n} blocks of {ref.model_id} are served "
               f"({', '.join(f'{a}:{b}' for a, b in spans)})", file=sys.stderr)
         print("join it with: --initial-peers " + " ".join(swarm.initial_peers), file=sys.stderr, flush=True)
-        if args.chat:
-            from corolla.cli.generate import chat_with
+        if args.chat or args.api_port is not None:
             from corolla.client.model import DistributedModelForCausalLM
 
             with DistributedModelForCausalLM.from_pretrained(ref.path, dht=swarm.dht, model_id=ref.model_id) as model:
-                return chat_with(model, args)
+                with _api(model, args.api_port):
+                    if args.chat:
+                        from corolla.cli.generate import chat_with
+
+                        return chat_with(model, args)
+                    threading.Event().wait()
         threading.Event().wait()
     except KeyboardInterrupt:
         pass
@@ -73,6 +80,31 @@ def run_up(args: argparse.Namespace) -> int:
         print("stopping the swarm...", file=sys.stderr)
         swarm.stop()
     return 0
+
+
+@contextlib.contextmanager
+def _api(model, port: int | None):
+    """The API and web pages on 127.0.0.1:``port`` in a thread of this process, while inside."""
+    if port is None:
+        yield
+        return
+    from corolla.api.app import create_app
+    from corolla.api.engine import SwarmEngine
+    from corolla.api.server import serve_in_thread, stop_server, url
+    from corolla.errors import CorollaError
+
+    try:
+        server = serve_in_thread(create_app(SwarmEngine(model)), "127.0.0.1", port)
+    except CorollaError as e:  # a busy port must not cost the user their chat
+        print(f"not serving the API: {e}", file=sys.stderr, flush=True)
+        yield
+        return
+    base = url(server[0])
+    print(f"web chat and swarm dashboard: {base}/  OpenAI-compatible API: {base}/v1", file=sys.stderr, flush=True)
+    try:
+        yield
+    finally:
+        stop_server(*server)
 
 
 def _interrupt(signum, frame):
