@@ -228,13 +228,17 @@ class _Job:
 
         return SSEResponse(events(), on_close=gen.cancel.set)
 
-    async def stream_chat(self) -> SSEResponse:
+    async def _started(self) -> tuple[Generation, object]:
+        """A running generation and its first event (a failure before it is an HTTP error)."""
         gen = self.start()
         try:
-            first = await self._first(gen)
+            return gen, await self._first(gen)
         except BaseException:
             gen.cancel.set()
             raise
+
+    async def stream_chat(self) -> SSEResponse:
+        gen, first = await self._started()
         base = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.engine.model_id}
 
         def chunk(text: str | None, role: bool = False) -> dict:
@@ -268,12 +272,7 @@ class _Job:
         return SSEResponse(events())
 
     async def stream_completion(self, echo: str = "") -> SSEResponse:
-        gen = self.start()
-        try:
-            first = await self._first(gen)
-        except BaseException:
-            gen.cancel.set()
-            raise
+        gen, first = await self._started()
         base = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.engine.model_id}
 
         def chunk(text: str | None) -> dict:

@@ -168,12 +168,7 @@ class Batcher:
         """While no queued step is ready, wait (a few ms at most) for the rest of their cohorts."""
         while self.queue and not any(self._ready(r) for r in self.queue):
             left = self.cohorts.wait_s_for((r.cohort for r in self.queue), limit=len(self.sessions))
-            if left <= 0:
-                return
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), left)
-            except TimeoutError:
+            if left <= 0 or not await self._woken_within(left):
                 return
 
     async def _gather(self) -> None:
@@ -189,13 +184,17 @@ class Batcher:
             if not queued or queued >= self._entry_sessions_in_flight():
                 return
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or not await self._woken_within(left):
                 return
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), left)
-            except TimeoutError:
-                return
+
+    async def _woken_within(self, timeout_s: float) -> bool:
+        """Wait for the next submit or release; False if none came within ``timeout_s``."""
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     def _entry_sessions_in_flight(self) -> int:
         """Sessions entering here that stepped in the last second: their next step is near."""
