@@ -91,6 +91,39 @@ def test_cancel_stops_between_tokens_and_closes_the_stream():
     assert run(engine, cancel=cancel) == [Delta("a"), Done("cancelled", 1)] and engine.closed
 
 
+def test_slots_queue_generations_and_a_cancelled_waiter_never_starts():
+    slots = threading.BoundedSemaphore(1)
+    running, peak, lock = [0], [0], threading.Lock()
+
+    class CountingEngine:
+        def stream(self, ids, options):
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+            try:
+                for t in ["a", "b", "c"]:
+                    yield t
+            finally:
+                with lock:
+                    running[0] -= 1
+
+    results = [[] for _ in range(4)]
+    threads = [threading.Thread(target=run_generation, args=(CountingEngine(), [1], GenerationOptions(max_tokens=3),
+                                                             [], threading.Event(), results[i].append, slots))
+               for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert peak[0] == 1 and all(r[-1] == Done("length", 3) for r in results)
+    slots.acquire()  # the only slot is taken: a cancelled request gives up waiting
+    cancel, events = threading.Event(), []
+    cancel.set()
+    engine = ScriptEngine(["a"])
+    run_generation(engine, [1], GenerationOptions(max_tokens=3), [], cancel, events.append, slots)
+    assert events == [Done("cancelled", 0)] and not engine.closed  # its stream never started
+
+
 def test_engine_errors_become_failed_events():
     error = NoRouteError("m", [(0, 3)])
     events = run(ScriptEngine(["a"], error))
@@ -232,4 +265,4 @@ def test_cli_registers_api():
     args = build_parser().parse_args(["api", "smollm2-135m", "--port", "9000", "--api-key", "k",
                                       "--initial-peers", "/ip4/127.0.0.1/tcp/1/p2p/x"])
     assert (args.model, args.host, args.port, args.api_key, args.model_id) == ("smollm2-135m", "127.0.0.1", 9000, "k", None)
-    assert args.func.__name__ == "run_api"
+    assert args.func.__name__ == "run_api" and args.max_concurrent == 16

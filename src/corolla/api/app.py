@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -29,12 +30,21 @@ from corolla.api.tools import call_prefill, parse_tool_calls
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 DEFAULT_MAX_TOKENS = 256
 DISCONNECT_POLL_S = 0.25
+DEFAULT_MAX_CONCURRENT = 16
 
 
-def create_app(engine: Engine, *, api_key: str | None = None, web_dir: Path | None = WEB_DIR) -> FastAPI:
-    """An app serving ``engine``; with ``api_key``, ``/v1`` wants ``Authorization: Bearer KEY``."""
+def create_app(engine: Engine, *, api_key: str | None = None, web_dir: Path | None = WEB_DIR,
+               max_concurrent: int = DEFAULT_MAX_CONCURRENT) -> FastAPI:
+    """An app serving ``engine``; with ``api_key``, ``/v1`` wants ``Authorization: Bearer KEY``.
+
+    At most ``max_concurrent`` generations run at once (each holds inference sessions on the
+    swarm's servers); later requests wait in line for a slot.
+    """
+    if max_concurrent < 1:
+        raise ValueError("max_concurrent must be at least 1")
     app = FastAPI(title="corolla", summary="OpenAI-compatible API over a corolla swarm")
     app.state.engine = engine
+    slots = threading.BoundedSemaphore(max_concurrent)
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -91,7 +101,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, web_dir: Path | No
             raise bad_request(str(e), param="messages") from None
         text = prompts.render_chat(engine.tokenizer, messages, tools or None, choice)
         prefill = _prefill(tools, choice)
-        job = _Job(engine, text, body, request)
+        job = _Job(engine, text, body, request, slots)
         known = {t["function"]["name"] for t in tools} if tools and choice != "none" else set()
         if body.stream and not known:
             return await job.stream_chat()
@@ -120,7 +130,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, web_dir: Path | No
             extra = fim.extra_stops
         else:
             text = body.prompt
-        job = _Job(engine, text, body, request, extra_stops=extra, templated=body.suffix is not None)
+        job = _Job(engine, text, body, request, slots, extra_stops=extra, templated=body.suffix is not None)
         if body.stream:
             return await job.stream_completion(echo=body.prompt if body.echo else "")
         content, finish, used = await job.collect()
@@ -154,9 +164,9 @@ def _model_card(model_id: str) -> dict:
 class _Job:
     """One request's generation: prompt tokens, options, and its answer (whole or streamed)."""
 
-    def __init__(self, engine: Engine, prompt: str, body, request: Request, *, extra_stops: tuple[str, ...] = (),
-                 templated: bool = True):
-        self.engine, self.body, self.request = engine, body, request
+    def __init__(self, engine: Engine, prompt: str, body, request: Request, slots: threading.Semaphore | None = None,
+                 *, extra_stops: tuple[str, ...] = (), templated: bool = True):
+        self.engine, self.body, self.request, self.slots = engine, body, request, slots
         self.id = f"{'chatcmpl' if isinstance(body, ChatCompletionRequest) else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
         # chat templates and FIM prompts carry their own special tokens; a raw prompt gets the tokenizer's
@@ -177,7 +187,7 @@ class _Job:
         return {"prompt_tokens": n, "completion_tokens": completion_tokens, "total_tokens": n + completion_tokens}
 
     def start(self) -> Generation:
-        return Generation(self.engine, self.prompt_ids, self.options, self.body.stop_list())
+        return Generation(self.engine, self.prompt_ids, self.options, self.body.stop_list(), self.slots)
 
     async def collect(self) -> tuple[str, str, dict]:
         """The whole answer: (text, finish_reason, usage). Cancelled if the client goes away."""

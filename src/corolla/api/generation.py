@@ -84,8 +84,27 @@ Event = Delta | Done | Failed
 
 
 def run_generation(engine: Engine, prompt_ids: list[int], options: GenerationOptions, stops: list[str],
-                   cancel: threading.Event, emit: Callable[[Event], None]) -> None:
-    """Generate (in the calling thread), emitting events; always ends with Done or Failed."""
+                   cancel: threading.Event, emit: Callable[[Event], None],
+                   slots: threading.Semaphore | None = None) -> None:
+    """Generate (in the calling thread), emitting events; always ends with Done or Failed.
+
+    With ``slots``, first wait for one (requests past the server's limit queue up; a request
+    cancelled while it waits never starts).
+    """
+    if slots is not None:
+        while not slots.acquire(timeout=0.1):
+            if cancel.is_set():
+                emit(Done("cancelled", 0))
+                return
+    try:
+        _generate(engine, prompt_ids, options, stops, cancel, emit)
+    finally:
+        if slots is not None:
+            slots.release()
+
+
+def _generate(engine: Engine, prompt_ids: list[int], options: GenerationOptions, stops: list[str],
+              cancel: threading.Event, emit: Callable[[Event], None]) -> None:
     scanner = StopScanner(stops)
     count, finish = 0, None
     try:
@@ -115,12 +134,13 @@ def run_generation(engine: Engine, prompt_ids: list[int], options: GenerationOpt
 class Generation:
     """A generation started in its own thread; iterate its events on the event loop."""
 
-    def __init__(self, engine: Engine, prompt_ids: list[int], options: GenerationOptions, stops: list[str]):
+    def __init__(self, engine: Engine, prompt_ids: list[int], options: GenerationOptions, stops: list[str],
+                 slots: threading.Semaphore | None = None):
         self.cancel = threading.Event()
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         self._thread = threading.Thread(target=run_generation, name="corolla-api-generation", daemon=True,
-                                        args=(engine, prompt_ids, options, stops, self.cancel, self._emit))
+                                        args=(engine, prompt_ids, options, stops, self.cancel, self._emit, slots))
         self._thread.start()
 
     def _emit(self, event: Event) -> None:

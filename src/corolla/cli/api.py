@@ -20,6 +20,8 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     p.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1 requests")
+    p.add_argument("--max-concurrent", type=int, default=16,
+                   help="generations run at once; later requests wait in line (default 16)")
     p.set_defaults(func=run_api)
 
 
@@ -32,7 +34,7 @@ def run_api(args: argparse.Namespace) -> int:
 
     with DistributedModelForCausalLM.from_pretrained(args.model, initial_peers=args.initial_peers,
                                                      model_id=args.model_id, compression=args.compression) as model:
-        app = create_app(SwarmEngine(model), api_key=args.api_key)
+        app = create_app(SwarmEngine(model), api_key=args.api_key, max_concurrent=args.max_concurrent)
         log.info("serving %s at http://%s:%d/v1", model.model_id, args.host, args.port)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", lifespan="off")
     return 0
