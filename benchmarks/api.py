@@ -20,6 +20,7 @@ the API is: ``direct tok/s / API tok/s - 1`` and the TTFT difference. The issue'
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
 
     from corolla.api.app import create_app
     from corolla.api.engine import SwarmEngine
-    from corolla.api.server import serve_in_thread, stop_server
+    from corolla.api.server import serving
     from corolla.client.model import DistributedModelForCausalLM
     from corolla.models.loading import load_config
     from corolla.models.resolve import resolve_model
@@ -87,16 +88,15 @@ def main(argv=None) -> int:
     spans = even_spans(n, args.servers)
     quiet = _common.quiet_runner(args)
     swarm = LocalSwarm(str(ref.path), n, ref.model_id, log_dir=OUT_DIR / "logs" / "api")
-    model = server = None
     runs: dict[str, list[dict]] = {"direct": [], "api": []}
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(swarm.stop)
         with console.status(f"starting {args.servers} servers {spans}"):
             swarm.start(spans)
-            model = DistributedModelForCausalLM.from_pretrained(ref.path, initial_peers=swarm.initial_peers,
-                                                                model_id=ref.model_id)
-            server = serve_in_thread(create_app(SwarmEngine(model)), "127.0.0.1", 0)
-            port = server[0].config.port
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+            model = stack.enter_context(DistributedModelForCausalLM.from_pretrained(
+                ref.path, initial_peers=swarm.initial_peers, model_id=ref.model_id))
+            base = stack.enter_context(serving(create_app(SwarmEngine(model)), "127.0.0.1", 0))
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
         ids = _common.chat_ids(model.tokenizer, MESSAGES)
         direct_run(model, ids, args.new_tokens)  # warm-up of both paths
         api_run(client, ref.model_id, args.new_tokens)
@@ -110,12 +110,6 @@ def main(argv=None) -> int:
                 a["tokens"] = d["tokens"]
                 runs["direct"].append(d)
                 runs["api"].append(a)
-    finally:
-        if server is not None:
-            stop_server(*server)
-        if model is not None:
-            model.close()
-        swarm.stop()
 
     def med(path: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[path])

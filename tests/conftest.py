@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,3 +15,42 @@ def smollm2_dir() -> Path:
     from corolla.models.resolve import resolve_model
 
     return resolve_model("smollm2-135m", progress=False).path
+
+
+API_SERVER_ARGS = ["--max-session-length", "512", "--torch-threads", "1"]
+
+
+@dataclasses.dataclass
+class ApiSwarm:
+    swarm: object  # corolla.swarm.local.LocalSwarm
+    folder: object
+    model_id: str
+    peers: list[str]
+    model: object  # DistributedModelForCausalLM
+    engine: object  # SwarmEngine
+    base: str  # the served app's URL
+
+
+@pytest.fixture(scope="session")
+def api_swarm(smollm2_dir, tmp_path_factory) -> Iterator[ApiSwarm]:
+    """SmolLM2-135M on 2 real servers (15 blocks each), a client, and the API (with the web pages)
+    served over it; for tests/api and tests/browser."""
+    from corolla.api.app import create_app
+    from corolla.api.engine import SwarmEngine
+    from corolla.api.server import serving
+    from corolla.client.model import DistributedModelForCausalLM
+    from corolla.swarm.local import LocalSwarm
+
+    model_id = "smollm2-api"
+    swarm = LocalSwarm(str(smollm2_dir), 30, model_id, log_dir=tmp_path_factory.mktemp("logs-api"),
+                       server_args=API_SERVER_ARGS)
+    try:
+        procs = [swarm.add_server(span) for span in ((0, 15), (15, 30))]
+        swarm.wait_ready(procs, timeout_s=600)
+        with DistributedModelForCausalLM.from_pretrained(smollm2_dir, initial_peers=swarm.initial_peers,
+                                                         model_id=model_id) as model:
+            engine = SwarmEngine(model)
+            with serving(create_app(engine), "127.0.0.1", 0) as base:
+                yield ApiSwarm(swarm, smollm2_dir, model_id, [p.peer_id for p in procs], model, engine, base)
+    finally:
+        swarm.stop()

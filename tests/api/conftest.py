@@ -1,30 +1,21 @@
-"""API fixtures: a scripted engine (no swarm) and a real SmolLM2 swarm, each served by uvicorn."""
+"""API fixtures: a scripted engine (no swarm), served by uvicorn; the real swarm (``api_swarm``) is in
+tests/conftest.py, shared with the browser tests."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
-from corolla.api.app import create_app
 from corolla.api.generation import GenerationOptions
-from corolla.api.server import serve_in_thread, stop_server, url
-from corolla.swarm.local import LocalSwarm
-
-SERVER_ARGS = ["--max-session-length", "512", "--torch-threads", "1"]
+from corolla.api.server import serving
 
 
-@contextlib.contextmanager
-def served(app) -> Iterator[str]:
+def served(app):
     """The app on 127.0.0.1 (a free port) in a thread; yields its base URL (…/v1 not included)."""
-    server, thread = serve_in_thread(app, "127.0.0.1", 0)
-    try:
-        yield url(server)
-    finally:
-        stop_server(server, thread)
+    return serving(app, "127.0.0.1", 0)
 
 
 def openai_client(base: str, api_key: str = "none", **kw):
@@ -75,38 +66,6 @@ def tokenizer(smollm2_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(smollm2_dir)
-
-
-@dataclasses.dataclass
-class ApiSwarm:
-    swarm: LocalSwarm
-    folder: object
-    model_id: str
-    peers: list[str]
-    model: object  # DistributedModelForCausalLM
-    engine: object  # SwarmEngine
-    base: str  # the served app's URL
-
-
-@pytest.fixture(scope="session")
-def api_swarm(smollm2_dir, tmp_path_factory) -> Iterator[ApiSwarm]:
-    """SmolLM2-135M on 2 real servers (15 blocks each), a client, and the API served over it."""
-    from corolla.api.engine import SwarmEngine
-    from corolla.client.model import DistributedModelForCausalLM
-
-    model_id = "smollm2-api"
-    swarm = LocalSwarm(str(smollm2_dir), 30, model_id, log_dir=tmp_path_factory.mktemp("logs-api"),
-                       server_args=SERVER_ARGS)
-    try:
-        procs = [swarm.add_server(span) for span in ((0, 15), (15, 30))]
-        swarm.wait_ready(procs, timeout_s=600)
-        with DistributedModelForCausalLM.from_pretrained(smollm2_dir, initial_peers=swarm.initial_peers,
-                                                         model_id=model_id) as model:
-            engine = SwarmEngine(model)
-            with served(create_app(engine, web_dir=None)) as base:
-                yield ApiSwarm(swarm, smollm2_dir, model_id, [p.peer_id for p in procs], model, engine, base)
-    finally:
-        swarm.stop()
 
 
 def http_get(url_: str) -> tuple[int, str]:

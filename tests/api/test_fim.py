@@ -10,7 +10,8 @@ from corolla.api import prompts
 from corolla.api.app import create_app
 from corolla.api.engine import SwarmEngine
 from corolla.swarm.local import LocalSwarm
-from tests.api.conftest import SERVER_ARGS, openai_client, served
+from tests.api.conftest import openai_client, served
+from tests.conftest import API_SERVER_ARGS as SERVER_ARGS
 
 pytestmark = pytest.mark.slow
 

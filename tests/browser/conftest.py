@@ -1,8 +1,8 @@
 """Browser fixtures: the real OpenAI-compatible app on a real loopback swarm, and headless Chromium.
 
-``web_app_url`` starts, once per module, a LocalSwarm of SmolLM2-135M split over 2 servers, one
-client model, and ``corolla.api``'s app (which serves ``corolla/web`` at "/") with uvicorn in a
-thread on a free port of 127.0.0.1. ``COROLLA_WEB_URL=http://host:port`` points the tests at an
+``web_app_url`` is the app of the ``api_swarm`` fixture (tests/conftest.py): SmolLM2-135M split
+over 2 real servers, one client model, and ``corolla.api``'s app (which serves ``corolla/web`` at
+"/") with uvicorn in a thread on a free port of 127.0.0.1, shared with tests/api. ``COROLLA_WEB_URL=http://host:port`` points the tests at an
 app that is already running instead (handy while working on the pages).
 
 The browser is Debian's Chromium (``apt-get install chromium``; ``make install`` does it), driven by
@@ -20,42 +20,16 @@ from types import SimpleNamespace
 
 import pytest
 
-SERVER_ARGS = ["--max-session-length", "512", "--torch-threads", "1"]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 
 
 @pytest.fixture(scope="module")
-def web_app_url(request, tmp_path_factory) -> str:
+def web_app_url(request) -> str:
     external = os.environ.get("COROLLA_WEB_URL")
     if external:
-        yield external.rstrip("/")
-        return
-
-    smollm2_dir = request.getfixturevalue("smollm2_dir")
-    from corolla.api.app import create_app
-    from corolla.api.engine import SwarmEngine
-    from corolla.api.server import serve_in_thread, stop_server, url
-    from corolla.client.model import DistributedModelForCausalLM
-    from corolla.models.loading import load_config
-    from corolla.swarm.local import LocalSwarm, even_spans
-
-    n = load_config(smollm2_dir).num_hidden_layers
-    swarm = LocalSwarm(str(smollm2_dir), n, "smollm2-135m", log_dir=tmp_path_factory.mktemp("logs-web"),
-                       server_args=SERVER_ARGS)
-    model = server = None
-    try:
-        swarm.wait_ready([swarm.add_server(span) for span in even_spans(n, 2)], timeout_s=600)
-        model = DistributedModelForCausalLM.from_pretrained(smollm2_dir, initial_peers=swarm.initial_peers,
-                                                            model_id="smollm2-135m")
-        server = serve_in_thread(create_app(SwarmEngine(model)), "127.0.0.1", 0)
-        yield url(server[0])
-    finally:
-        if server is not None:
-            stop_server(*server)
-        if model is not None:
-            model.close()
-        swarm.stop()
+        return external.rstrip("/")
+    return request.getfixturevalue("api_swarm").base
 
 
 def _chromium_path() -> str | None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
 from corolla.errors import CorollaError
 
@@ -49,3 +51,13 @@ def stop_server(server, thread: threading.Thread, timeout_s: float = 10.0) -> No
 
 def url(server) -> str:
     return f"http://{server.config.host}:{server.config.port}"
+
+
+@contextlib.contextmanager
+def serving(app, host: str = "127.0.0.1", port: int = 8000, **options) -> Iterator[str]:
+    """``app`` served in a thread while inside; yields its base URL (``/v1`` not included)."""
+    server, thread = serve_in_thread(app, host, port, **options)
+    try:
+        yield url(server)
+    finally:
+        stop_server(server, thread)

@@ -90,21 +90,18 @@ def _api(model, port: int | None):
         return
     from corolla.api.app import create_app
     from corolla.api.engine import SwarmEngine
-    from corolla.api.server import serve_in_thread, stop_server, url
+    from corolla.api.server import serving
     from corolla.errors import CorollaError
 
-    try:
-        server = serve_in_thread(create_app(SwarmEngine(model)), "127.0.0.1", port)
-    except CorollaError as e:  # a busy port must not cost the user their chat
-        print(f"not serving the API: {e}", file=sys.stderr, flush=True)
+    with contextlib.ExitStack() as stack:
+        try:
+            base = stack.enter_context(serving(create_app(SwarmEngine(model)), "127.0.0.1", port))
+        except CorollaError as e:  # a busy port must not cost the user their chat
+            print(f"not serving the API: {e}", file=sys.stderr, flush=True)
+        else:
+            print(f"web chat and swarm dashboard: {base}/  OpenAI-compatible API: {base}/v1", file=sys.stderr,
+                  flush=True)
         yield
-        return
-    base = url(server[0])
-    print(f"web chat and swarm dashboard: {base}/  OpenAI-compatible API: {base}/v1", file=sys.stderr, flush=True)
-    try:
-        yield
-    finally:
-        stop_server(*server)
 
 
 def _interrupt(signum, frame):
