@@ -54,3 +54,35 @@ def api_swarm(smollm2_dir, tmp_path_factory) -> Iterator[ApiSwarm]:
                 yield ApiSwarm(swarm, smollm2_dir, model_id, [p.peer_id for p in procs], model, engine, base)
     finally:
         swarm.stop()
+
+
+@dataclasses.dataclass
+class CoderApi:
+    model: object  # DistributedModelForCausalLM
+    model_id: str
+    base: str  # the API's URL (``/v1`` not included)
+
+
+@pytest.fixture(scope="session")
+def coder_api(tmp_path_factory) -> Iterator[CoderApi]:
+    """The packaged Qwen2.5-Coder-0.5B on one real server (24 blocks) with the API over it; for the slow
+    FIM/tool tests and the assistant's end-to-end tests."""
+    from corolla.api.app import create_app
+    from corolla.api.engine import SwarmEngine
+    from corolla.api.server import serving
+    from corolla.client.model import DistributedModelForCausalLM
+    from corolla.models.resolve import resolve_model
+    from corolla.swarm.local import LocalSwarm
+
+    model_id = "qwen2.5-coder-0.5b"
+    folder = resolve_model(model_id, progress=False).path
+    swarm = LocalSwarm(str(folder), 24, model_id, log_dir=tmp_path_factory.mktemp("logs-coder"),
+                       server_args=API_SERVER_ARGS)
+    try:
+        swarm.wait_ready([swarm.add_server((0, 24))], timeout_s=600)
+        with DistributedModelForCausalLM.from_pretrained(folder, initial_peers=swarm.initial_peers,
+                                                         model_id=model_id) as model:
+            with serving(create_app(SwarmEngine(model), web_dir=None), "127.0.0.1", 0) as base:
+                yield CoderApi(model, model_id, base)
+    finally:
+        swarm.stop()

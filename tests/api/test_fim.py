@@ -7,11 +7,7 @@ import json
 import pytest
 
 from corolla.api import prompts
-from corolla.api.app import create_app
-from corolla.api.engine import SwarmEngine
-from corolla.swarm.local import LocalSwarm
-from tests.api.conftest import openai_client, served
-from tests.conftest import API_SERVER_ARGS as SERVER_ARGS
+from tests.api.conftest import openai_client
 
 pytestmark = pytest.mark.slow
 
@@ -21,27 +17,14 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "description"
 
 
 @pytest.fixture(scope="module")
-def coder(tmp_path_factory):
-    from corolla.client.model import DistributedModelForCausalLM
-    from corolla.models.resolve import resolve_model
-
-    folder = resolve_model("qwen2.5-coder-0.5b", progress=False).path
-    swarm = LocalSwarm(str(folder), 24, "qwen-coder-api", log_dir=tmp_path_factory.mktemp("logs-fim"),
-                       server_args=SERVER_ARGS)
-    try:
-        swarm.wait_ready([swarm.add_server((0, 24))], timeout_s=600)
-        with DistributedModelForCausalLM.from_pretrained(folder, initial_peers=swarm.initial_peers,
-                                                         model_id="qwen-coder-api") as model:
-            with served(create_app(SwarmEngine(model), web_dir=None)) as base:
-                yield model, openai_client(base)
-    finally:
-        swarm.stop()
+def coder(coder_api):
+    return coder_api.model, openai_client(coder_api.base)
 
 
 def test_fim_fills_the_middle(coder):
     model, client = coder
     prefix, suffix = "def add(a, b):\n    return ", "\n\n\nprint(add(1, 2))\n"
-    reply = client.completions.create(model="qwen-coder-api", prompt=prefix, suffix=suffix, max_tokens=6,
+    reply = client.completions.create(model="qwen2.5-coder-0.5b", prompt=prefix, suffix=suffix, max_tokens=6,
                                       temperature=0)
     text = reply.choices[0].text
     assert "a + b" in text and "<|" not in text
@@ -56,7 +39,7 @@ def test_native_tool_template_and_call(coder):
     messages = [{"role": "user", "content": "What is the weather in Paris?"}]
     text = prompts.render_chat(model.tokenizer, messages, [WEATHER])
     assert '"name": "get_weather"' in text and "<tool_call>" in text  # the template's own tool section
-    reply = client.chat.completions.create(model="qwen-coder-api", messages=messages, tools=[WEATHER],
+    reply = client.chat.completions.create(model="qwen2.5-coder-0.5b", messages=messages, tools=[WEATHER],
                                            temperature=0, max_tokens=32)
     choice = reply.choices[0]  # greedy: the model answers with the call (in a ```json block)
     assert choice.finish_reason == "tool_calls" and choice.message.content is None

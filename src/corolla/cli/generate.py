@@ -19,13 +19,19 @@ def register(sub) -> None:
     add_sampling(g)
     g.set_defaults(func=run_generate)
 
-    c = sub.add_parser("chat", help="chat with a model through the swarm (reads stdin)",
-                       description="Chat in the terminal; with piped input, answers each line and exits at EOF.")
-    c.add_argument("model", help="packaged name, local HF folder, GGUF file or Hub repo id")
+    c = sub.add_parser("chat", help="chat with the coding assistant, or with MODEL directly through the swarm",
+                       description="Without MODEL: the coding assistant on a workspace (slash commands, edits, "
+                                   "sessions) through --endpoint. With MODEL: plain chat through the swarm. "
+                                   "With piped input, answers each line and exits at EOF.")
+    c.add_argument("model", nargs="?", default=None,
+                   help="chat with this model directly (packaged name, HF folder, GGUF file or Hub repo id)")
     c.add_argument("--system", default=None, help="a system prompt")
     add_peers(c)
     add_compression(c)
     add_sampling(c)
+    from corolla.cli.assistant import add_endpoint
+
+    add_endpoint(c)
     c.set_defaults(func=run_chat)
 
 
@@ -61,5 +67,9 @@ def chat_with(model, args: argparse.Namespace) -> int:
 
 
 def run_chat(args: argparse.Namespace) -> int:
+    if args.model is None:
+        from corolla.cli.assistant_chat import run_assistant_chat
+
+        return run_assistant_chat(args)
     with _open(args) as model:
         return chat_with(model, args)

@@ -11,7 +11,7 @@ from corolla.errors import CorollaError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from corolla.cli import api, dht, generate, models, server, swarm
+    from corolla.cli import api, assistant, dht, generate, models, server, swarm
 
     parser = argparse.ArgumentParser(
         prog="corolla",
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="how much to log on stderr (default: INFO)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (models, dht, server, swarm, generate, api):
+    for module in (models, dht, server, swarm, generate, api, assistant):
         module.register(sub)
     return parser
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    for noisy in ("hivemind", "transformers", "httpx", "huggingface_hub"):
+    for noisy in ("hivemind", "transformers", "httpx", "httpx2", "openai", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         return int(args.func(args) or 0)

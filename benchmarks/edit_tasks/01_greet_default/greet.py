@@ -1,0 +1,16 @@
+"""Greetings for the command line."""
+
+
+def greet(name):
+    """Return a greeting for ``name``."""
+    return f"Hello, {name}!"
+
+
+def greet_all(names):
+    """One greeting per name, in order."""
+    return [greet(name) for name in names]
+
+
+def shout(name):
+    """The greeting in capital letters."""
+    return greet(name).upper()

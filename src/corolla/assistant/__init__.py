@@ -1,0 +1,1 @@
+"""corolla.assistant: a coding assistant over any OpenAI-compatible endpoint."""

@@ -1,0 +1,154 @@
+"""Slash commands and the prompts behind them, written for small models: one task, said plainly,
+with the code and context right there, and the exact reply format spelled out."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+from corolla.assistant.errors import UnknownCommandError
+
+BASE_SYSTEM = ("You are corolla, a coding assistant inside the user's editor. Be correct and concise. "
+               "Use markdown; put code in fenced blocks tagged with the language.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    name: str
+    summary: str
+    task: str  # what the system prompt asks for
+    edits: bool = False  # the reply is parsed into an edit proposal
+    needs_code: bool = True  # needs a file or selection
+
+
+COMMANDS: dict[str, Command] = {c.name: c for c in (
+    Command("explain", "explain the selected code or file",
+            "Explain the code below: what it does, how it works, and anything surprising or risky. Match the depth "
+            "the project's instructions ask for; without such instructions, explain for a working programmer."),
+    Command("fix", "fix a bug, given an error or diagnostic",
+            "Fix the problem described by the user (an error message, a failing test or a diagnostic). Change "
+            "only what the fix needs and keep everything else as it is.", edits=True),
+    Command("doc", "add docstrings and comments",
+            "Add docstrings (in the language's usual style) to the functions and classes below, and short comments "
+            "where the code is not obvious. Do not change any behaviour.", edits=True),
+    Command("tests", "write tests in the project's test framework",
+            "Write unit tests for the code below using {framework}. Cover normal cases, edge cases and errors. "
+            "Reply with one complete test file in one fenced code block: imports included, nothing left out.",
+            edits=True),
+    Command("harden", "add error handling in the project's style",
+            "Add error handling to the code below following the project's conventions: validate inputs, raise "
+            "clear errors of the kinds the project already uses, and handle failures of I/O and external calls. "
+            "Keep the behaviour for valid input unchanged.", edits=True),
+    Command("review", "review staged, unstaged or branch changes",
+            "Review the diff below as a careful senior engineer. List concrete findings as bullets, most important "
+            "first, each with the file and line: bugs, missing error handling, security problems, missing tests, "
+            "and departures from the project's instructions. If it looks right, say so in one line.",
+            needs_code=False),
+    Command("commit", "write a commit message for the staged changes",
+            "Write a git commit message for the staged diff below. Follow the style of the project's recent commit "
+            "subjects shown. A subject line under 72 characters, then (only when useful) a blank line and a short "
+            "body saying why. Reply with the message only: no quotes, no code fence, no preamble.",
+            needs_code=False),
+)}
+
+SLASH = re.compile(r"^/([a-z-]+)\b\s*(.*)$", re.S)
+
+
+def parse_command(text: str) -> tuple[Command | None, str]:
+    """(the slash command, the rest of the text); (None, text) for plain chat."""
+    match = SLASH.match(text.strip())
+    if not match:
+        return None, text
+    name = {"tests": "tests", "test": "tests", "docs": "doc", "commit-msg": "commit"}.get(match[1], match[1])
+    if name not in COMMANDS:
+        known = ", ".join("/" + n for n in COMMANDS)
+        raise UnknownCommandError(f"unknown command /{match[1]}: the commands are {known}")
+    return COMMANDS[name], match[2].strip()
+
+
+def system_prompt(instructions: str, task: str = "", edit_format: str = "") -> str:
+    parts = [BASE_SYSTEM]
+    if instructions.strip():
+        parts.append("Follow the project's instructions:\n" + instructions.strip())
+    if task:
+        parts.append(task)
+    if edit_format:
+        parts.append(edit_format)
+    return "\n\n".join(parts)
+
+
+def fence(path: str, text: str, first_line: int | None = None) -> str:
+    lang = LANGUAGES.get(Path(path).suffix.lower(), "")
+    last = (first_line or 1) + max(len(text.splitlines()), 1) - 1
+    where = f"{path}" + (f" (lines {first_line}-{last})" if first_line else "")
+    ticks = "````" if "```" in text else "```"
+    return f"{where}\n{ticks}{lang}\n{text.rstrip(chr(10))}\n{ticks}"
+
+
+LANGUAGES = {".py": "python", ".js": "javascript", ".mjs": "javascript", ".ts": "typescript", ".tsx": "tsx",
+             ".jsx": "jsx", ".go": "go", ".rs": "rust", ".java": "java", ".c": "c", ".h": "c", ".cpp": "cpp",
+             ".rb": "ruby", ".sh": "bash", ".md": "markdown", ".json": "json", ".toml": "toml", ".yaml": "yaml"}
+
+
+# --- tests: the project's framework and where its tests live ------------------------------------
+def detect_test_framework(root: Path, path: str) -> str:
+    """A description of the framework the project's own tests use, for ``path``'s language."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".py":
+        text = " ".join(_read(root / f) for f in ("pyproject.toml", "setup.cfg", "requirements-dev.txt",
+                                                   "requirements.txt", "tox.ini"))
+        if "pytest" in text or (root / "conftest.py").exists() or (root / "tests" / "conftest.py").exists():
+            return "pytest (plain test functions and assert)"
+        tests = [p for d in ("tests", "test") if (root / d).is_dir() for p in sorted((root / d).glob("test_*.py"))]
+        if tests and "unittest" in _read(tests[0]) and "pytest" not in _read(tests[0]):
+            return "unittest (unittest.TestCase classes)"
+        return "pytest (plain test functions and assert)"
+    if suffix in (".js", ".mjs", ".ts", ".tsx", ".jsx"):
+        try:
+            package = json.loads(_read(root / "package.json") or "{}")
+        except ValueError:
+            package = {}
+        deps = {**package.get("dependencies", {}), **package.get("devDependencies", {})}
+        for name, label in (("vitest", "vitest"), ("jest", "jest"), ("mocha", "mocha with node:assert")):
+            if name in deps or name in json.dumps(package.get("scripts", {})):
+                return label
+        return "node's built-in test runner (node:test and node:assert)"
+    return {".go": "Go's testing package (func TestXxx(t *testing.T))",
+            ".rs": "Rust's built-in #[test] functions in a #[cfg(test)] module",
+            ".java": "JUnit 5"}.get(suffix, "the project's usual test framework")
+
+
+def test_path(root: Path, path: str) -> str:
+    """Where the tests for ``path`` go, following the project's layout."""
+    p = Path(path)
+    if p.suffix == ".py":
+        folder = next((d for d in ("tests", "test") if (root / d).is_dir()), None)
+        name = f"test_{p.stem}.py"
+        return f"{folder}/{name}" if folder else str(p.with_name(name))
+    if p.suffix in (".js", ".mjs", ".ts", ".tsx", ".jsx"):
+        return str(p.with_name(f"{p.stem}.test{p.suffix}"))
+    if p.suffix == ".go":
+        return str(p.with_name(f"{p.stem}_test.go"))
+    return str(p.with_name(f"test_{p.name}"))
+
+
+def commit_message_from_reply(reply: str) -> str:
+    """The message alone: fences, quotes and "Commit message:" preambles small models add are removed."""
+    text = reply.strip()
+    fenced = re.search(r"```[a-z]*\n(.*?)```", text, re.S)
+    if fenced:
+        text = fenced[1].strip()
+    text = re.sub(r"^(here is|here's)?\s*(a|the)?\s*(suggested\s+)?commit message\s*:?\s*\n", "", text, flags=re.I)
+    text = re.sub(r"^(subject|commit message)\s*:\s*", "", text, flags=re.I)
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'`":
+        text = text[1:-1].strip()
+    return text
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""

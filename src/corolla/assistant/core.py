@@ -1,0 +1,318 @@
+"""The assistant: turns a request (chat text or a command, plus the editor's state) into a prompt with
+the right context, asks the model, and turns replies that change code into edit proposals that are
+shown as diffs and applied only when accepted. Every turn and edit is kept in the session store.
+
+Every surface (CLI, service for editors, the agent later) goes through this one class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from corolla.assistant import commands, git
+from corolla.assistant.commands import Command
+from corolla.assistant.context import Context, EditorState, build_context
+from corolla.assistant.edits import (Proposal, Target, apply, format_instructions, parse_reply, propose,
+                                     proposal_from_json, proposal_to_json, revert)
+from corolla.assistant.errors import AssistantError, EditError, NoChangeError
+from corolla.assistant.llm import LLM
+from corolla.assistant.sessions import SessionStore
+from corolla.assistant.tokens import TokenCounter, token_counter
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_EDIT_FORMAT = "whole"  # chosen by benchmarks/edits.py on qwen2.5-coder-0.5b (see README)
+
+
+@dataclasses.dataclass
+class AssistantConfig:
+    context_tokens: int = 2000  # budget for the context the engine gathers (instructions, files, repo map)
+    history_tokens: int = 1500  # earlier turns of the session sent along
+    edit_format: str = DEFAULT_EDIT_FORMAT
+    edit_retries: int = 1  # a reply that cannot be applied is sent back once with the reason
+
+
+@dataclasses.dataclass(frozen=True)
+class EditOutcome:
+    edit_id: str
+    session_id: str
+    proposal: Proposal
+    reply: str
+
+    def to_json(self) -> dict:
+        return {"edit_id": self.edit_id, "session_id": self.session_id, "diff": self.proposal.diff,
+                "files": [c.path for c in self.proposal.changes], "notes": list(self.proposal.notes)}
+
+
+class Assistant:
+    def __init__(self, llm: LLM, root: Path, store: SessionStore | None = None,
+                 config: AssistantConfig | None = None, counter: TokenCounter | None = None):
+        self.llm = llm
+        self.root = Path(root).resolve()
+        self.store = store or SessionStore(self.root)
+        self.config = config or AssistantConfig()
+        self._counter = counter
+
+    @property
+    def count_tokens(self) -> TokenCounter:
+        if self._counter is None:
+            self._counter = token_counter(self.llm.model)
+        return self._counter
+
+    # --- context -------------------------------------------------------------------------------
+    def state(self, **kw) -> EditorState:
+        return EditorState(root=self.root, **kw)
+
+    def context(self, state: EditorState, query: str = "", **kw) -> Context:
+        return build_context(state, query, budget_tokens=self.config.context_tokens, count_tokens=self.count_tokens,
+                             **kw)
+
+    def _session(self, session_id: str | None, kind: str = "chat") -> str:
+        return session_id if session_id else self.store.create(kind=kind).id
+
+    def _history(self, session_id: str) -> list[dict]:
+        """The session's earlier turns, newest kept first, within the history budget."""
+        kept, used = [], 0
+        for message in reversed(self.store.messages(session_id)):
+            if message.role not in ("user", "assistant"):
+                continue
+            cost = self.count_tokens(message.content)
+            if used + cost > self.config.history_tokens:
+                break
+            kept.append({"role": message.role, "content": message.content})
+            used += cost
+        return kept[::-1]
+
+    # --- one turn of chat or a command, streamed as events ---------------------------------------
+    def respond(self, text: str, state: EditorState, session_id: str | None = None) -> Iterator[dict]:
+        """Events: session, context, delta (text pieces), edit / edit_error for commands that change code,
+        done. A command that cannot run (no file, not a git repo) raises before anything is stored."""
+        command, rest = commands.parse_command(text)
+        session_id = self._session(session_id)
+        history = self._history(session_id)
+        messages, context, target = self._prompt(command, rest, state)
+        yield {"type": "session", "id": session_id}
+        yield {"type": "context", **_context_json(context)}
+        self.store.add_message(session_id, "user", text, context=context.to_json() if context else None)
+        pieces: list[str] = []
+        try:
+            for piece in self.llm.stream(messages[:1] + history + messages[1:]):
+                pieces.append(piece)
+                yield {"type": "delta", "text": piece}
+        finally:  # a stopped stream keeps what was said so far
+            reply = "".join(pieces)
+            message = self.store.add_message(session_id, "assistant", reply)
+        if command is not None and command.edits and target is not None:
+            try:
+                outcome = self._store_edit(session_id, self._parse(reply, target, state), reply, command.name)
+                yield {"type": "edit", **outcome.to_json()}
+            except EditError as e:
+                yield {"type": "edit_error", "error": {"type": e.code, "message": str(e)}}
+        if command is not None and command.name == "commit":
+            yield {"type": "commit_message", "text": commands.commit_message_from_reply(reply)}
+        yield {"type": "done", "message_id": message.id, "session_id": session_id}
+
+    def _prompt(self, command: Command | None, rest: str, state: EditorState,
+                ) -> tuple[list[dict], Context | None, Target | None]:
+        if command is None:
+            context = self.context(state, rest)
+            user = _join(context.render(), rest)
+            return [_system(commands.system_prompt(context.instructions())), _user(user)], context, None
+        if command.name in ("review", "commit"):
+            return self._git_prompt(command, rest, state)
+        target = self._target(state, command)
+        context = self.context(state, rest)
+        task = command.task.format(framework=commands.detect_test_framework(self.root, state.current_file))
+        edit_format = ""
+        if command.edits:
+            edit_target = target if command.name != "tests" else Target(target.path)
+            edit_format = format_instructions(self.config.edit_format if command.name != "tests" else "whole",
+                                              edit_target)
+        code = self._target_text(target, state)
+        diagnostics = "\n".join(state.diagnostics)
+        user = _join(_without_target(context, state.current_file),
+                     commands.fence(target.path, code, target.start_line),
+                     f"Problems reported:\n{diagnostics}" if diagnostics and command.name == "fix" else "",
+                     task, rest)
+        if command.name == "tests":
+            tests_at = commands.test_path(self.root, state.current_file)
+            user = _join(user, f"The test file will be saved as {tests_at}; import the code under test from "
+                               f"its module.")
+            target = Target(tests_at)
+        system = commands.system_prompt(context.instructions(), edit_format=edit_format)
+        return [_system(system), _user(user)], context, target
+
+    def _git_prompt(self, command: Command, rest: str, state: EditorState):
+        if command.name == "commit":
+            what, diff = git.diff(self.root, "staged")
+            if not diff.strip():
+                raise AssistantError("nothing is staged: `git add` the changes to describe first")
+            subjects = git.recent_subjects(self.root)
+            style = ("Recent commit subjects:\n" + "\n".join(f"- {s}" for s in subjects)) if subjects else ""
+            user = _join(style, "Staged diff:\n```diff\n" + git.clip_diff(diff) + "\n```", rest)
+        else:
+            scope, base = _review_scope(rest)
+            what, diff = git.diff(self.root, scope, base)
+            if not diff.strip():
+                raise AssistantError(f"there is nothing to review: no {what}")
+            user = _join(f"The {what}:\n```diff\n" + git.clip_diff(diff) + "\n```", rest)
+        context = self.context(dataclasses.replace(state, current_file=None, selection=None), rest,
+                               include_tree=False, include_repo_map=False)
+        user = _join(user, command.task)
+        return [_system(commands.system_prompt(context.instructions())), _user(user)], context, None
+
+    def _target(self, state: EditorState, command: Command | None = None) -> Target:
+        if not state.current_file:
+            name = f"/{command.name}" if command else "an edit"
+            raise AssistantError(f"{name} needs a file: open one in the editor or pass --file")
+        if state.selection:
+            return Target(state.current_file, state.selection[0], state.selection[1])
+        return Target(state.current_file)
+
+    def _target_text(self, target: Target, state: EditorState) -> str:
+        text = self._read(target.path, state)
+        if target.start_line is None:
+            return text
+        lines = text.splitlines(keepends=True)
+        if not 1 <= target.start_line <= target.end_line <= max(len(lines), 1):
+            raise AssistantError(f"lines {target.start_line}-{target.end_line} are outside {target.path} "
+                                 f"({len(lines)} lines)")
+        return "".join(lines[target.start_line - 1:target.end_line])
+
+    def _read(self, path: str, state: EditorState) -> str:
+        if path in state.buffers:
+            return state.buffers[path]
+        file = (self.root / path).resolve()
+        if not file.is_relative_to(self.root):
+            raise AssistantError(f"{path} is outside the workspace {self.root}")
+        try:
+            return file.read_text()
+        except FileNotFoundError:
+            raise AssistantError(f"no file {path} in the workspace {self.root}") from None
+
+    # --- edits ---------------------------------------------------------------------------------
+    def _parse(self, reply: str, target: Target, state: EditorState) -> Proposal:
+        fmt = "whole" if target.path != state.current_file else self.config.edit_format
+        source = None
+        if fmt == "whole" and target.path == state.current_file:
+            source = self._read(target.path, state)
+        edits = parse_reply(fmt, reply, target=target, default_path=target.path, source=source)
+        if fmt == "whole" and target.path != state.current_file and (self.root / target.path).exists():
+            # new tests for a file that already has some: add them after the existing ones
+            existing = self._read(target.path, state)
+            edits = [dataclasses.replace(e, old=existing, new=existing.rstrip("\n") + "\n\n\n" + e.new.lstrip("\n"))
+                     for e in edits]
+        return _checked(propose(self.root, edits, buffers=state.buffers))
+
+    def _store_edit(self, session_id: str, proposal: Proposal, reply: str, command: str) -> EditOutcome:
+        edit_id = self.store.add_edit(session_id, {"proposal": proposal_to_json(proposal), "command": command})
+        return EditOutcome(edit_id, session_id, proposal, reply)
+
+    def propose_edit(self, instruction: str, state: EditorState, session_id: str | None = None,
+                     fmt: str | None = None) -> EditOutcome:
+        """Ask for a change of the selection (or the current file) and return it as a proposal, not applied.
+
+        A reply that cannot be applied is sent back with the reason (``edit_retries`` times); after that
+        the last :class:`EditError` is raised and nothing is proposed."""
+        fmt = fmt or self.config.edit_format
+        target = self._target(state)
+        context = self.context(state, instruction)
+        code = self._target_text(target, state)
+        system = commands.system_prompt(context.instructions(), edit_format=format_instructions(fmt, target))
+        user = _join(_without_target(context, state.current_file), commands.fence(target.path, code, target.start_line),
+                     f"Change this code as asked: {instruction}")
+        session_id = self._session(session_id, kind="edit")
+        self.store.add_message(session_id, "user", instruction, context=context.to_json(),
+                               meta={"file": target.path, "lines": [target.start_line, target.end_line], "format": fmt})
+        messages = [_system(system), _user(user)]
+        for attempt in range(self.config.edit_retries + 1):
+            reply = self.llm.complete(messages).content
+            self.store.add_message(session_id, "assistant", reply)
+            try:
+                edits = parse_reply(fmt, reply, target=target, default_path=target.path,
+                                    source=self._read(target.path, state) if fmt == "whole" else None)
+                proposal = _checked(propose(self.root, edits, buffers=state.buffers))
+                return self._store_edit(session_id, proposal, reply, "edit")
+            except EditError as e:
+                logger.debug("edit attempt %d refused: %s", attempt + 1, e)
+                if attempt == self.config.edit_retries:
+                    self.store.add_message(session_id, "system", f"edit refused: {e}")
+                    raise
+                retry = (f"Your reply could not be applied: {e}\nReply again, following the format exactly and "
+                         f"writing out all the code, with no placeholders.")
+                messages += [{"role": "assistant", "content": reply}, _user(retry)]
+        raise AssertionError("unreachable")
+
+    def edit(self, edit_id: str) -> tuple[dict, Proposal]:
+        record = self.store.get_edit(edit_id)
+        return record, proposal_from_json(record.proposal["proposal"])
+
+    def accept(self, edit_id: str) -> Proposal:
+        """Apply a proposed edit atomically (all files or none)."""
+        record, proposal = self.edit(edit_id)
+        if record.status != "proposed":
+            raise AssistantError(f"edit {edit_id} is {record.status}; only a proposed edit can be accepted")
+        apply(self.root, proposal)
+        self.store.set_edit_status(edit_id, "accepted")
+        return proposal
+
+    def reject(self, edit_id: str) -> None:
+        record, _ = self.edit(edit_id)
+        if record.status != "proposed":
+            raise AssistantError(f"edit {edit_id} is {record.status}; only a proposed edit can be rejected")
+        self.store.set_edit_status(edit_id, "rejected")
+
+    def undo(self, session_id: str | None = None) -> tuple[str, Proposal]:
+        """Revert the last accepted edit (of the session, or of the workspace)."""
+        record = self.store.last_accepted_edit(session_id)
+        if record is None:
+            raise AssistantError("there is no accepted edit to undo")
+        proposal = proposal_from_json(record.proposal["proposal"])
+        revert(self.root, proposal)
+        self.store.set_edit_status(record.id, "undone")
+        return record.id, proposal
+
+
+def _checked(proposal: Proposal) -> Proposal:
+    if not proposal.changes:
+        raise NoChangeError("the reply leaves the code exactly as it was: nothing to apply")
+    return proposal
+
+
+def _review_scope(text: str) -> tuple[str, str | None]:
+    words = text.split()
+    for scope in ("staged", "unstaged", "all"):
+        if scope in words:
+            return scope, None
+    if "branch" in words:
+        following = words[words.index("branch") + 1:]
+        return "branch", following[0] if following else None
+    return "auto", None
+
+
+def _without_target(context: Context, path: str | None) -> str:
+    """The context rendered without the parts that repeat the code being changed (it is shown apart)."""
+    parts = [p for p in context.parts if not (p.kind in ("selection", "current_file") and p.label.split(":")[0] == path)]
+    return dataclasses.replace(context, parts=parts).render()
+
+
+def _context_json(context: Context | None) -> dict:
+    if context is None:
+        return {"parts": [], "used_tokens": 0, "budget_tokens": 0, "dropped": []}
+    return {"parts": context.to_json(), "used_tokens": context.used_tokens, "budget_tokens": context.budget_tokens,
+            "dropped": list(context.dropped)}
+
+
+def _system(text: str) -> dict:
+    return {"role": "system", "content": text}
+
+
+def _user(text: str) -> dict:
+    return {"role": "user", "content": text}
+
+
+def _join(*parts: str) -> str:
+    return "\n\n".join(p.strip("\n") for p in parts if p and p.strip())

@@ -1,0 +1,246 @@
+"""``corolla assistant serve``: the assistant for editors, as JSON over HTTP with server-sent events.
+
+One service serves one workspace. It listens on 127.0.0.1 and refuses requests that carry a browser
+``Origin`` (unless allowed), so a web page cannot drive it; ``--token`` adds a bearer token.
+
+  GET    /health                          endpoint, model, workspace, whether the model answers
+  POST   /context                         {editor, query} -> the context parts that would be sent (chips)
+  GET    /sessions[?kind=]                sessions, newest first
+  POST   /sessions                        {title?} -> a new session
+  GET    /sessions/{id}                   the session with its messages and edits
+  DELETE /sessions/{id}
+  POST   /sessions/{id}/messages          {text, editor} -> SSE: session, context, delta…, edit|edit_error, done
+  POST   /edits                           {instruction, editor, session_id?, format?} -> a proposal (diff + edit_id)
+  GET    /edits/{id}                      the proposal and its status
+  POST   /edits/{id}/accept | /reject     apply atomically | drop
+  POST   /undo                            {session_id?} revert the last accepted edit
+Errors are ``{"error": {"type", "message"}}`` with 400 (bad request), 404, 409 (stale file, wrong
+state), 422 (a reply that cannot be applied), 503 (model endpoint down).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from pathlib import Path
+from typing import Literal
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from corolla.api.streaming import SSEResponse
+from corolla.assistant import errors
+from corolla.assistant.context import EditorState
+from corolla.assistant.core import Assistant
+
+MAX_TEXT = 200_000
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Editor(Strict):
+    current_file: str | None = None
+    selection: tuple[int, int] | None = None
+    cursor_line: int | None = Field(default=None, ge=1)
+    open_files: list[str] = Field(default_factory=list, max_length=200)
+    buffers: dict[str, str] = Field(default_factory=dict)
+    diagnostics: list[str] = Field(default_factory=list, max_length=200)
+
+    def state(self, root: Path) -> EditorState:
+        return EditorState(root=root, current_file=self.current_file, selection=self.selection,
+                           cursor_line=self.cursor_line, open_files=tuple(self.open_files),
+                           buffers=dict(self.buffers), diagnostics=tuple(self.diagnostics))
+
+
+class ContextRequest(Strict):
+    editor: Editor = Field(default_factory=Editor)
+    query: str = Field(default="", max_length=MAX_TEXT)
+
+
+class NewSession(Strict):
+    title: str = Field(default="", max_length=200)
+
+
+class MessageRequest(Strict):
+    text: str = Field(min_length=1, max_length=MAX_TEXT)
+    editor: Editor = Field(default_factory=Editor)
+
+
+class EditRequest(Strict):
+    instruction: str = Field(min_length=1, max_length=MAX_TEXT)
+    editor: Editor
+    session_id: str | None = None
+    format: Literal["whole", "search_replace"] | None = None
+
+
+class UndoRequest(Strict):
+    session_id: str | None = None
+
+
+STATUS = [(errors.EndpointError, 503), (errors.EditError, 422), (errors.StaleFileError, 409)]
+
+
+def _status(error: errors.AssistantError) -> int:
+    if "NotFound" in error.code:
+        return 404
+    status = 400
+    for kind, code in STATUS:  # the most specific class listed last wins
+        if isinstance(error, kind):
+            status = code
+    return status
+
+
+def _error(status: int, kind: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status)
+
+
+def create_service(assistant: Assistant, *, token: str | None = None, allow_origins: tuple[str, ...] = ()) -> FastAPI:
+    app = FastAPI(title="corolla assistant", docs_url=None, redoc_url=None)
+    root = assistant.root
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        origin = request.headers.get("origin")
+        if origin is not None and origin not in allow_origins:
+            return _error(403, "ForbiddenOrigin", f"requests from web pages ({origin}) are refused")
+        if token is not None and request.headers.get("authorization") != f"Bearer {token}":
+            return _error(401, "Unauthorized", "this service needs its token: Authorization: Bearer TOKEN")
+        return await call_next(request)
+
+    @app.exception_handler(errors.AssistantError)
+    async def assistant_error(request: Request, e: errors.AssistantError):
+        return _error(_status(e), e.code, str(e))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, e: RequestValidationError):
+        where = "; ".join(f"{'.'.join(str(p) for p in err['loc'][1:])}: {err['msg']}" for err in e.errors())
+        return _error(400, "BadRequest", where or "invalid request")
+
+    def run(fn, *args):
+        return anyio.to_thread.run_sync(lambda: fn(*args))
+
+    @app.get("/health")
+    async def health():
+        info = {"workspace": str(root), "endpoint": assistant.llm.config.endpoint}
+        try:
+            info["model"] = await run(lambda: assistant.llm.model)
+            info["model_ok"] = True
+        except errors.EndpointError as e:
+            info.update(model=None, model_ok=False, problem=str(e))
+        return info
+
+    @app.post("/context")
+    async def context(body: ContextRequest):
+        ctx = await run(assistant.context, body.editor.state(root), body.query)
+        return {"parts": ctx.to_json(), "used_tokens": ctx.used_tokens, "budget_tokens": ctx.budget_tokens,
+                "dropped": list(ctx.dropped)}
+
+    @app.get("/sessions")
+    async def sessions(kind: str | None = None):
+        return {"sessions": [s.to_json() for s in await run(assistant.store.list, kind)]}
+
+    @app.post("/sessions")
+    async def new_session(body: NewSession):
+        return (await run(assistant.store.create, body.title)).to_json()
+
+    @app.get("/sessions/{session_id}")
+    async def session(session_id: str):
+        def read():
+            s = assistant.store.get(session_id)
+            return {**s.to_json(), "messages": [m.to_json() for m in assistant.store.messages(session_id)],
+                    "edits": [_edit_json(e) for e in assistant.store.edits(session_id)]}
+        return await run(read)
+
+    @app.delete("/sessions/{session_id}")
+    async def delete_session(session_id: str):
+        await run(assistant.store.get, session_id)
+        await run(assistant.store.delete, session_id)
+        return {"deleted": session_id}
+
+    @app.post("/sessions/{session_id}/messages")
+    async def message(session_id: str, body: MessageRequest):
+        await run(assistant.store.get, session_id)
+        events = assistant.respond(body.text, body.editor.state(root), session_id)
+        first = await run(_first_event, events)  # errors before anything is streamed become plain HTTP errors
+        return _sse(first, events)
+
+    @app.post("/edits")
+    async def propose(body: EditRequest):
+        if not body.editor.current_file:
+            return _error(400, "BadRequest", "editor.current_file: an edit needs the file to change")
+        outcome = await run(assistant.propose_edit, body.instruction, body.editor.state(root), body.session_id,
+                            body.format)
+        return outcome.to_json()
+
+    @app.get("/edits/{edit_id}")
+    async def get_edit(edit_id: str):
+        return _edit_json(await run(assistant.store.get_edit, edit_id))
+
+    @app.post("/edits/{edit_id}/accept")
+    async def accept(edit_id: str):
+        proposal = await run(assistant.accept, edit_id)
+        return {"edit_id": edit_id, "status": "accepted", "files": [c.path for c in proposal.changes]}
+
+    @app.post("/edits/{edit_id}/reject")
+    async def reject(edit_id: str):
+        await run(assistant.reject, edit_id)
+        return {"edit_id": edit_id, "status": "rejected"}
+
+    @app.post("/undo")
+    async def undo(body: UndoRequest):
+        edit_id, proposal = await run(assistant.undo, body.session_id)
+        return {"edit_id": edit_id, "status": "undone", "files": [c.path for c in proposal.changes]}
+
+    return app
+
+
+def _edit_json(record) -> dict:
+    proposal = record.proposal.get("proposal", {})
+    return {"edit_id": record.id, "session_id": record.session_id, "status": record.status,
+            "command": record.proposal.get("command"), "diff": proposal.get("diff", ""),
+            "files": [c["path"] for c in proposal.get("changes", [])], "created": record.created,
+            "updated": record.updated}
+
+
+def _first_event(events):
+    return next(events)
+
+
+def _sse(first: dict, events) -> SSEResponse:
+    """The rest of ``events`` (a blocking iterator) pumped by a worker thread; closing the response
+    (done, or the editor pressed Stop and hung up) closes the iterator, which stops the generation."""
+    out: queue.Queue = queue.Queue(maxsize=256)
+    stop = threading.Event()
+
+    def pump():
+        try:
+            for event in events:
+                out.put(event)
+                if stop.is_set():
+                    break
+        except errors.AssistantError as e:
+            out.put({"type": "error", "error": {"type": e.code, "message": str(e)}})
+        except Exception as e:  # noqa: BLE001 - reported to the editor, logged by the thread
+            out.put({"type": "error", "error": {"type": type(e).__name__, "message": str(e)}})
+            raise
+        finally:
+            events.close()
+            out.put(None)
+
+    worker = threading.Thread(target=pump, name="assistant-sse", daemon=True)
+    worker.start()
+
+    async def stream():
+        while True:
+            event = await anyio.to_thread.run_sync(out.get)
+            if event is None:
+                return
+            yield f"data: {json.dumps(event)}\n\n"
+
+    return SSEResponse(stream(), on_close=stop.set).prepend(f"data: {json.dumps(first)}\n\n")

@@ -1,0 +1,296 @@
+"""The coding assistant in the terminal: ``corolla ask | explain | edit | fix | doc | tests | harden |
+review | commit-msg | sessions``, ``corolla chat`` without a model, and ``corolla assistant serve``.
+
+Every command talks to a model through an OpenAI-compatible endpoint (default: the local swarm's API
+that ``make run`` serves) and keeps its conversation in ``.corolla/`` of the workspace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+from corolla.assistant.errors import AssistantError, EditError
+
+FILE_SPEC = re.compile(r"^(?P<path>.+?)(?::(?P<a>\d+)(?:[-:](?P<b>\d+))?)?$")
+
+
+def add_endpoint(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("assistant")
+    g.add_argument("--endpoint", default=None,
+                   help="OpenAI-compatible endpoint (default $COROLLA_ENDPOINT or http://127.0.0.1:8000/v1, "
+                        "the local swarm's API that `make run` serves)")
+    g.add_argument("--model", default=None, help="model name at the endpoint (default: its first model)")
+    g.add_argument("--api-key", default=None, help="key for the endpoint (default $COROLLA_API_KEY)")
+    g.add_argument("--workspace", default=None,
+                   help="the project's root (default: the git work tree around the current folder, else it)")
+    g.add_argument("--context-tokens", type=int, default=2000, help="token budget of the gathered context")
+    g.add_argument("--max-tokens", type=int, default=1024, help="longest reply, in tokens")
+    g.add_argument("--session", default=None, help="continue this session (see `corolla sessions list`)")
+
+
+def add_edit_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", default=None, choices=["whole", "search_replace"],
+                   help="how the model writes edits (default: the format that scored best, see README)")
+    p.add_argument("--yes", "-y", action="store_true", help="apply the proposed edit without asking")
+
+
+def register(sub) -> None:
+    a = sub.add_parser("ask", help="ask the coding assistant a question about the workspace")
+    a.add_argument("question")
+    a.add_argument("--file", default=None, help="the file the question is about (FILE or FILE:A-B)")
+    a.add_argument("--lines", default=None, help="lines A:B of --file")
+    add_endpoint(a)
+    a.set_defaults(func=run_ask)
+
+    e = sub.add_parser("explain", help="explain a file or lines of it (FILE[:A-B])")
+    e.add_argument("file", help="FILE or FILE:A-B")
+    e.add_argument("question", nargs="?", default="", help="what to focus on")
+    add_endpoint(e)
+    e.set_defaults(func=run_command, command="explain")
+
+    ed = sub.add_parser("edit", help="change a file (FILE[:A-B]) as asked; shows the diff and asks before applying")
+    ed.add_argument("file", help="FILE or FILE:A-B")
+    ed.add_argument("-m", "--message", required=True, help="what to change")
+    add_edit_flags(ed)
+    add_endpoint(ed)
+    ed.set_defaults(func=run_edit)
+
+    for name, text in (("fix", "fix a bug in FILE[:A-B], given the error (--error)"),
+                       ("doc", "add docstrings and comments to FILE[:A-B]"),
+                       ("tests", "write tests for FILE[:A-B] in the project's test framework"),
+                       ("harden", "add error handling to FILE[:A-B] in the project's style")):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("file", help="FILE or FILE:A-B")
+        c.add_argument("request", nargs="?", default="", help="anything to add to the request")
+        if name == "fix":
+            c.add_argument("--error", action="append", default=[], help="the error or diagnostic text (repeatable)")
+        add_edit_flags(c)
+        add_endpoint(c)
+        c.set_defaults(func=run_command, command=name)
+
+    r = sub.add_parser("review", help="review staged, unstaged or branch changes")
+    r.add_argument("scope", nargs="?", default="auto", choices=["auto", "staged", "unstaged", "all", "branch"],
+                   help="what to review (default: staged if anything is staged, else unstaged)")
+    r.add_argument("--base", default=None, help="base branch for `review branch` (default main/master)")
+    add_endpoint(r)
+    r.set_defaults(func=run_command, command="review", file=None)
+
+    cm = sub.add_parser("commit-msg", help="write a commit message for the staged changes (printed alone)")
+    add_endpoint(cm)
+    cm.set_defaults(func=run_command, command="commit", file=None)
+
+    s = sub.add_parser("sessions", help="list, show or delete the assistant's sessions")
+    s.add_argument("action", nargs="?", default="list", choices=["list", "show", "delete"])
+    s.add_argument("id", nargs="?", default=None)
+    add_endpoint(s)
+    s.set_defaults(func=run_sessions)
+
+    srv = sub.add_parser("assistant", help="the assistant's service for editors")
+    ssub = srv.add_subparsers(dest="assistant_command", metavar="ACTION", required=True)
+    serve = ssub.add_parser("serve", help="serve the assistant over HTTP for editors (JSON + SSE)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    serve.add_argument("--token", default=os.environ.get("COROLLA_ASSISTANT_TOKEN"),
+                       help="require `Authorization: Bearer TOKEN` (default $COROLLA_ASSISTANT_TOKEN)")
+    serve.add_argument("--allow-origin", action="append", default=[], help="a browser origin allowed to call it")
+    add_endpoint(serve)
+    add_edit_flags(serve)
+    serve.set_defaults(func=run_serve)
+
+
+# --- building the assistant from flags ------------------------------------------------------------
+def workspace_of(args) -> Path:
+    if args.workspace:
+        return Path(args.workspace).expanduser().resolve()
+    from corolla.assistant import git
+
+    cwd = Path.cwd()
+    try:
+        return Path(git.git(cwd, "rev-parse", "--show-toplevel").strip()).resolve()
+    except AssistantError:
+        return cwd.resolve()
+
+
+def make_assistant(args):
+    from corolla.assistant.core import Assistant, AssistantConfig
+    from corolla.assistant.llm import LLM, LLMConfig
+
+    config = LLMConfig(max_tokens=args.max_tokens)
+    for name in ("endpoint", "model", "api_key"):
+        if getattr(args, name, None):
+            setattr(config, name, getattr(args, name))
+    assistant_config = AssistantConfig(context_tokens=args.context_tokens)
+    if getattr(args, "format", None):
+        assistant_config.edit_format = args.format
+    return Assistant(LLM(config), workspace_of(args), config=assistant_config)
+
+
+def parse_file(spec: str, root: Path, lines: str | None = None) -> tuple[str, tuple[int, int] | None]:
+    """``FILE``, ``FILE:A-B`` or ``FILE:A`` -> (workspace-relative path, line range)."""
+    match = FILE_SPEC.match(spec)
+    path, a, b = match["path"], match["a"], match["b"]
+    if not Path(path).exists() and Path(spec).exists():  # a file whose name has a colon
+        path, a, b = spec, None, None
+    if lines:
+        a, _, b = lines.replace("-", ":").partition(":")
+    file = Path(path).expanduser()
+    file = (file if file.is_absolute() else Path.cwd() / file).resolve()
+    if not file.is_relative_to(root):
+        raise AssistantError(f"{path} is not inside the workspace {root} (pass --workspace)")
+    if not file.is_file():
+        raise AssistantError(f"no file {path}")
+    selection = None
+    if a:
+        first, last = int(a), int(b or a)
+        if first < 1 or last < first:
+            raise AssistantError(f"bad line range {first}-{last}: lines count from 1 and A <= B")
+        selection = (first, last)
+    return file.relative_to(root).as_posix(), selection
+
+
+def editor_state(assistant, args, spec: str | None, lines: str | None = None, diagnostics=()):
+    if not spec:
+        return assistant.state(diagnostics=tuple(diagnostics))
+    path, selection = parse_file(spec, assistant.root, lines)
+    return assistant.state(current_file=path, selection=selection, open_files=(path,), diagnostics=tuple(diagnostics))
+
+
+# --- running commands -----------------------------------------------------------------------------
+def stream_turn(assistant, text: str, state, session_id: str | None, out=None) -> dict:
+    """Print a turn's reply as it streams; returns the last edit / commit / error events seen."""
+    out = out or sys.stdout
+    seen: dict = {}
+    for event in assistant.respond(text, state, session_id):
+        kind = event["type"]
+        if kind == "delta":
+            out.write(event["text"])
+            out.flush()
+        elif kind == "context" and event["parts"]:
+            labels = ", ".join(p["label"] for p in event["parts"])
+            print(f"[context: {labels}; {event['used_tokens']}/{event['budget_tokens']} tokens]", file=sys.stderr)
+        elif kind in ("edit", "edit_error", "commit_message", "done", "session"):
+            seen[kind] = event
+    out.write("\n")
+    return seen
+
+
+def run_ask(args) -> int:
+    assistant = make_assistant(args)
+    state = editor_state(assistant, args, args.file, args.lines)
+    seen = stream_turn(assistant, args.question, state, args.session)
+    print(f"[session {seen['done']['session_id']}]", file=sys.stderr)
+    return 0
+
+
+def run_command(args) -> int:
+    assistant = make_assistant(args)
+    state = editor_state(assistant, args, args.file, None, getattr(args, "error", ()))
+    text = f"/{args.command} " + (getattr(args, "request", "") or getattr(args, "question", "") or "")
+    if args.command == "review":
+        text = f"/review {args.scope}" + (f" {args.base}" if args.base else "")
+    if args.command == "commit":
+        seen = stream_turn(assistant, text, state, args.session, out=sys.stderr)
+        print(seen["commit_message"]["text"])
+        return 0
+    edits = args.command in ("fix", "doc", "tests", "harden")
+    seen = stream_turn(assistant, text, state, args.session, out=sys.stderr if edits else sys.stdout)
+    if not edits:
+        return 0
+    if "edit_error" in seen:
+        print(f"refused: {seen['edit_error']['error']['message']}", file=sys.stderr)
+        return 2
+    return review_edit(assistant, seen["edit"], args.yes)
+
+
+def run_edit(args) -> int:
+    assistant = make_assistant(args)
+    state = editor_state(assistant, args, args.file)
+    try:
+        outcome = assistant.propose_edit(args.message, state, args.session, args.format)
+    except EditError as e:  # the model's reply could not be applied: nothing was changed
+        print(f"refused: {e}", file=sys.stderr)
+        return 2
+    return review_edit(assistant, outcome.to_json(), args.yes)
+
+
+def review_edit(assistant, edit: dict, yes: bool) -> int:
+    """Show the diff, ask (unless --yes), apply atomically or reject."""
+    print_diff(edit["diff"])
+    for note in edit.get("notes", []):
+        print(f"note: {note}", file=sys.stderr)
+    if not yes:
+        if not sys.stdin.isatty():
+            assistant.reject(edit["edit_id"])
+            print("not applied: pass --yes to apply without asking", file=sys.stderr)
+            return 1
+        answer = input("apply this edit? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            assistant.reject(edit["edit_id"])
+            print("rejected: nothing changed", file=sys.stderr)
+            return 1
+    assistant.accept(edit["edit_id"])
+    print(f"applied to {', '.join(edit['files'])} (undo: corolla chat, then /undo)", file=sys.stderr)
+    return 0
+
+
+def print_diff(diff: str) -> None:
+    from rich.console import Console
+    from rich.syntax import Syntax
+
+    console = Console(file=sys.stdout, highlight=False, soft_wrap=True)
+    if console.is_terminal:
+        console.print(Syntax(diff, "diff", theme="ansi_dark", background_color="default"))
+    else:
+        sys.stdout.write(diff if diff.endswith("\n") else diff + "\n")
+
+
+def run_sessions(args) -> int:
+    from corolla.assistant.sessions import SessionStore
+
+    store = SessionStore(workspace_of(args))
+    if args.action == "list":
+        for s in store.list():
+            print(f"{s.id}  {s.kind:<6} {len(store.messages(s.id)):>3} messages  {s.title}")
+        return 0
+    if not args.id:
+        raise AssistantError(f"`corolla sessions {args.action}` needs a session id")
+    if args.action == "delete":
+        store.get(args.id)
+        store.delete(args.id)
+        print(f"deleted {args.id}")
+        return 0
+    session = store.get(args.id)
+    print(f"# {session.title or session.id} ({session.kind})")
+    for m in store.messages(args.id):
+        print(f"\n[{m.role}]\n{m.content}")
+    for e in store.edits(args.id):
+        print(f"\n[edit {e.id}: {e.status}]\n{e.proposal.get('proposal', {}).get('diff', '')}")
+    return 0
+
+
+def run_serve(args) -> int:
+    import uvicorn
+
+    from corolla.assistant.service import create_service
+
+    assistant = make_assistant(args)
+    app = create_service(assistant, token=args.token, allow_origins=tuple(args.allow_origin))
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    import threading
+
+    def announce():
+        import time
+
+        while not server.started:
+            time.sleep(0.05)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        print(f"assistant service for {assistant.root}: http://{args.host}:{port}", flush=True)
+
+    threading.Thread(target=announce, daemon=True).start()
+    server.run()
+    return 0

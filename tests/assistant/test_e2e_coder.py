@@ -1,0 +1,65 @@
+"""End to end with the real packaged coder model (Qwen2.5-Coder-0.5B) through a real swarm and its API.
+
+What a small model writes is not scripted here, so the assertions are about the contract: an
+explanation comes back, and an edit leaves a file that still parses, or is refused with the file
+untouched — never a corrupted file.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+
+import pytest
+
+from corolla.assistant.core import Assistant
+from corolla.assistant.llm import LLM, LLMConfig
+
+pytestmark = pytest.mark.slow
+
+SAMPLE = '''\
+def word_counts(text):
+    counts = {}
+    for word in text.split():
+        counts[word] = counts.get(word, 0) + 1
+    return counts
+
+
+def top_word(text):
+    counts = word_counts(text)
+    return max(counts, key=counts.get)
+'''
+
+
+@pytest.fixture()
+def project(tmp_path):
+    (tmp_path / "words.py").write_text(SAMPLE)
+    return tmp_path
+
+
+def test_explain_returns_an_explanation(coder_api, project):
+    llm = LLM(LLMConfig(endpoint=f"{coder_api.base}/v1", max_tokens=120))
+    assistant = Assistant(llm, project)
+    assert assistant.count_tokens.exact  # the model's own tokenizer counts the context
+    events = list(assistant.respond("/explain", assistant.state(current_file="words.py", selection=(1, 5))))
+    text = "".join(e["text"] for e in events if e["type"] == "delta")
+    assert len(text.split()) >= 10, text
+    assert any(w in text.lower() for w in ("count", "word", "dictionary", "dict")), text
+    assert events[-1]["type"] == "done"
+
+
+def test_edit_leaves_a_parsing_file_or_refuses(coder_api, project):
+    env = {**os.environ, "COROLLA_ENDPOINT": f"{coder_api.base}/v1"}
+    done = subprocess.run([sys.executable, "-m", "corolla", "edit", "words.py:8-10", "-m",
+                           "Return None when the text has no words.", "--yes", "--max-tokens", "200"],
+                          cwd=project, env=env, capture_output=True, text=True, timeout=900)
+    text = (project / "words.py").read_text()
+    assert done.returncode in (0, 2), done.stderr
+    if done.returncode == 0:
+        ast.parse(text)  # the applied edit left valid Python
+        assert text != SAMPLE and "def top_word" in text and "def word_counts" in text
+    else:
+        assert done.stderr.startswith("refused:") and text == SAMPLE
+    print(f"exit {done.returncode}\n{done.stdout}\n{done.stderr}")
