@@ -75,3 +75,24 @@ def test_interactive_chat_with_commands_accept_and_undo(scripted, llm_model, wor
 def test_endpoint_down_is_a_clear_error(workspace):
     done = corolla(workspace, "http://127.0.0.1:9/v1", "ask", "hi", "--model", "m")
     assert done.returncode == 1 and "cannot reach the model endpoint" in done.stderr
+
+
+def test_assistant_serve_prints_its_url_and_serves(scripted, workspace):
+    import json
+    import signal
+    import urllib.request
+
+    _, base = scripted
+    proc = subprocess.Popen([sys.executable, "-m", "corolla", "assistant", "serve", "--port", "0", "--workspace",
+                             str(workspace), "--endpoint", base], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith(f"assistant service for {workspace}: http://127.0.0.1:"), line
+        url = line.rsplit(" ", 1)[1].strip()
+        with urllib.request.urlopen(f"{url}/health", timeout=30) as response:
+            health = json.load(response)
+        assert health["model"] == "scripted" and health["workspace"] == str(workspace)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)

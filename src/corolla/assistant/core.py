@@ -228,8 +228,11 @@ class Assistant:
         self.store.add_message(session_id, "user", instruction, context=context.to_json(),
                                meta={"file": target.path, "lines": [target.start_line, target.end_line], "format": fmt})
         messages = [_system(system), _user(user)]
+        # a reply is about as long as the code it rewrites: a model that starts repeating itself is cut
+        # off after twice that instead of running to the endpoint's limit (minutes on a CPU swarm)
+        limit = min(self.llm.config.max_tokens, 2 * self.count_tokens(code) + 256)
         for attempt in range(self.config.edit_retries + 1):
-            reply = self.llm.complete(messages).content
+            reply = self.llm.complete(messages, max_tokens=limit).content
             self.store.add_message(session_id, "assistant", reply)
             try:
                 edits = parse_reply(fmt, reply, target=target, default_path=target.path,
