@@ -31,6 +31,11 @@ file and that the solution changes nothing outside those lines. Exit status 1 if
     .venv/bin/python benchmarks/edits.py --verify
     .venv/bin/python benchmarks/edits.py [--formats whole search_replace] [--tasks 02 sum] [--servers 1]
     .venv/bin/python benchmarks/edits.py --endpoint http://127.0.0.1:8000/v1 --model qwen2.5-coder-0.5b
+    .venv/bin/python benchmarks/edits.py --formats whole agent    # agent mode against a single edit
+
+``agent`` runs the assistant's agent (tool loop) on each task instead of one edit: it sees the check
+and may run it (``run_tests``); after each of up to 3 rounds the pristine check is run and a failure
+is fed into the next round.
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ HERE = Path(__file__).resolve().parent
 TASKS_DIR = HERE / "edit_tasks"
 OUT_DIR = HERE / "out"
 FORMATS = ("whole", "search_replace")
+AGENT = "agent"  # agent mode: the tool loop with the check visible, up to AGENT_ROUNDS rounds
+AGENT_ROUNDS = 3
 OUTCOMES = ("solved", "unsolved", "broken", "refused", "error")
 CHECK_TIMEOUT_S = 60.0
 TAIL = 2000  # characters of a log or diff kept in the JSON
@@ -175,6 +182,62 @@ def verify(tasks: list[Task], jobs: int = 2) -> dict[str, list[str]]:
         return dict(zip((t.name for t in tasks), pool.map(verify_task, tasks)))
 
 
+# ---- agent mode: the tool loop, the check visible, up to 3 rounds ----------------------------------
+def run_agent(task: Task, *, endpoint: str, model: str, rounds: int = AGENT_ROUNDS, max_steps: int = 8) -> dict:
+    """The agent (``corolla.assistant.agent.Agent``) on a fresh copy of ``task``: it sees the check
+    (``test_check.py``) and may run it; after each round the pristine check is run, and a failure is
+    fed to the next round. Graded like an edit; a check the agent changed is put back before grading."""
+    from corolla.assistant.agent.loop import Agent, AgentConfig
+    from corolla.assistant.agent.policy import CommandPolicy
+    from corolla.assistant.llm import LLM, LLMConfig
+
+    with tempfile.TemporaryDirectory(prefix=f"corolla-agent-{task.name}-") as tmp:
+        work = stage(task, Path(tmp))
+        path, check = work / task.file, work / task.check
+        original, check_text = path.read_text(), check.read_text()
+        where = f"{task.file} lines {task.lines[0]}-{task.lines[1]}" if task.lines else task.file
+        prompt = (f"In {where}: {task.instruction}\nThe tests in {task.check} check the result; run them with "
+                  f"run_tests and fix {task.file} until they pass. Do not change {task.check}.")
+        llm = LLM(LLMConfig(endpoint=endpoint, model=model, max_tokens=768))
+        result = {"task": task.name, "format": AGENT, "exit": None, "changed": False, "check_exit": None,
+                  "detail": "", "rounds": 0, "steps": 0, "stderr": "", "stdout": "", "diff": ""}
+        t0 = time.perf_counter()
+        try:
+            for round_ in range(1, rounds + 1):
+                agent = Agent(llm, work, policy=CommandPolicy(timeout_s=CHECK_TIMEOUT_S),
+                              config=AgentConfig(max_steps=max_steps))
+                report = agent.run(prompt)
+                result["rounds"], result["steps"] = round_, result["steps"] + report.steps
+                result["stdout"] = report.to_text()[-TAIL:]
+                if check.read_text() != check_text:
+                    check.write_text(check_text)
+                    result["detail"] = "the agent changed the check (put back before grading)"
+                check_rc, log = run_check(task, work)
+                result["check_exit"], result["check_log"] = check_rc, log
+                if check_rc == 0:
+                    break
+                prompt = (f"In {where}: {task.instruction}\nThe tests in {task.check} still fail:\n{log[-1200:]}\n"
+                          f"Fix {task.file} so that they pass. Do not change {task.check}.")
+        except Exception as e:  # noqa: BLE001 - a benchmark row, not a crash
+            result["outcome"], result["detail"] = "error", f"{type(e).__name__}: {e}"
+            result["wall_s"] = time.perf_counter() - t0
+            return result
+        result["wall_s"] = time.perf_counter() - t0
+        edited = path.read_text() if path.is_file() else ""
+        result["changed"] = edited != original
+        result["diff"] = "".join(difflib.unified_diff(original.splitlines(True), edited.splitlines(True),
+                                                      task.file, task.file))[-TAIL:]
+        if err := (syntax_error(path) if path.is_file() else "the file is gone"):
+            result["outcome"], result["detail"] = "broken", err
+        elif result["check_exit"] == 0:
+            result["outcome"] = "solved"
+        elif result["check_exit"] in (2, 3, 4, 5):
+            result["outcome"], result["detail"] = "broken", f"check not collected (pytest exit {result['check_exit']})"
+        else:
+            result["outcome"] = "unsolved"
+        return result
+
+
 # ---- one edit through the CLI --------------------------------------------------------------------
 def run_edit(task: Task, fmt: str, *, endpoint: str, model: str, corolla: str, timeout_s: float) -> dict:
     """``corolla edit`` on a fresh copy of ``task`` with format ``fmt``, then its check."""
@@ -280,7 +343,8 @@ def main(argv=None) -> int:
                    help="packaged model for the own swarm, or the model name at --endpoint "
                         "(default qwen2.5-coder-0.5b)")
     p.add_argument("--servers", type=int, default=1, help="servers of the own swarm (default 1: all blocks on one)")
-    p.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS, help="edit formats (default both)")
+    p.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS + (AGENT,),
+                   help="edit formats (default both); `agent` adds agent mode (the check visible, up to 3 rounds)")
     p.add_argument("--tasks", nargs="+", default=None, help="only the tasks whose folder name contains one of these")
     p.add_argument("--timeout-s", type=float, default=600.0, help="limit of one `corolla edit` run (default 600)")
     p.add_argument("--corolla", default=str(Path(sys.executable).parent / "corolla"),
@@ -329,8 +393,11 @@ def main(argv=None) -> int:
             for task in tasks:
                 for fmt in args.formats:
                     status.update(f"{task.name} ({fmt}), {len(results) + 1} of {len(tasks) * len(args.formats)}")
-                    r = run_edit(task, fmt, endpoint=endpoint, model=model_id, corolla=args.corolla,
-                                 timeout_s=args.timeout_s)
+                    if fmt == AGENT:
+                        r = run_agent(task, endpoint=endpoint, model=model_id)
+                    else:
+                        r = run_edit(task, fmt, endpoint=endpoint, model=model_id, corolla=args.corolla,
+                                     timeout_s=args.timeout_s)
                     results.append(r)
                     console.print(f"{task.name:28} {fmt:15} {r['outcome']:9} {r['wall_s']:6.1f} s {' '.join(r['detail'].split())[:80]}",
                                   highlight=False, markup=False)
@@ -354,8 +421,10 @@ def main(argv=None) -> int:
         console.print(f"{fmt}: {s['solved']}/{s['tasks']} ({100 * s['share_solved']:.0f}%) solved, "
                       f"{s['unsolved']} unsolved, {s['refused']} refused, {s['broken']} broken, {s['error']} errors; "
                       f"median {s['median_wall_s']:.1f} s per edit", highlight=False)
-    best = best_format(summary)
-    console.print(f"best format on this run: {best}", highlight=False)
+    edit_formats = {f: v for f, v in summary.items() if f in FORMATS}
+    best = best_format(edit_formats) if edit_formats else None
+    if best:
+        console.print(f"best edit format on this run: {best}", highlight=False)
 
     out = Path(args.json) if args.json else OUT_DIR / "edits.json"
     out.parent.mkdir(parents=True, exist_ok=True)

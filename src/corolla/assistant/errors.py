@@ -70,3 +70,20 @@ class UnsafePathError(EditError):
 
 class NoChangeError(EditError):
     """The model's reply, applied, would change nothing."""
+
+
+# --- background agents (corolla.assistant.agent.background) -----------------------------------
+class AgentError(AssistantError):
+    """A background agent cannot do what was asked."""
+
+
+class AgentNotFoundError(AgentError, SessionNotFoundError):
+    """No agent with this id in the workspace (an id of a chat session, or a deleted one)."""
+
+
+class AgentStateError(AgentError):
+    """The agent is not in a state that allows this (apply while it runs, stop after it finished, ...)."""
+
+
+class ApplyConflictError(AgentError):
+    """The agent's diff does not apply to the user's working tree; the tree was left untouched."""

@@ -8,6 +8,7 @@ that ``make run`` serves) and keeps its conversation in ``.corolla/`` of the wor
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -36,6 +37,26 @@ def add_edit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default=None, choices=["whole", "search_replace"],
                    help="how the model writes edits (default: the format that scored best, see README)")
     p.add_argument("--yes", "-y", action="store_true", help="apply the proposed edit without asking")
+
+
+def add_policy_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("commands the agent may run")
+    g.add_argument("--auto-approve", action="append", default=[], metavar="PREFIX",
+                   help="run commands starting with PREFIX without asking (repeatable); other commands outside "
+                        "the allow-list are asked for in a terminal and refused otherwise")
+    g.add_argument("--max-steps", type=int, default=20, help="most model replies per agent run (default 20)")
+    g.add_argument("--command-timeout", type=float, default=120.0, help="seconds a command may run (default 120)")
+
+
+def command_policy(args):
+    """The command policy from flags: ask a person when there is a terminal, refuse otherwise."""
+    from corolla.assistant.agent.policy import CommandPolicy
+
+    def ask(command: str) -> bool:
+        return input(f"run `{command}`? [y/N] ").strip().lower() in ("y", "yes")
+
+    return CommandPolicy(auto_approve=tuple(args.auto_approve), approve=ask if sys.stdin.isatty() else None,
+                         timeout_s=args.command_timeout)
 
 
 def register(sub) -> None:
@@ -68,9 +89,23 @@ def register(sub) -> None:
         c.add_argument("request", nargs="?", default="", help="anything to add to the request")
         if name == "fix":
             c.add_argument("--error", action="append", default=[], help="the error or diagnostic text (repeatable)")
+        if name == "tests":
+            c.add_argument("--until-green", action="store_true",
+                           help="run the tests, feed failures back and fix tests or code until they pass")
+            c.add_argument("--rounds", type=int, default=3, help="rounds for --until-green (default 3)")
+            add_policy_flags(c)
         add_edit_flags(c)
         add_endpoint(c)
         c.set_defaults(func=run_command, command=name)
+
+    rf = sub.add_parser("refactor", help="refactor as asked, with the project's tests run before and after",
+                        description="Runs the tests, lets the agent make the change, runs the tests again; if they "
+                                    "were green and turned red it tries to fix them, otherwise reverts every change.")
+    rf.add_argument("request", help="what to change")
+    rf.add_argument("--fix-rounds", type=int, default=1, help="attempts to fix tests it broke (default 1)")
+    add_policy_flags(rf)
+    add_endpoint(rf)
+    rf.set_defaults(func=run_refactor)
 
     r = sub.add_parser("review", help="review staged, unstaged or branch changes")
     r.add_argument("scope", nargs="?", default="auto", choices=["auto", "staged", "unstaged", "all", "branch"],
@@ -187,6 +222,8 @@ def run_ask(args) -> int:
 
 
 def run_command(args) -> int:
+    if getattr(args, "until_green", False):
+        return run_until_green(args)
     assistant = make_assistant(args)
     state = editor_state(assistant, args, args.file, None, getattr(args, "error", ()))
     text = f"/{args.command} " + (getattr(args, "request", "") or getattr(args, "question", "") or "")
@@ -204,6 +241,41 @@ def run_command(args) -> int:
         print(f"refused: {seen['edit_error']['error']['message']}", file=sys.stderr)
         return 2
     return review_edit(assistant, seen["edit"], args.yes)
+
+
+def run_until_green(args) -> int:
+    from corolla.assistant.agent.loop import AgentConfig
+    from corolla.assistant.agent.workflows import tests_until_green
+
+    assistant = make_assistant(args)
+    path, _ = parse_file(args.file, assistant.root)
+    report = tests_until_green(assistant.llm, assistant.root, path, rounds=args.rounds, policy=command_policy(args),
+                               store=assistant.store, config=AgentConfig(max_steps=args.max_steps),
+                               on_event=print_step)
+    print(report.to_text())
+    return 0 if report.status == "green" else 1
+
+
+def run_refactor(args) -> int:
+    from corolla.assistant.agent.loop import AgentConfig
+    from corolla.assistant.agent.workflows import refactor
+
+    assistant = make_assistant(args)
+    report = refactor(assistant.llm, assistant.root, args.request, policy=command_policy(args), store=assistant.store,
+                      config=AgentConfig(max_steps=args.max_steps), fix_rounds=args.fix_rounds, on_event=print_step)
+    print(report.to_text())
+    return 0 if report.status in ("green", "untested") else 1
+
+
+def print_step(event_type: str, data) -> None:
+    """One line on stderr per agent step, so a person sees what it is doing."""
+    if event_type == "tool_call":
+        print(f"→ {data.get('name')} {json.dumps(data.get('arguments'))[:160]}", file=sys.stderr)
+    elif event_type == "tool_result":
+        first = (str(data.get("output") or "").splitlines() or [""])[0]
+        print(f"  {'ok' if data.get('ok') else 'failed'}: {first[:160]}", file=sys.stderr)
+    elif event_type in ("tests", "reverted", "refused"):
+        print(f"[{event_type}] {json.dumps(data)[:200]}", file=sys.stderr)
 
 
 def run_edit(args) -> int:

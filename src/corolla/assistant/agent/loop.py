@@ -1,0 +1,353 @@
+"""The agent's tool loop: ask the model, run the tools it calls, send the results back, until it
+answers without a call (done) or a bound is reached.
+
+Bounds, so a confused small model cannot run forever: ``max_steps`` model replies, ``max_wall_s``
+seconds on the injected clock, a stop event (set by ``corolla agent stop``), and at most
+``malformed_retries`` unreadable tool calls in a row (each is sent back with the reason).
+
+Tool calling is native when the endpoint offers it (``tools=[...]`` in the request; corolla's API
+does, with Qwen's template); if the endpoint refuses tools, or ``native_tools`` is False, the tools
+are described in the system prompt and the calls parsed from the text (:mod:`.toolcalls`).
+
+Every step is an event of the session (``task``, ``assistant``, ``tool_call``, ``tool_result``,
+``edit``, ``malformed``, ``report``), so ``corolla agent logs`` can follow a run from another
+process and a run survives a restart as a readable record. The result is an :class:`AgentReport`
+saying what changed, what ran, whether the tests pass and what is left.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from corolla.assistant.agent import prompts
+from corolla.assistant.agent.policy import CommandPolicy
+from corolla.assistant.agent.toolcalls import parse_arguments, parse_text_calls
+from corolla.assistant.agent.tools import ToolContext, ToolResult, openai_tools, run_tool
+from corolla.assistant.context import find_instructions, list_files
+from corolla.assistant.edits import FileChange, read_text, unified_diff
+from corolla.assistant.errors import AssistantError, EndpointError
+from corolla.assistant.llm import LLM
+from corolla.assistant.sessions import SessionStore, title_from
+
+logger = logging.getLogger(__name__)
+
+STATUSES = ("done", "step_cap", "time_cap", "stopped", "error")
+_CUT_NOTE = "\n[... older output cut to save room; call the tool again if you need it]"
+
+
+@dataclasses.dataclass
+class AgentConfig:
+    max_steps: int = 20  # model replies
+    max_wall_s: float = 900.0
+    malformed_retries: int = 2  # an unreadable tool call is sent back with the reason at most this often in a row
+    native_tools: bool | None = None  # None: try native tool calling; fall back to the prompt format
+    tools: tuple[str, ...] = ("read_file", "list_dir", "search", "edit", "write_file", "run_command", "run_tests")
+    history_chars: int = 24000  # older tool results are cut when the conversation grows past this
+
+
+@dataclasses.dataclass
+class AgentReport:
+    status: str  # one of STATUSES
+    summary: str  # the model's final answer
+    changed_files: list[str]
+    commands: list[dict]  # {"command", "exit_code", "timed_out", "duration_s", ...} in the order they ran
+    steps: int
+    tests: dict | None  # the last run_tests: {"command", "exit_code", "passed", "stale"}
+    diff: str = ""  # the net change of the run
+    error: str = ""  # why the run ended early (status "error", caps)
+    session_id: str | None = None
+
+    def diffstat(self) -> list[tuple[str, int, int]]:
+        """(path, lines added, lines removed) per changed file, from :attr:`diff`."""
+        return diffstat(self.diff)
+
+    def left(self) -> list[str]:
+        """What is left to do or check, in words."""
+        out = []
+        if self.status == "step_cap":
+            out.append(f"the step cap was reached after {self.steps} model replies: the task may be unfinished")
+        elif self.status == "time_cap":
+            out.append("the time cap was reached: the task may be unfinished")
+        elif self.status == "stopped":
+            out.append("the run was stopped on request: the task may be unfinished")
+        elif self.status == "error":
+            out.append(f"the run ended with an error: {self.error}")
+        if self.tests is None:
+            if self.changed_files:
+                out.append("the tests were not run after the changes")
+        elif not self.tests.get("passed"):
+            out.append(f"the tests fail (`{self.tests.get('command')}` exited {self.tests.get('exit_code')})")
+        elif self.tests.get("stale"):
+            out.append("files changed after the last test run: run the tests again")
+        refused = [c["command"] for c in self.commands if c.get("refused")]
+        if refused:
+            out.append("refused commands (run them yourself if they are needed): " + ", ".join(refused))
+        return out
+
+    def to_text(self) -> str:
+        lines = [f"Agent {self.status} after {self.steps} step{'s' if self.steps != 1 else ''}."]
+        if self.summary.strip():
+            lines += ["", self.summary.strip()]
+        stat = self.diffstat()
+        lines.append("")
+        if stat:
+            width = max(len(p) for p, _, _ in stat)
+            lines.append(f"Changed {len(stat)} file{'s' if len(stat) != 1 else ''}:")
+            lines += [f"  {p.ljust(width)} | +{a} -{r}" for p, a, r in stat]
+        else:
+            lines.append("Changed no files.")
+        if self.commands:
+            lines.append("Ran:")
+            for c in self.commands:
+                how = ("refused" if c.get("refused") else "timed out" if c.get("timed_out")
+                       else f"exit {c.get('exit_code')}")
+                lines.append(f"  {c.get('command')}  -> {how}")
+        if self.tests is not None:
+            verdict = "pass" if self.tests.get("passed") else "FAIL"
+            lines.append(f"Tests: {verdict} (`{self.tests.get('command')}`, exit {self.tests.get('exit_code')})")
+        else:
+            lines.append("Tests: not run")
+        left = self.left()
+        lines.append("Left: " + ("nothing" if not left else ""))
+        lines += [f"  - {item}" for item in left]
+        return "\n".join(lines).rstrip() + "\n"
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class Agent:
+    """One coding agent over a workspace; :meth:`run` may be called several times (the tool
+    context, with its applied edits and commands, is kept across runs: workflows revert it)."""
+
+    def __init__(self, llm: LLM, root: Path, *, policy: CommandPolicy, store: SessionStore | None = None,
+                 session_id: str | None = None, config: AgentConfig | None = None,
+                 stop: threading.Event | None = None, clock: Callable[[], float] = time.monotonic,
+                 ctx: ToolContext | None = None, on_event: Callable[[str, Any], None] | None = None):
+        self.llm = llm
+        self.root = Path(root).resolve()
+        self.policy = policy
+        self.store = store
+        self.session_id = session_id
+        self.config = config or AgentConfig()
+        self.stop = stop or threading.Event()
+        self.clock = clock
+        self.ctx = ctx or ToolContext(root=self.root, policy=policy)
+        self.on_event = on_event
+        self._native: bool | None = self.config.native_tools
+        self._commands: list[dict] = []
+
+    # --- events --------------------------------------------------------------------------------
+    def event(self, type: str, data: Any) -> None:
+        """Store one step (and tell ``on_event``); the data is made JSON-safe first."""
+        data = json.loads(json.dumps(data, default=str, ensure_ascii=False))
+        if self.store is not None:
+            if self.session_id is None:
+                self.session_id = self.store.create(title_from(str(data.get("task", ""))) if isinstance(data, dict)
+                                                    else "", kind="agent").id
+            self.store.add_event(self.session_id, type, data)
+        if self.on_event is not None:
+            self.on_event(type, data)
+
+    # --- the loop ------------------------------------------------------------------------------
+    def run(self, task: str) -> AgentReport:
+        start = self.clock()
+        first_edit = len(self.ctx.applied)
+        self._commands: list[dict] = []  # what ran (and what was refused) in this run, in order
+        self.event("task", {"task": task, "root": str(self.root), "config": dataclasses.asdict(self.config)})
+        messages = [{"role": "system", "content": self._system()}, {"role": "user", "content": task}]
+        steps, malformed = 0, 0
+        status, summary, error = "error", "", ""
+        tests: dict | None = None
+        try:
+            while True:
+                halt = self._halt(start)
+                if halt:
+                    status, error = halt
+                    break
+                if steps >= self.config.max_steps:
+                    status, error = "step_cap", f"{self.config.max_steps} model replies without a final answer"
+                    break
+                steps += 1
+                _shrink(messages, self.config.history_chars)
+                reply = self._complete(messages)
+                calls, reason, native = self._calls(reply)
+                self.event("assistant", {"step": steps, "text": reply.content, "native": native,
+                                         "tool_calls": [{"name": n, "arguments": a} for _, n, a, _ in calls]})
+                if not calls and reason is None:
+                    status, summary = "done", reply.content.strip()
+                    break
+                if reason is not None:
+                    malformed += 1
+                    self.event("malformed", {"step": steps, "reason": reason, "in_a_row": malformed})
+                    if malformed > self.config.malformed_retries:
+                        status = "error"
+                        error = (f"gave up after {malformed} unreadable tool calls in a row; the last: {reason}")
+                        break
+                else:
+                    malformed = 0
+                tests = self._run_calls(messages, reply.content, calls, native, reason, start, tests)
+        except AssistantError as e:
+            status, error = "error", str(e)
+        except Exception as e:  # a bug in a tool must still leave a report behind
+            logger.exception("agent run failed")
+            status, error = "error", f"{type(e).__name__}: {e}"
+        report = self._report(status, summary, error, steps, tests, first_edit)
+        self.event("report", report.to_json())
+        return report
+
+    def _halt(self, start: float) -> tuple[str, str] | None:
+        if self.stop.is_set():
+            return "stopped", "stopped on request"
+        elapsed = self.clock() - start
+        if elapsed >= self.config.max_wall_s:
+            return "time_cap", f"{elapsed:.0f} s spent (the cap is {self.config.max_wall_s:.0f} s)"
+        return None
+
+    def _system(self) -> str:
+        files = list_files(self.root)
+        instructions = "\n\n".join(i.body for i in find_instructions(self.root, None))
+        described = None if self._native is not False else openai_tools(list(self.config.tools))
+        return prompts.system_prompt(str(self.root), files, instructions, described)
+
+    def _complete(self, messages: list[dict]):
+        if self._native is False:
+            return self.llm.complete(messages)
+        try:
+            reply = self.llm.complete(messages, tools=openai_tools(list(self.config.tools)))
+        except EndpointError as e:
+            if self._native is not None:
+                raise
+            logger.info("the endpoint refused native tools (%s); describing them in the prompt instead", e)
+            self._native = False
+            messages[0] = {"role": "system", "content": self._system()}
+            self.event("mode", {"native_tools": False, "reason": str(e)})
+            return self.llm.complete(messages)
+        self._native = True
+        return reply
+
+    def _calls(self, reply) -> tuple[list[tuple[str | None, str, dict | None, str | None]], str | None, bool]:
+        """(calls as (id, name, arguments, error), reason the reply is malformed, native?)."""
+        if reply.tool_calls:
+            calls, reasons = [], []
+            for c in reply.tool_calls:
+                args, err = parse_arguments(c.arguments)
+                calls.append((c.id, c.name, args, err))
+                if err:
+                    reasons.append(f"{c.name}: {err}")
+            return calls, ("; ".join(reasons) or None), True
+        parsed = parse_text_calls(reply.content, set(self.config.tools))
+        return [(None, c.name, c.arguments, None) for c in parsed.calls], parsed.error, False
+
+    def _run_calls(self, messages: list[dict], text: str, calls, native: bool, reason: str | None,
+                   start: float, tests: dict | None) -> dict | None:
+        if native:
+            messages.append({"role": "assistant", "content": text, "tool_calls": [
+                {"id": cid, "type": "function", "function": {"name": name, "arguments": json.dumps(args or {})}}
+                for cid, name, args, _ in calls]})
+        else:
+            messages.append({"role": "assistant", "content": text})
+        results: list[str] = []
+        for cid, name, args, err in calls:
+            if err is not None or self._halt(start):
+                result = ToolResult(False, f"not run: {err or 'the run is ending'}")
+            else:
+                self.event("tool_call", {"name": name, "arguments": args})
+                result = self._tool(name, args or {})
+                tests = _tests_after(name, result, tests, len(self.ctx.applied))
+            if native:
+                messages.append({"role": "tool", "tool_call_id": cid, "content": result.output})
+            else:
+                results.append(prompts.result_message(name, result.ok, result.output))
+        if reason is not None:
+            results.append(prompts.retry_prompt(reason))
+        if results:
+            messages.append({"role": "user", "content": "\n\n".join(results)})
+        return tests
+
+    def _tool(self, name: str, args: dict) -> ToolResult:
+        before, ran = len(self.ctx.applied), len(self.ctx.commands)
+        try:
+            result = run_tool(self.ctx, name, args)
+        except (AssistantError, OSError, ValueError) as e:
+            result = ToolResult(False, f"{name} failed: {e}")
+        self._commands += self.ctx.commands[ran:]
+        if result.data.get("refused"):
+            self._commands.append({"command": result.data.get("command"), "exit_code": None, "refused": True})
+        self.event("tool_result", {"name": name, "ok": result.ok, "output": result.output, "data": result.data})
+        for proposal in self.ctx.applied[before:]:
+            self.event("edit", {"diff": proposal.diff, "files": list(proposal.paths)})
+        return result
+
+    def _report(self, status: str, summary: str, error: str, steps: int, tests: dict | None,
+                first_edit: int) -> AgentReport:
+        changes = net_changes(self.root, self.ctx.applied[first_edit:])
+        if tests is not None and tests.get("edits_seen", 0) < len(self.ctx.applied):
+            tests = {**tests, "stale": True}
+        if tests is not None:
+            tests = {k: v for k, v in tests.items() if k != "edits_seen"}
+        return AgentReport(status, summary, [c.path for c in changes], list(self._commands),
+                           steps, tests, unified_diff(changes), error, self.session_id)
+
+
+# --- helpers -----------------------------------------------------------------------------------------
+def _tests_after(name: str, result: ToolResult, tests: dict | None, edits_seen: int) -> dict | None:
+    """The last test run's outcome (``edits_seen``: how many edits were applied when it ran)."""
+    if name != "run_tests":
+        return tests
+    data = result.data or {}
+    exit_code = data.get("exit_code")
+    passed = data.get("passed", exit_code == 0 and not data.get("timed_out") and not data.get("refused"))
+    return {"command": data.get("command"), "exit_code": exit_code, "passed": bool(passed), "edits_seen": edits_seen}
+
+
+def net_changes(root: Path, applied) -> list[FileChange]:
+    """Each file the proposals touched, from before the first of them to what is on disk now."""
+    first: dict[str, str | None] = {}
+    for proposal in applied:
+        for change in proposal.changes:
+            first.setdefault(change.path, change.before)
+    out = []
+    for path, before in first.items():
+        now = read_text(Path(root), path)
+        if now != before:
+            out.append(FileChange(path, before, now or ""))
+    return out
+
+
+def diffstat(diff: str) -> list[tuple[str, int, int]]:
+    stats: dict[str, list[int]] = {}
+    current = None
+    for line in diff.splitlines():
+        if line.startswith("+++ "):
+            current = line[4:].removeprefix("b/")
+            stats.setdefault(current, [0, 0])
+        elif line.startswith("--- ") or current is None:
+            continue
+        elif line.startswith("+"):
+            stats[current][0] += 1
+        elif line.startswith("-"):
+            stats[current][1] += 1
+    return [(p, a, r) for p, (a, r) in stats.items()]
+
+
+def _shrink(messages: list[dict], limit: int) -> None:
+    """Cut the oldest tool results (never the system prompt, the task or the last exchange) until the
+    conversation fits ``limit`` characters: a small model's context window is small."""
+    def size() -> int:
+        return sum(len(m.get("content") or "") for m in messages)
+
+    for m in messages[2:-2]:
+        if size() <= limit:
+            return
+        content = m.get("content") or ""
+        is_result = m["role"] == "tool" or (m["role"] == "user" and content.startswith("Result of "))
+        if is_result and not content.endswith(_CUT_NOTE) and len(content) > 400:
+            m["content"] = content[:300] + _CUT_NOTE

@@ -1,0 +1,92 @@
+"""The agent's prompts, written for small models (Qwen2.5-Coder-0.5B): short, concrete, one way to do
+each thing, an example of the exact call format, and the files of the project right there so the
+first step is not spent listing them."""
+
+from __future__ import annotations
+
+import json
+
+MAX_FILES_LISTED = 60
+
+SYSTEM = """\
+You are corolla, a coding agent. You work in the project at {root} by calling tools.
+How to work:
+1. Read the files you need (read_file, search).
+2. Change code with edit: "search" is the exact old text, "replace" the new text. Use write_file only for new files.
+3. Run the tests with run_tests and fix what fails.
+4. When the task is done, reply with a short summary of what you changed and no tool call.
+Do not delete or weaken existing tests."""
+
+PROMPT_TOOLS = """\
+To call a tool, reply with one call in exactly this format and nothing else:
+<tool_call>
+{{"name": "read_file", "arguments": {{"path": "calc.py"}}}}
+</tool_call>
+You will get the result, then make the next call. Tools:
+{tools}"""
+
+RETRY = """\
+Your tool call could not be read: {reason}
+Reply with one tool call in exactly this format:
+<tool_call>
+{{"name": "TOOL", "arguments": {{...}}}}
+</tool_call>
+or, if the task is done, a short summary with no tool call."""
+
+
+def system_prompt(root: str, files: list[str], instructions: str = "", tools: list[dict] | None = None) -> str:
+    """The system prompt; ``tools`` (OpenAI tool dicts) are described in it when the endpoint has no native tools."""
+    parts = [SYSTEM.format(root=root)]
+    if instructions.strip():
+        parts.append("Follow the project's instructions:\n" + instructions.strip())
+    if files:
+        shown = files[:MAX_FILES_LISTED]
+        more = f"\n... and {len(files) - len(shown)} more (list_dir to see them)" if len(files) > len(shown) else ""
+        parts.append("Files in the project:\n" + "\n".join(shown) + more)
+    if tools:
+        parts.append(PROMPT_TOOLS.format(tools="\n".join(describe_tool(t) for t in tools)))
+    return "\n\n".join(parts)
+
+
+def describe_tool(tool: dict) -> str:
+    """One line per tool: ``- edit(path, search, replace): description`` (optional arguments with ``?``)."""
+    fn = tool.get("function", tool)
+    params = fn.get("parameters") or {}
+    required = set(params.get("required") or ())
+    names = [p if p in required else f"{p}?" for p in (params.get("properties") or {})]
+    description = (fn.get("description") or "").strip()
+    first = description.splitlines()[0] if description else ""
+    return f"- {fn['name']}({', '.join(names)}): {first}"
+
+
+def retry_prompt(reason: str) -> str:
+    return RETRY.format(reason=reason)
+
+
+def result_message(name: str, ok: bool, output: str) -> str:
+    """A tool's result as a user message (prompt-format mode)."""
+    status = "" if ok else " (failed)"
+    return f"Result of {name}{status}:\n{output}"
+
+
+def call_text(name: str, arguments: dict) -> str:
+    """A call in the prompt format, as the assistant's turn is kept in the history."""
+    return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False) + "\n</tool_call>"
+
+
+# --- workflows ----------------------------------------------------------------------------------------
+def fix_tests_task(file: str, test_file: str, output: str) -> str:
+    return (f"The tests in {test_file} for {file} fail:\n{output}\n\n"
+            f"Find the cause. If the code in {file} is wrong, fix the code; if a new test expects the wrong "
+            f"thing, fix that test. Do not delete or weaken tests that already existed. Then call run_tests.")
+
+
+def refactor_task(request: str, test_command: str | None) -> str:
+    check = f" Then run the tests ({test_command}) with run_tests; they must still pass." if test_command else ""
+    return f"Refactor the code: {request}\nKeep the behaviour the same.{check}"
+
+
+def refactor_fix_task(request: str, output: str) -> str:
+    return (f"After your refactoring ({request}) the tests that passed before fail now:\n{output}\n\n"
+            f"Fix the code so the tests pass again, keeping the refactoring. Do not change the tests. "
+            f"Then call run_tests.")
