@@ -183,7 +183,8 @@ def verify(tasks: list[Task], jobs: int = 2) -> dict[str, list[str]]:
 
 
 # ---- agent mode: the tool loop, the check visible, up to 3 rounds ----------------------------------
-def run_agent(task: Task, *, endpoint: str, model: str, rounds: int = AGENT_ROUNDS, max_steps: int = 8) -> dict:
+def run_agent(task: Task, *, endpoint: str, model: str, rounds: int = AGENT_ROUNDS, max_steps: int = 6,
+              round_wall_s: float = 90.0) -> dict:
     """The agent (``corolla.assistant.agent.Agent``) on a fresh copy of ``task``: it sees the check
     (``test_check.py``) and may run it; after each round the pristine check is run, and a failure is
     fed to the next round. Graded like an edit; a check the agent changed is put back before grading."""
@@ -205,7 +206,7 @@ def run_agent(task: Task, *, endpoint: str, model: str, rounds: int = AGENT_ROUN
         try:
             for round_ in range(1, rounds + 1):
                 agent = Agent(llm, work, policy=CommandPolicy(timeout_s=CHECK_TIMEOUT_S),
-                              config=AgentConfig(max_steps=max_steps))
+                              config=AgentConfig(max_steps=max_steps, max_wall_s=round_wall_s))
                 report = agent.run(prompt)
                 result["rounds"], result["steps"] = round_, result["steps"] + report.steps
                 result["stdout"] = report.to_text()[-TAIL:]

@@ -77,7 +77,7 @@ def coder_api(tmp_path_factory) -> Iterator[CoderApi]:
     model_id = "qwen2.5-coder-0.5b"
     folder = resolve_model(model_id, progress=False).path
     swarm = LocalSwarm(str(folder), 24, model_id, log_dir=tmp_path_factory.mktemp("logs-coder"),
-                       server_args=API_SERVER_ARGS)
+                       server_args=["--max-session-length", "4096", "--torch-threads", "1"])  # agent prompts are long
     try:
         swarm.wait_ready([swarm.add_server((0, 24))], timeout_s=600)
         with DistributedModelForCausalLM.from_pretrained(folder, initial_peers=swarm.initial_peers,

@@ -8,6 +8,7 @@ untouched — never a corrupted file.
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -63,3 +64,30 @@ def test_edit_leaves_a_parsing_file_or_refuses(coder_api, project):
     else:
         assert done.stderr.startswith("refused:") and text == SAMPLE
     print(f"exit {done.returncode}\n{done.stdout}\n{done.stderr}")
+
+
+def test_agent_on_a_tiny_task(coder_api, tmp_path):
+    """The agent with the real model on a tiny task; what it achieves is printed, not scripted. The
+    contract: it ends with a report within its caps, every step is stored, and every file it leaves
+    parses."""
+    from corolla.assistant.agent.loop import Agent, AgentConfig
+    from corolla.assistant.agent.policy import CommandPolicy
+    from corolla.assistant.sessions import SessionStore
+
+    (tmp_path / "mathx.py").write_text("def double(x):\n    return 2 * x\n")
+    (tmp_path / "test_mathx.py").write_text("from mathx import double, square\n\n\ndef test_double():\n"
+                                            "    assert double(3) == 6\n\n\ndef test_square():\n"
+                                            "    assert square(4) == 16\n")
+    llm = LLM(LLMConfig(endpoint=f"{coder_api.base}/v1", max_tokens=300))
+    store = SessionStore(tmp_path)
+    agent = Agent(llm, tmp_path, policy=CommandPolicy(timeout_s=60), store=store,
+                  config=AgentConfig(max_steps=6, max_wall_s=600))
+    report = agent.run("Add a function square(x) to mathx.py that returns x * x. Run the tests with run_tests.")
+    print(report.to_text())
+    for event in store.events(agent.session_id):
+        print(f"[{event.type}] {json.dumps(event.data)[:400]}")
+    assert report.status in ("done", "step_cap", "time_cap", "error") and report.steps <= 6
+    assert [e.type for e in store.events(agent.session_id)][0] == "task"
+    assert store.events(agent.session_id)[-1].type == "report"
+    for path in tmp_path.glob("*.py"):
+        ast.parse(path.read_text())

@@ -14,6 +14,10 @@ One service serves one workspace. It listens on 127.0.0.1 and refuses requests t
   GET    /edits/{id}                      the proposal and its status
   POST   /edits/{id}/accept | /reject     apply atomically | drop
   POST   /undo                            {session_id?} revert the last accepted edit
+  POST   /agents                          {task, background?, max_steps?} -> an agent in its own git worktree
+  GET    /agents, /agents/{id}            agent sessions; one with its status, report and diff
+  GET    /agents/{id}/events?after=N      SSE of its steps, following until it ends
+  POST   /agents/{id}/stop | /apply | /discard
 Errors are ``{"error": {"type", "message"}}`` with 400 (bad request), 404, 409 (stale file, wrong
 state), 422 (a reply that cannot be applied), 503 (model endpoint down).
 """
@@ -197,6 +201,9 @@ def create_service(assistant: Assistant, *, token: str | None = None, allow_orig
         edit_id, proposal = await run(assistant.undo, body.session_id)
         return {"edit_id": edit_id, "status": "undone", "files": [c.path for c in proposal.changes]}
 
+    from corolla.assistant.agent.routes import add_agent_routes
+
+    add_agent_routes(app, assistant)
     return app
 
 

@@ -267,7 +267,7 @@ class Agent:
             else:
                 results.append(prompts.result_message(name, result.ok, result.output))
         if reason is not None:
-            results.append(prompts.retry_prompt(reason))
+            results.append(prompts.retry_prompt(reason, list_files(self.root)))
         if results:
             messages.append({"role": "user", "content": "\n\n".join(results)})
         return tests

@@ -20,16 +20,16 @@ Do not delete or weaken existing tests."""
 PROMPT_TOOLS = """\
 To call a tool, reply with one call in exactly this format and nothing else:
 <tool_call>
-{{"name": "read_file", "arguments": {{"path": "calc.py"}}}}
+{{"name": "read_file", "arguments": {{"path": "{example}"}}}}
 </tool_call>
 You will get the result, then make the next call. Tools:
 {tools}"""
 
 RETRY = """\
 Your tool call could not be read: {reason}
-Reply with one tool call in exactly this format:
+Reply with one tool call in exactly this format, with one of the tools and its arguments, for example:
 <tool_call>
-{{"name": "TOOL", "arguments": {{...}}}}
+{{"name": "read_file", "arguments": {{"path": "{example}"}}}}
 </tool_call>
 or, if the task is done, a short summary with no tool call."""
 
@@ -44,7 +44,8 @@ def system_prompt(root: str, files: list[str], instructions: str = "", tools: li
         more = f"\n... and {len(files) - len(shown)} more (list_dir to see them)" if len(files) > len(shown) else ""
         parts.append("Files in the project:\n" + "\n".join(shown) + more)
     if tools:
-        parts.append(PROMPT_TOOLS.format(tools="\n".join(describe_tool(t) for t in tools)))
+        parts.append(PROMPT_TOOLS.format(tools="\n".join(describe_tool(t) for t in tools),
+                                         example=example_path(files)))
     return "\n\n".join(parts)
 
 
@@ -59,8 +60,14 @@ def describe_tool(tool: dict) -> str:
     return f"- {fn['name']}({', '.join(names)}): {first}"
 
 
-def retry_prompt(reason: str) -> str:
-    return RETRY.format(reason=reason)
+def example_path(files: list[str]) -> str:
+    """A real file of the project for the examples (small models copy an example's path verbatim)."""
+    sources = [f for f in files if not f.split("/")[-1].startswith("test")]
+    return (sources or files or ["main.py"])[0]
+
+
+def retry_prompt(reason: str, files: list[str] | None = None) -> str:
+    return RETRY.format(reason=reason, example=example_path(files or []))
 
 
 def result_message(name: str, ok: bool, output: str) -> str:
