@@ -117,3 +117,16 @@ def test_token_and_browser_origins_are_refused(service):
     assert httpx.get(f"{base}/health").status_code == 401
     forged = service.post("/sessions", json={}, headers={"Origin": "http://evil.example"})
     assert forged.status_code == 403
+
+
+def test_an_edit_the_editor_applied_itself_is_checked_on_disk(service, llm_model, workspace):
+    llm_model.add("empty list", MEAN_FIXED)
+    proposal = service.post("/edits", json={"instruction": "raise ValueError on an empty list",
+                                            "editor": EDITOR}).json()
+    after = proposal["changes"][0]["after"]
+    assert proposal["changes"][0]["before"] == CALC and "raise ValueError" in after
+    early = service.post(f"/edits/{proposal['edit_id']}/accept", json={"applied_by_editor": True})
+    assert early.status_code == 409  # not saved yet: refused, still proposed
+    (workspace / "calc.py").write_text(after)  # what the editor's WorkspaceEdit + save does
+    done = service.post(f"/edits/{proposal['edit_id']}/accept", json={"applied_by_editor": True})
+    assert done.json()["status"] == "accepted" and (workspace / "calc.py").read_text() == after

@@ -17,7 +17,7 @@ from corolla.assistant.commands import Command
 from corolla.assistant.context import Context, EditorState, build_context
 from corolla.assistant.edits import (Proposal, Target, apply, format_instructions, parse_reply, propose,
                                      proposal_from_json, proposal_to_json, revert)
-from corolla.assistant.errors import AssistantError, EditError, NoChangeError
+from corolla.assistant.errors import AssistantError, EditError, NoChangeError, StaleFileError
 from corolla.assistant.llm import LLM
 from corolla.assistant.sessions import SessionStore
 from corolla.assistant.tokens import TokenCounter, token_counter
@@ -44,7 +44,8 @@ class EditOutcome:
 
     def to_json(self) -> dict:
         return {"edit_id": self.edit_id, "session_id": self.session_id, "diff": self.proposal.diff,
-                "files": [c.path for c in self.proposal.changes], "notes": list(self.proposal.notes)}
+                "files": [c.path for c in self.proposal.changes], "notes": list(self.proposal.notes),
+                "changes": [{"path": c.path, "before": c.before, "after": c.after} for c in self.proposal.changes]}
 
 
 class Assistant:
@@ -253,12 +254,22 @@ class Assistant:
         record = self.store.get_edit(edit_id)
         return record, proposal_from_json(record.proposal["proposal"])
 
-    def accept(self, edit_id: str) -> Proposal:
-        """Apply a proposed edit atomically (all files or none)."""
+    def accept(self, edit_id: str, applied_by_editor: bool = False) -> Proposal:
+        """Apply a proposed edit atomically (all files or none).
+
+        ``applied_by_editor``: an editor already applied it (so that its own undo works) and saved the
+        files; the edit is recorded as accepted once every file on disk equals the proposal's result."""
         record, proposal = self.edit(edit_id)
         if record.status != "proposed":
             raise AssistantError(f"edit {edit_id} is {record.status}; only a proposed edit can be accepted")
-        apply(self.root, proposal)
+        if applied_by_editor:
+            for change in proposal.changes:
+                file = self.root / change.path
+                if not file.is_file() or file.read_text() != change.after:
+                    raise StaleFileError(f"{change.path} on disk is not the edit's result: save the file after "
+                                         f"applying the edit, then accept it")
+        else:
+            apply(self.root, proposal)
         self.store.set_edit_status(edit_id, "accepted")
         return proposal
 

@@ -12,7 +12,8 @@ One service serves one workspace. It listens on 127.0.0.1 and refuses requests t
   POST   /sessions/{id}/messages          {text, editor} -> SSE: session, context, delta…, edit|edit_error, done
   POST   /edits                           {instruction, editor, session_id?, format?} -> a proposal (diff + edit_id)
   GET    /edits/{id}                      the proposal and its status
-  POST   /edits/{id}/accept | /reject     apply atomically | drop
+  POST   /edits/{id}/accept | /reject     apply atomically ({applied_by_editor: true}: the editor applied
+                                          and saved it, so its own undo works; checked on disk) | drop
   POST   /undo                            {session_id?} revert the last accepted edit
   POST   /agents                          {task, background?, max_steps?} -> an agent in its own git worktree
   GET    /agents, /agents/{id}            agent sessions; one with its status, report and diff
@@ -81,6 +82,10 @@ class EditRequest(Strict):
     editor: Editor
     session_id: str | None = None
     format: Literal["whole", "search_replace"] | None = None
+
+
+class AcceptRequest(Strict):
+    applied_by_editor: bool = False  # the editor applied and saved it itself (its undo stack keeps it)
 
 
 class UndoRequest(Strict):
@@ -187,8 +192,8 @@ def create_service(assistant: Assistant, *, token: str | None = None, allow_orig
         return _edit_json(await run(assistant.store.get_edit, edit_id))
 
     @app.post("/edits/{edit_id}/accept")
-    async def accept(edit_id: str):
-        proposal = await run(assistant.accept, edit_id)
+    async def accept(edit_id: str, body: AcceptRequest | None = None):
+        proposal = await run(assistant.accept, edit_id, bool(body and body.applied_by_editor))
         return {"edit_id": edit_id, "status": "accepted", "files": [c.path for c in proposal.changes]}
 
     @app.post("/edits/{edit_id}/reject")

@@ -30,8 +30,8 @@ the new lines
 - SEARCH must copy the current lines exactly, with their indentation; include enough lines to be unique.
 - Use one block per change. To create a new file, leave SEARCH empty.
 - Never write "..." or "# rest of the code unchanged": write the real lines.
-Example: to make greet in app.py say hello:
-app.py
+Example: to make greet in {example} say hello:
+{example}
 <<<<<<< SEARCH
 def greet():
     print("hi")
@@ -53,5 +53,6 @@ def format_instructions(fmt: str, target: Target | None = None) -> str:
         return _WHOLE.format(what=what, what_short=short)
     if fmt == "search_replace":
         default = f" ({target.path} here)" if target is not None else ""
-        return _SEARCH_REPLACE.format(default=default)
+        # small models copy the example's path verbatim: make it the file they are editing
+        return _SEARCH_REPLACE.format(default=default, example=target.path if target is not None else "app.py")
     raise ValueError(f"unknown edit format {fmt!r}; choose one of {', '.join(FORMATS)}")
