@@ -12,6 +12,9 @@ API_PORT ?= 8000
 
 .PHONY: run test install clean bench
 
+# the VS Code extension: npm ci (when its lock file changes), build, unit tests, corolla.vsix
+include editors/vscode/Makefile.inc
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -30,7 +33,7 @@ run: $(STAMP)
 	$(BIN)/corolla models fetch $(MODEL)
 	$(BIN)/corolla swarm up $(MODEL) --servers $(SERVERS) --chat --api-port $(API_PORT)
 
-test: $(STAMP) $(CHROMIUM)
+test: $(STAMP) $(CHROMIUM) vscode
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
