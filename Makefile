@@ -10,7 +10,11 @@ CHROMIUM := $(VENV)/.chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 API_PORT ?= 8000
 
-.PHONY: run test install clean bench
+EDITOR_HOME := $(or $(COROLLA_HOME),$(HOME)/.cache/corolla)/editor
+CODE_SERVER_STAMP := $(EDITOR_HOME)/.stamp
+
+.PHONY: run test install clean bench code-server
+.DEFAULT_GOAL := install
 
 # the VS Code extension: npm ci (when its lock file changes), build, unit tests, corolla.vsix
 include editors/vscode/Makefile.inc
@@ -33,7 +37,14 @@ run: $(STAMP)
 	$(BIN)/corolla models fetch $(MODEL)
 	$(BIN)/corolla swarm up $(MODEL) --servers $(SERVERS) --chat --api-port $(API_PORT)
 
-test: $(STAMP) $(CHROMIUM) vscode
+# code-server 4.139.1 + Node 24 for the VS Code end-to-end tests (tests/editor), cached outside the repo
+$(CODE_SERVER_STAMP): scripts/install-code-server.sh
+	scripts/install-code-server.sh
+	touch $@
+
+code-server: $(CODE_SERVER_STAMP)
+
+test: $(STAMP) $(CHROMIUM) vscode $(CODE_SERVER_STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
