@@ -37,6 +37,14 @@ def only(items: list, what: str):
     return items[0]
 
 
+def keep_screenshot(wb, name: str) -> None:
+    """With COROLLA_EDITOR_SCREENSHOTS=DIR, save the page (how the README's pictures are made)."""
+    folder = os.environ.get("COROLLA_EDITOR_SCREENSHOTS")
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        wb.page.screenshot(path=os.path.join(folder, name))
+
+
 def propose_inline_edit(wb, instruction: str) -> None:
     """Select mean() in calc.py, run Corolla: Inline Edit and wait for the proposal's diff + buttons."""
     wb.open_file("calc.py")
@@ -69,6 +77,7 @@ def test_chat_streams_an_answer(vscode, service, workspace):
     for button in ("Copy", "Insert", "Apply"):
         assert answer.get_by_role("button", name=button).count() >= 1, f"no {button} button on the code block"
     wait_until(lambda: chat.locator(".chip").count() > 0, "context chips", 10)
+    keep_screenshot(wb, "vscode-chat.png")
 
     def answered():
         sessions = [s for s in service.sessions("chat") if s["messages"]]
@@ -85,6 +94,7 @@ def test_inline_edit_accepted_is_saved(vscode, service, workspace):
     wb = vscode.workbench
     propose_inline_edit(wb, harness.EDIT_FIX)
     assert calc(workspace) == harness.CALC  # only a proposal so far
+    keep_screenshot(wb, "vscode-inline-edit.png")
     wb.notification_button(PROPOSAL_MESSAGE, "Accept").click()
     wait_until(lambda: calc(workspace) == harness.CALC_FIXED, "calc.py to be saved with the fix", 20,
                detail=lambda: calc(workspace))
