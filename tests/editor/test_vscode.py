@@ -157,3 +157,26 @@ def test_agent_runs_and_its_diff_is_applied(vscode, service, workspace):
                detail=lambda: calc(workspace))
     assert service.get(f"/agents/{agent['id']}")["status"] == "applied"
     assert '+    """Return the sum of a and b."""' in service.get(f"/agents/{agent['id']}")["diff"]
+
+
+def test_tab_accepts_escape_discards_and_undo_reverts(vscode, service, workspace):
+    wb = vscode.workbench
+    propose_inline_edit(wb, harness.EDIT_FIX)
+    wb.page.locator(".editor-group-container.active .monaco-editor").last.click()  # focus the diff editor
+    wb.page.keyboard.press("Tab")
+    wait_until(lambda: calc(workspace) == harness.CALC_FIXED, "Tab to apply and save the edit", 20,
+               detail=lambda: calc(workspace))
+    wb.tab(PROPOSAL_TITLE).wait_for(state="detached", timeout=10_000)
+    # VS Code's own undo reverts the accepted change (the extension applied it as a workspace edit)
+    wb.open_file("calc.py")
+    wb.page.locator(".editor-group-container.active .monaco-editor .view-lines").first.click()
+    wb.page.keyboard.press("Control+z")
+    wb.page.keyboard.press("Control+s")
+    wait_until(lambda: calc(workspace) == harness.CALC, "undo + save to bring calc.py back", 20,
+               detail=lambda: calc(workspace))
+    propose_inline_edit(wb, harness.EDIT_RENAME)
+    wb.page.locator(".editor-group-container.active .monaco-editor").last.click()
+    wb.page.keyboard.press("Escape")
+    wait_until(lambda: [e["status"] for e in service.edits("edit")].count("rejected") == 1,
+               "Escape to discard the second edit", 15, detail=lambda: str(service.edits()))
+    assert calc(workspace) == harness.CALC
