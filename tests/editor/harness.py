@@ -58,6 +58,7 @@ EDIT_FIX = "raise ValueError on an empty list"
 EDIT_RENAME = "rename mean to average"
 AGENT_TASK = "EDITOR-AGENT-TASK: add a docstring to add in calc.py"
 AGENT_DONE = "Documented add in calc.py."
+COMMIT_MESSAGE = "Add triple() to calc"
 
 
 def fenced(code: str) -> str:
@@ -78,6 +79,7 @@ MODEL_SCRIPT = [
     {"match": re.escape(EDIT_FIX), "reply": fenced(MEAN_FIXED)},
     {"match": re.escape(EDIT_RENAME), "reply": fenced(MEAN_RENAMED)},
     {"match": r"unit tests", "reply": fenced(TESTS_FILE.rstrip("\n"))},
+    {"match": r"commit message", "reply": COMMIT_MESSAGE},
 ]
 
 

@@ -180,3 +180,16 @@ def test_tab_accepts_escape_discards_and_undo_reverts(vscode, service, workspace
     wait_until(lambda: [e["status"] for e in service.edits("edit")].count("rejected") == 1,
                "Escape to discard the second edit", 15, detail=lambda: str(service.edits()))
     assert calc(workspace) == harness.CALC
+
+
+def test_commit_message_fills_the_source_control_input(vscode, service, workspace):
+    wb = vscode.workbench
+    (workspace / "calc.py").write_text(harness.CALC + "\n\ndef triple(x):\n    return 3 * x\n")
+    harness.git(workspace, "add", "calc.py")
+    wb.page.keyboard.press("Control+Shift+g")  # the Source Control view, with its message box
+    box = wb.page.locator(".scm-editor .view-lines").first
+    box.wait_for(timeout=30_000)
+    wb.run_command("Corolla: Generate Commit Message")
+    wait_until(lambda: box.is_visible() and harness.COMMIT_MESSAGE in box.inner_text().replace("\u00a0", " "),
+               "the commit message in the Source Control input", 30,
+               detail=lambda: box.inner_text() if box.count() else "no input box")
