@@ -126,22 +126,21 @@ class Assistant:
             return self._git_prompt(command, rest, state)
         target = self._target(state, command)
         context = self.context(state, rest)
-        task = command.task.format(framework=commands.detect_test_framework(self.root, state.current_file))
-        edit_format = ""
-        if command.edits:
-            edit_target = target if command.name != "tests" else Target(target.path)
-            edit_format = format_instructions(self.config.edit_format if command.name != "tests" else "whole",
-                                              edit_target)
         code = self._target_text(target, state)
         diagnostics = "\n".join(state.diagnostics)
+        task, extra, edit_format = command.task, "", ""
+        if command.name == "tests":  # the reply is a new test file, written whole
+            task = task.format(framework=commands.detect_test_framework(self.root, state.current_file))
+            tests_at = commands.test_path(self.root, state.current_file)
+            extra = f"The test file will be saved as {tests_at}; import the code under test from its module."
+            edit_format = format_instructions("whole", Target(tests_at))
+        elif command.edits:
+            edit_format = format_instructions(self.config.edit_format, target)
         user = _join(_without_target(context, state.current_file),
                      commands.fence(target.path, code, target.start_line),
                      f"Problems reported:\n{diagnostics}" if diagnostics and command.name == "fix" else "",
-                     task, rest)
+                     task, rest, extra)
         if command.name == "tests":
-            tests_at = commands.test_path(self.root, state.current_file)
-            user = _join(user, f"The test file will be saved as {tests_at}; import the code under test from "
-                               f"its module.")
             target = Target(tests_at)
         system = commands.system_prompt(context.instructions(), edit_format=edit_format)
         return [_system(system), _user(user)], context, target

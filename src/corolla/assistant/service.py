@@ -176,7 +176,7 @@ def create_service(assistant: Assistant, *, token: str | None = None, allow_orig
     async def message(session_id: str, body: MessageRequest):
         await run(assistant.store.get, session_id)
         events = assistant.respond(body.text, body.editor.state(root), session_id)
-        first = await run(_first_event, events)  # errors before anything is streamed become plain HTTP errors
+        first = await run(next, events)  # errors before anything is streamed become plain HTTP errors
         return _sse(first, events)
 
     @app.post("/edits")
@@ -218,10 +218,6 @@ def _edit_json(record) -> dict:
             "command": record.proposal.get("command"), "diff": proposal.get("diff", ""),
             "files": [c["path"] for c in proposal.get("changes", [])], "created": record.created,
             "updated": record.updated}
-
-
-def _first_event(events):
-    return next(events)
 
 
 def _sse(first: dict, events) -> SSEResponse:
