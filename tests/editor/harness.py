@@ -462,6 +462,15 @@ class Workbench:
         self.page.locator(f'.tabs-container .tab.active[aria-label^="{name}"]').wait_for(timeout=15_000)
         self.page.locator(".editor-group-container.active .monaco-editor textarea").first.focus()
 
+    def focus_diff_modified(self) -> None:
+        """Put the cursor in the modified (right) side of the active diff editor.
+
+        Not ``.monaco-editor`` alone: the diff editor also holds an invisible "gutter monaco-editor" node,
+        which comes last once the gutter is rendered."""
+        side = self.page.locator(".editor-group-container.active .monaco-diff-editor .editor.modified .view-lines")
+        side.first.wait_for(state="visible", timeout=15_000)
+        side.first.click()
+
     def select_lines(self, first: int, last: int) -> None:
         """Select whole lines first..last (1-based) of the active editor."""
         self._open_quick_input(f":{first}")

@@ -162,7 +162,7 @@ def test_agent_runs_and_its_diff_is_applied(vscode, service, workspace):
 def test_tab_accepts_escape_discards_and_undo_reverts(vscode, service, workspace):
     wb = vscode.workbench
     propose_inline_edit(wb, harness.EDIT_FIX)
-    wb.page.locator(".editor-group-container.active .monaco-editor").last.click()  # focus the diff editor
+    wb.focus_diff_modified()
     wb.page.keyboard.press("Tab")
     wait_until(lambda: calc(workspace) == harness.CALC_FIXED, "Tab to apply and save the edit", 20,
                detail=lambda: calc(workspace))
@@ -175,7 +175,7 @@ def test_tab_accepts_escape_discards_and_undo_reverts(vscode, service, workspace
     wait_until(lambda: calc(workspace) == harness.CALC, "undo + save to bring calc.py back", 20,
                detail=lambda: calc(workspace))
     propose_inline_edit(wb, harness.EDIT_RENAME)
-    wb.page.locator(".editor-group-container.active .monaco-editor").last.click()
+    wb.focus_diff_modified()
     wb.page.keyboard.press("Escape")
     wait_until(lambda: [e["status"] for e in service.edits("edit")].count("rejected") == 1,
                "Escape to discard the second edit", 15, detail=lambda: str(service.edits()))
