@@ -4,12 +4,14 @@ as ``import _common``, which works because Python puts a script's own folder on 
 - quiet logs and a chat prompt rendered with the tokenizer's chat template;
 - the machine is small (2 cores) and shared: wait until it is mostly idle before a timed run,
   measure how much CPU *other* processes took during it, and repeat a disturbed run;
+- a LocalSwarm with corolla's API served over it (``swarm_api``);
 - per process tree CPU time and resident memory (VmRSS) read from ``/proc``, for the servers
   of a ``LocalSwarm`` (each with its DHT child and p2pd daemon) and for the benchmark itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -17,8 +19,9 @@ import platform
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import torch
@@ -37,6 +40,33 @@ def quiet_logs() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+
+
+@contextlib.contextmanager
+def swarm_api(model_name: str, servers: int, console, log_name: str) -> Iterator[SimpleNamespace]:
+    """``servers`` servers of ``model_name`` in a LocalSwarm (even spans), a client on it and corolla's API
+    served over that client on a free port of 127.0.0.1; yields namespace(model (the client), base_url (with
+    /v1), ref (the resolved model), spans)."""
+    from corolla.api.app import create_app
+    from corolla.api.engine import SwarmEngine
+    from corolla.api.server import serving
+    from corolla.client.model import DistributedModelForCausalLM
+    from corolla.models.loading import load_config
+    from corolla.models.resolve import resolve_model
+    from corolla.swarm.local import LocalSwarm, even_spans
+
+    ref = resolve_model(model_name)
+    n_layers = load_config(ref.path).num_hidden_layers
+    spans = even_spans(n_layers, servers)
+    swarm = LocalSwarm(str(ref.path), n_layers, ref.model_id, log_dir=OUT_DIR / "logs" / log_name)
+    with contextlib.ExitStack() as stack:
+        stack.callback(swarm.stop)
+        with console.status(f"starting {servers} server(s) of {ref.model_id} {spans}"):
+            swarm.start(spans)
+            model = stack.enter_context(DistributedModelForCausalLM.from_pretrained(
+                ref.path, initial_peers=swarm.initial_peers, model_id=ref.model_id))
+            base = stack.enter_context(serving(create_app(SwarmEngine(model)), "127.0.0.1", 0))
+        yield SimpleNamespace(model=model, base_url=f"{base}/v1", ref=ref, spans=spans)
 
 
 def chat_ids(tokenizer, messages: list[dict[str, str]]) -> torch.Tensor:

@@ -20,7 +20,6 @@ the API is: ``direct tok/s / API tok/s - 1`` and the TTFT difference. The issue'
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
@@ -74,29 +73,12 @@ def main(argv=None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from corolla.api.app import create_app
-    from corolla.api.engine import SwarmEngine
-    from corolla.api.server import serving
-    from corolla.client.model import DistributedModelForCausalLM
-    from corolla.models.loading import load_config
-    from corolla.models.resolve import resolve_model
-    from corolla.swarm.local import LocalSwarm, even_spans
-
     console = Console()
-    ref = resolve_model(args.model)
-    n = load_config(ref.path).num_hidden_layers
-    spans = even_spans(n, args.servers)
     quiet = _common.quiet_runner(args)
-    swarm = LocalSwarm(str(ref.path), n, ref.model_id, log_dir=OUT_DIR / "logs" / "api")
     runs: dict[str, list[dict]] = {"direct": [], "api": []}
-    with contextlib.ExitStack() as stack:
-        stack.callback(swarm.stop)
-        with console.status(f"starting {args.servers} servers {spans}"):
-            swarm.start(spans)
-            model = stack.enter_context(DistributedModelForCausalLM.from_pretrained(
-                ref.path, initial_peers=swarm.initial_peers, model_id=ref.model_id))
-            base = stack.enter_context(serving(create_app(SwarmEngine(model)), "127.0.0.1", 0))
-        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+    with _common.swarm_api(args.model, args.servers, console, "api") as swarm:
+        model, ref, spans = swarm.model, swarm.ref, swarm.spans
+        client = openai.OpenAI(base_url=swarm.base_url, api_key="unused", max_retries=0)
         ids = _common.chat_ids(model.tokenizer, MESSAGES)
         direct_run(model, ids, args.new_tokens)  # warm-up of both paths
         api_run(client, ref.model_id, args.new_tokens)

@@ -312,26 +312,8 @@ def own_endpoint(model_name: str, servers: int, console):
     import _common
 
     _common.quiet_logs()
-    from corolla.api.app import create_app
-    from corolla.api.engine import SwarmEngine
-    from corolla.api.server import serving
-    from corolla.client.model import DistributedModelForCausalLM
-    from corolla.models.loading import load_config
-    from corolla.models.resolve import resolve_model
-    from corolla.swarm.local import LocalSwarm, even_spans
-
-    ref = resolve_model(model_name)
-    n = load_config(ref.path).num_hidden_layers
-    spans = even_spans(n, servers)
-    swarm = LocalSwarm(str(ref.path), n, ref.model_id, log_dir=OUT_DIR / "logs" / "edits")
-    with contextlib.ExitStack() as stack:
-        stack.callback(swarm.stop)
-        with console.status(f"starting {servers} server(s) of {ref.model_id} {spans}"):
-            swarm.start(spans)
-            model = stack.enter_context(DistributedModelForCausalLM.from_pretrained(
-                ref.path, initial_peers=swarm.initial_peers, model_id=ref.model_id))
-            base = stack.enter_context(serving(create_app(SwarmEngine(model)), "127.0.0.1", 0))
-        yield f"{base}/v1", ref.model_id
+    with _common.swarm_api(model_name, servers, console, "edits") as swarm:
+        yield swarm.base_url, swarm.ref.model_id
 
 
 def main(argv=None) -> int:

@@ -166,7 +166,8 @@ def vscode(request, editor_tools, extensions_dir, browser, workspace, service, s
     """code-server on ``workspace`` and a page on its workbench, ready once the extension's
     activity-bar item shows; namespace(workbench, page, code_server, errors)."""
     node_bin, entry = editor_tools
-    server = harness.CodeServer(node_bin, entry, extensions_dir, workspace, service.url, tmp_path / "code-server")
+    server = harness.CodeServer(node_bin, entry, extensions_dir, workspace, service.url, scripted_model.url,
+                                tmp_path / "code-server")
     context = page = None
     try:
         context = browser.new_context(viewport={"width": 1400, "height": 900})

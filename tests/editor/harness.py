@@ -59,6 +59,10 @@ EDIT_RENAME = "rename mean to average"
 AGENT_TASK = "EDITOR-AGENT-TASK: add a docstring to add in calc.py"
 AGENT_DONE = "Documented add in calc.py."
 COMMIT_MESSAGE = "Add triple() to calc"
+CHAT_APPLY_QUESTION = "How should mean handle an empty list?"
+# a JSON file with an error VS Code's built-in JSON support reports, for the quick fix
+BROKEN_JSON = '{\n  "name": "calc",\n  "version": 1,\n}\n'
+FIXED_JSON = '{\n  "name": "calc",\n  "version": 1\n}\n'
 
 
 def fenced(code: str) -> str:
@@ -75,6 +79,8 @@ MODEL_SCRIPT = [
     {"match": r"<tool_response>|^Result of ", "reply": AGENT_DONE},
     {"match": re.escape("EDITOR-AGENT-TASK"),
      "reply": tool_call("edit", path="calc.py", search="def add(a, b):\n    return a + b", replace=ADD_DOC)},
+    {"match": r"Trailing comma", "reply": "```json\n" + FIXED_JSON + "```"},
+    {"match": re.escape(CHAT_APPLY_QUESTION), "reply": "Raise a ValueError:\n\n" + fenced(MEAN_FIXED)},
     {"match": re.escape(CHAT_QUESTION), "reply": CHAT_ANSWER + "\n\n" + fenced("print(mean([1, 2, 3]))")},
     {"match": re.escape(EDIT_FIX), "reply": fenced(MEAN_FIXED)},
     {"match": re.escape(EDIT_RENAME), "reply": fenced(MEAN_RENAMED)},
@@ -346,7 +352,7 @@ def install_extension(node_bin: Path, entry: Path, vsix: Path, extensions_dir: P
         raise AssertionError(f"installing {vsix} failed ({result.returncode}): {result.stdout}\n{result.stderr}")
 
 
-def user_settings(service_url: str) -> dict:
+def user_settings(service_url: str, endpoint: str) -> dict:
     return {
         "corolla.serviceUrl": service_url,
         "corolla.autoStart": False,
@@ -371,6 +377,10 @@ def user_settings(service_url: str) -> dict:
         "editor.autoClosingBrackets": "never",
         "editor.autoClosingQuotes": "never",
         "python.languageServer": "None",
+        # what "Corolla: Start Service" runs: this checkout's corolla, on the scripted model
+        "corolla.corollaPath": str(Path(sys.executable).with_name("corolla")),
+        "corolla.endpoint": endpoint,
+        "json.schemaDownload.enable": False,
     }
 
 
@@ -378,13 +388,13 @@ class CodeServer:
     """code-server on a free port of 127.0.0.1 (fresh user data with seeded settings), started with setsid."""
 
     def __init__(self, node_bin: Path, entry: Path, extensions_dir: Path, workspace: Path, service_url: str,
-                 folder: Path):
+                 endpoint: str, folder: Path):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workspace = workspace
         user_data = folder / "user-data"
         (user_data / "User").mkdir(parents=True)
-        (user_data / "User" / "settings.json").write_text(json.dumps(user_settings(service_url), indent=1))
+        (user_data / "User" / "settings.json").write_text(json.dumps(user_settings(service_url, endpoint), indent=1))
         config = folder / "code-server.yaml"
         config.write_text(f"bind-addr: 127.0.0.1:{self.port}\nauth: none\ncert: false\n")
         self.proc = Proc("code-server", [
@@ -480,10 +490,30 @@ class Workbench:
             self.page.keyboard.press("Shift+ArrowDown")
         self.page.keyboard.press("Shift+End")
 
+    def quick_fix(self, label: str, attempts: int = 4) -> None:
+        """Ctrl+. at the cursor and pick ``label`` from the code actions. Retried: code actions are computed
+        after the diagnostics arrive, and Ctrl+. before that shows nothing."""
+        row = self.page.locator(".action-widget .monaco-list-row").filter(has_text=label).first
+        for attempt in range(attempts):
+            self.page.keyboard.press("Control+.")
+            try:
+                row.wait_for(state="visible", timeout=5_000)
+                break
+            except Exception:  # noqa: BLE001 - Playwright's TimeoutError: ask again (Escape would drop the selection)
+                if attempt == attempts - 1:
+                    raise
+        row.click()
+
     def context_menu_item(self, target, label: str | re.Pattern, timeout_ms: int = 10_000) -> None:
         """Right-click ``target`` and click the menu item ``label``."""
         target.click(button="right")
-        self.page.get_by_role("menuitem", name=label).first.click(timeout=timeout_ms)
+        item = self.page.get_by_role("menuitem", name=label).first
+        item.wait_for(state="visible", timeout=timeout_ms)
+        # hover (which highlights the item) and Enter: a click that lands while the menu is still settling
+        # is sometimes ignored by VS Code, leaving the menu open
+        item.hover()
+        self.page.keyboard.press("Enter")
+        item.wait_for(state="hidden", timeout=timeout_ms)
 
     # --- notifications, editors, views -----------------------------------------------------------------
     def notification_button(self, message: str | re.Pattern, button: str):

@@ -1,7 +1,10 @@
 """corolla's VS Code extension in a real VS Code (code-server + headless Chromium) against the real
 assistant service over a scripted model (issue 8): the workbench loads it, chat streams an answer,
-an inline edit is accepted (file on disk) or discarded (nothing changed), "Generate Tests" from the
-editor's context menu writes a test file, and an agent's diff is applied from the Agents view.
+an inline edit is accepted (file on disk) or discarded (nothing changed), Tab / Escape / VS Code's undo,
+"Generate Tests" from the editor's context menu writes a test file, an agent's diff is applied from the
+Agents view, the Source Control view gets a commit message, the quick fix for a diagnostic (VS Code's own
+JSON checker) sends that diagnostic, a chat code block is applied to the selection, and the status bar
+says when the service is down and its click starts it again.
 
 Outcomes are checked on disk and through the service, not only on screen. Needs
 ``make code-server`` and ``make vscode-vsix`` (a missing install or .vsix fails, naming the target); with
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -146,13 +150,8 @@ def test_agent_runs_and_its_diff_is_applied(vscode, service, workspace):
     row = wb.page.locator(".part.sidebar .monaco-list-row").filter(has_text="EDITOR-AGENT-TASK").filter(
         has_text="done")
     row.first.wait_for(timeout=20_000)
-    row.first.click(button="right")  # the row offers the agent's actions...
-    wb.page.get_by_role("menuitem", name=re.compile(r"Apply Agent")).first.wait_for(timeout=10_000)
-    wb.page.keyboard.press("Escape")
-    # ...and the palette runs them (the view refreshes every 3 s, which can swallow a click in its menu)
-    wb.run_command("Corolla: Apply Agent")
-    wb.page.locator(".quick-input-widget .monaco-list-row").filter(has_text="EDITOR-AGENT-TASK").first.click(
-        timeout=15_000)
+    # the row's context menu applies it (the view redraws only when an agent changes, so the menu stays open)
+    wb.context_menu_item(row.first, re.compile(r"Apply Agent"))
     wait_until(lambda: calc(workspace) == harness.CALC_DOCUMENTED, "the agent's diff in calc.py", 20,
                detail=lambda: calc(workspace))
     assert service.get(f"/agents/{agent['id']}")["status"] == "applied"
@@ -193,3 +192,55 @@ def test_commit_message_fills_the_source_control_input(vscode, service, workspac
     wait_until(lambda: box.is_visible() and harness.COMMIT_MESSAGE in box.inner_text().replace("\u00a0", " "),
                "the commit message in the Source Control input", 30,
                detail=lambda: box.inner_text() if box.count() else "no input box")
+
+
+def test_quick_fix_sends_the_diagnostic_under_the_cursor(vscode, service, workspace):
+    wb = vscode.workbench
+    config = workspace / "config.json"
+    config.write_text(harness.BROKEN_JSON)
+    wb.open_file("config.json")
+    # VS Code's own JSON support reports the trailing comma; the quick fix for it offers Corolla: Fix
+    wb.page.locator(".editor-group-container.active .monaco-editor .squiggly-error").first.wait_for(timeout=30_000)
+    wb.select_lines(3, 3)
+    wb.quick_fix("Corolla: Fix")
+    accept = wb.notification_button(PROPOSAL_MESSAGE, "Accept")
+    accept.wait_for(timeout=30_000)
+    assert config.read_text() == harness.BROKEN_JSON  # only a proposal so far
+    accept.click()
+    wait_until(lambda: config.read_text() == harness.FIXED_JSON, "config.json to be saved with the fix", 20,
+               detail=config.read_text)
+    edit = wait_until(lambda: (lambda e: e["status"] == "accepted" and e)(only(service.edits(), "edit")),
+                      "the service to record the fix as accepted", 15, detail=lambda: str(service.edits()))
+    assert edit["files"] == ["config.json"] and edit["command"] == "fix"
+    asked = only([m for s in service.sessions() for m in s["messages"] if m["role"] == "user"], "question")
+    assert asked["content"].startswith("/fix config.json:3: error: Trailing comma"), asked["content"]
+
+
+def test_chat_code_block_applied_to_the_selection(vscode, service, workspace):
+    wb = vscode.workbench
+    wb.open_file("calc.py")
+    wb.select_lines(5, 6)
+    chat = wb.chat()
+    chat.locator("#prompt").fill(harness.CHAT_APPLY_QUESTION)
+    chat.locator("#send").click()
+    answer = chat.locator(".message.assistant").filter(has_text="Raise a ValueError")
+    answer.locator("pre").filter(has_text="raise ValueError").wait_for(timeout=30_000)
+    answer.get_by_role("button", name="Apply").first.click()
+    accept = wb.notification_button(PROPOSAL_MESSAGE, "Accept")
+    accept.wait_for(timeout=30_000)
+    assert calc(workspace) == harness.CALC  # a preview first
+    accept.click()
+    wait_until(lambda: calc(workspace) == harness.CALC_FIXED, "the code block to replace mean() in calc.py", 20,
+               detail=lambda: calc(workspace))
+
+
+def test_service_down_shows_and_start_service_brings_it_back(vscode, service, workspace):
+    wb = vscode.workbench
+    wb.status_bar().filter(has_text="Corolla: scripted").wait_for(timeout=30_000)
+    service.proc.stop()
+    wb.status_bar().filter(has_text="Corolla: service down").wait_for(timeout=30_000)
+    # the item's click runs Corolla: Start Service, which starts `corolla assistant serve` on the same URL
+    wb.status_bar().locator(".statusbar-item").filter(has_text="Corolla: service down").first.click()
+    wb.status_bar().filter(has_text="Corolla: scripted").wait_for(timeout=60_000)
+    health = service.get("/health")
+    assert health["model_ok"] is True and Path(health["workspace"]).resolve() == workspace.resolve()

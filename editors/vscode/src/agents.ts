@@ -34,7 +34,7 @@ export class Agents implements vscode.TreeDataProvider<AgentItem>, vscode.TextDo
   private readonly diffChanged = new vscode.EventEmitter<vscode.Uri>();
   readonly onDidChange = this.diffChanged.event;
   private items: AgentItem[] = [];
-  private problem: string | undefined;
+  private shown: string | undefined; // what the tree shows now, to redraw it only when that changes
   private timer: ReturnType<typeof setInterval> | undefined;
   private readonly logs = new Map<string, { channel: vscode.OutputChannel; abort: AbortController | null; after: number }>();
   private readonly diffs = new Map<string, string>();
@@ -71,16 +71,21 @@ export class Agents implements vscode.TreeDataProvider<AgentItem>, vscode.TextDo
     return this.items;
   }
 
+  /** Poll the service; redraw only when something changed (a redraw closes an open context menu). */
   async refresh(): Promise<void> {
+    let agents: Agent[] = [];
+    let problem: string | undefined;
     try {
-      this.items = (await this.client().agents()).map((a) => new AgentItem(a));
-      this.problem = undefined;
+      agents = await this.client().agents();
     } catch (error) {
-      this.items = [];
-      this.problem = messageOf(error);
+      problem = messageOf(error);
     }
-    this.view.message = this.problem ? `Corolla: ${this.problem}`
-      : this.items.length ? undefined : "No agents yet: start one with Corolla: Start Agent.";
+    const shown = JSON.stringify([agents, problem ?? null]);
+    if (shown === this.shown) return;
+    this.shown = shown;
+    this.items = agents.map((a) => new AgentItem(a));
+    this.view.message = problem ? `Corolla: ${problem}`
+      : agents.length ? undefined : "No agents yet: start one with Corolla: Start Agent.";
     this.changed.fire();
   }
 
