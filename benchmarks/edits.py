@@ -184,7 +184,7 @@ def verify(tasks: list[Task], jobs: int = 2) -> dict[str, list[str]]:
 
 # ---- agent mode: the tool loop, the check visible, up to 3 rounds ----------------------------------
 def run_agent(task: Task, *, endpoint: str, model: str, rounds: int = AGENT_ROUNDS, max_steps: int = 6,
-              round_wall_s: float = 90.0) -> dict:
+              round_wall_s: float = 90.0, mode: str = "auto") -> dict:
     """The agent (``corolla.assistant.agent.Agent``) on a fresh copy of ``task``: it sees the check
     (``test_check.py``) and may run it; after each round the pristine check is run, and a failure is
     fed to the next round. Graded like an edit; a check the agent changed is put back before grading."""
@@ -197,8 +197,8 @@ def run_agent(task: Task, *, endpoint: str, model: str, rounds: int = AGENT_ROUN
         path, check = work / task.file, work / task.check
         original, check_text = path.read_text(), check.read_text()
         where = f"{task.file} lines {task.lines[0]}-{task.lines[1]}" if task.lines else task.file
-        prompt = (f"In {where}: {task.instruction}\nThe tests in {task.check} check the result; run them with "
-                  f"run_tests and fix {task.file} until they pass. Do not change {task.check}.")
+        prompt = (f"In {where}: {task.instruction}\nThe tests in {task.check} check the result: change "
+                  f"{task.file} until they pass. Do not change {task.check}.")
         llm = LLM(LLMConfig(endpoint=endpoint, model=model, max_tokens=768))
         result = {"task": task.name, "format": AGENT, "exit": None, "changed": False, "check_exit": None,
                   "detail": "", "rounds": 0, "steps": 0, "stderr": "", "stdout": "", "diff": ""}
@@ -206,7 +206,7 @@ def run_agent(task: Task, *, endpoint: str, model: str, rounds: int = AGENT_ROUN
         try:
             for round_ in range(1, rounds + 1):
                 agent = Agent(llm, work, policy=CommandPolicy(timeout_s=CHECK_TIMEOUT_S),
-                              config=AgentConfig(max_steps=max_steps, max_wall_s=round_wall_s))
+                              config=AgentConfig(max_steps=max_steps, max_wall_s=round_wall_s, mode=mode))
                 report = agent.run(prompt)
                 result["rounds"], result["steps"] = round_, result["steps"] + report.steps
                 result["stdout"] = report.to_text()[-TAIL:]

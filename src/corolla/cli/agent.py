@@ -32,6 +32,10 @@ def register(sub) -> None:
     s.add_argument("--auto-approve", action="append", default=[], metavar="PREFIX",
                    help="also run commands starting with PREFIX without asking (repeatable); others outside "
                         "the read-only/test list are refused")
+    s.add_argument("--mode", choices=("auto", "tools", "blocks"), default="auto",
+                   help="tools: the model drives with tool calls; blocks: the files the task names are shown, the "
+                        "model answers with code blocks and the tests run after each change (what small models "
+                        "do well); auto (default): blocks when the task names a file")
     add_endpoint(s)
     s.set_defaults(func=run_start)
 
@@ -64,7 +68,7 @@ def options_of(args):
 
     return RunOptions(endpoint=args.endpoint, model=args.model, max_steps=args.max_steps,
                       max_wall_s=args.max_wall_s, max_tokens=args.max_tokens,
-                      auto_approve=tuple(args.auto_approve))
+                      auto_approve=tuple(args.auto_approve), mode=args.mode)
 
 
 # --- commands ---------------------------------------------------------------------------------------

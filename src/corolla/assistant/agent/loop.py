@@ -1,5 +1,7 @@
 """The agent's tool loop: ask the model, run the tools it calls, send the results back, until it
-answers without a call (done) or a bound is reached.
+answers without a call (done) or a bound is reached. A reply without a call that holds code for a
+file of the workspace in a fenced block is that file's edit (:mod:`.writes`: small models write code
+far better in a block than inside a tool call's JSON); its result goes back like a tool's.
 
 Bounds, so a confused small model cannot run forever: ``max_steps`` model replies, ``max_wall_s``
 seconds on the injected clock, a stop event (set by ``corolla agent stop``), and at most
@@ -29,7 +31,9 @@ from typing import Any
 from corolla.assistant.agent import prompts
 from corolla.assistant.agent.policy import CommandPolicy
 from corolla.assistant.agent.toolcalls import parse_arguments, parse_text_calls
-from corolla.assistant.agent.tools import ToolContext, ToolResult, openai_tools, run_tool
+from corolla.assistant.agent.testing import detect_test_command
+from corolla.assistant.agent.tools import ToolContext, ToolResult, apply_edits, openai_tools, run_tool
+from corolla.assistant.agent.writes import WriteError, find_writes, mentioned_files
 from corolla.assistant.context import find_instructions, list_files
 from corolla.assistant.edits import FileChange, read_text, unified_diff
 from corolla.assistant.errors import AssistantError, EndpointError
@@ -39,6 +43,8 @@ from corolla.assistant.sessions import SessionStore, title_from
 logger = logging.getLogger(__name__)
 
 STATUSES = ("done", "step_cap", "time_cap", "stopped", "error")
+MODES = ("tools", "blocks", "auto")
+MAX_SHOWN_FILE_CHARS = 12_000  # a file the task names is put in the first message (blocks mode) up to this
 _CUT_NOTE = "\n[... older output cut to save room; call the tool again if you need it]"
 
 
@@ -50,6 +56,10 @@ class AgentConfig:
     native_tools: bool | None = None  # None: try native tool calling; fall back to the prompt format
     tools: tuple[str, ...] = ("read_file", "list_dir", "search", "edit", "write_file", "run_command", "run_tests")
     history_chars: int = 24000  # older tool results are cut when the conversation grows past this
+    # "tools": the model drives with tool calls; "blocks": for small models, the files the task names are
+    # in the first message, the model answers with code blocks, the tests run after each change (tool calls
+    # in the text still work); "auto": blocks when the task names a file of the workspace, else tools
+    mode: str = "tools"
 
 
 @dataclasses.dataclass
@@ -143,6 +153,8 @@ class Agent:
         self.on_event = on_event
         self._native: bool | None = self.config.native_tools
         self._commands: list[dict] = []
+        self._read: list[str] = []  # files read in this run, for a code block that names none
+        self._blocks = False  # this run is in blocks mode
 
     # --- events --------------------------------------------------------------------------------
     def event(self, type: str, data: Any) -> None:
@@ -161,8 +173,13 @@ class Agent:
         start = self.clock()
         first_edit = len(self.ctx.applied)
         self._commands: list[dict] = []  # what ran (and what was refused) in this run, in order
-        self.event("task", {"task": task, "root": str(self.root), "config": dataclasses.asdict(self.config)})
-        messages = [{"role": "system", "content": self._system()}, {"role": "user", "content": task}]
+        self._read = []
+        self._blocks = self._blocks_mode(task)
+        if self._blocks:
+            self._native = False
+        self.event("task", {"task": task, "root": str(self.root), "config": dataclasses.asdict(self.config),
+                            "mode": "blocks" if self._blocks else "tools"})
+        messages = [{"role": "system", "content": self._system()}, {"role": "user", "content": self._first(task)}]
         steps, malformed = 0, 0
         status, summary, error = "error", "", ""
         tests: dict | None = None
@@ -182,8 +199,16 @@ class Agent:
                 self.event("assistant", {"step": steps, "text": reply.content, "native": native,
                                          "tool_calls": [{"name": n, "arguments": a} for _, n, a, _ in calls]})
                 if not calls and reason is None:
-                    status, summary = "done", reply.content.strip()
-                    break
+                    wrote = self._write_blocks(messages, reply.content, task)
+                    if wrote is None:
+                        status, summary = "done", reply.content.strip()
+                        break
+                    if wrote.get("tests") is not None:
+                        tests = wrote["tests"]
+                        if tests["passed"]:
+                            status, summary = "done", wrote["summary"]
+                            break
+                    continue
                 if reason is not None:
                     malformed += 1
                     self.event("malformed", {"step": steps, "reason": reason, "in_a_row": malformed})
@@ -214,6 +239,9 @@ class Agent:
     def _system(self) -> str:
         files = list_files(self.root)
         instructions = "\n\n".join(i.body for i in find_instructions(self.root, None))
+        if self._blocks:
+            return prompts.blocks_system_prompt(str(self.root), files, instructions,
+                                                detect_test_command(self.root) is not None)
         described = None if self._native is not False else openai_tools(list(self.config.tools))
         return prompts.system_prompt(str(self.root), files, instructions, described)
 
@@ -262,15 +290,83 @@ class Agent:
                 self.event("tool_call", {"name": name, "arguments": args})
                 result = self._tool(name, args or {})
                 tests = _tests_after(name, result, tests, len(self.ctx.applied))
+                if name == "read_file" and result.ok:
+                    self._remember_read(str((args or {}).get("path", "")))
             if native:
                 messages.append({"role": "tool", "tool_call_id": cid, "content": result.output})
             else:
                 results.append(prompts.result_message(name, result.ok, result.output))
         if reason is not None:
-            results.append(prompts.retry_prompt(reason, list_files(self.root)))
+            results.append(prompts.BLOCKS_AGAIN_CALL.format(reason=reason) if self._blocks
+                           else prompts.retry_prompt(reason, list_files(self.root)))
         if results:
             messages.append({"role": "user", "content": "\n\n".join(results)})
         return tests
+
+    def _remember_read(self, path: str) -> None:
+        rel = next(iter(mentioned_files(self.root, path)), None)
+        if rel and rel not in self._read:
+            self._read.append(rel)
+
+    def _write_blocks(self, messages: list[dict], text: str, task: str) -> dict | None:
+        """Apply the reply's code blocks for workspace files and send the result back (in blocks mode with
+        the tests' result: they run after each change). None: the reply has none, or they change nothing,
+        so it is the final answer; else {"tests": the test run or None, "summary": what was done}."""
+        tests = None
+        try:
+            writes = find_writes(text, self.root, mentioned_files(self.root, task) + self._read)
+        except WriteError as e:
+            result = ToolResult(False, f"write refused: {e}")
+            writes = None
+        if writes == []:
+            return None
+        if writes is not None:
+            self.event("tool_call", {"name": "write", "arguments": {"files": [w.edit.path for w in writes],
+                                                                   "how": [w.how for w in writes]}})
+            before = len(self.ctx.applied)
+            result = apply_edits(self.ctx, "write", [w.edit for w in writes])
+            if not result.ok and "would change nothing" in result.output:
+                self.event("tool_result", {"name": "write", "ok": True, "output": "no change", "data": {}})
+                if not self._blocks or detect_test_command(self.root) is None:
+                    return None  # the code already in the files: a summary that shows it
+                result = ToolResult(True, "nothing changed: that is the code the file already has")
+            else:
+                self.event("tool_result", {"name": "write", "ok": result.ok, "output": result.output,
+                                           "data": result.data})
+            for proposal in self.ctx.applied[before:]:
+                self.event("edit", {"diff": proposal.diff, "files": list(proposal.paths)})
+        messages.append({"role": "assistant", "content": text})
+        feedback = prompts.result_message("write", result.ok, result.output)
+        if not result.ok:
+            follow = prompts.BLOCKS_AGAIN if self._blocks else "Send the code again, fixed."
+        elif self._blocks and detect_test_command(self.root) is not None:
+            ran = self._tool("run_tests", {})
+            tests = _tests_after("run_tests", ran, None, len(self.ctx.applied))
+            feedback += "\n\n" + prompts.result_message("run_tests", ran.ok, ran.output)
+            follow = "" if ran.ok else prompts.BLOCKS_TESTS_FAIL
+        else:
+            follow = ("Check it with run_tests, or reply with a short summary (no code) if the task is done."
+                      if not self._blocks else prompts.BLOCKS_DONE)
+        messages.append({"role": "user", "content": feedback + ("\n\n" + follow if follow else "")})
+        return {"tests": tests, "summary": "The tests pass." if tests and tests["passed"] else ""}
+
+    def _blocks_mode(self, task: str) -> bool:
+        mode = self.config.mode
+        if mode not in MODES:
+            raise AssistantError(f"unknown agent mode {mode!r}; choose one of {', '.join(MODES)}")
+        return mode == "blocks" or (mode == "auto" and bool(mentioned_files(self.root, task)))
+
+    def _first(self, task: str) -> str:
+        """The first user message: the task (blocks mode: with the files it names, so no step is spent reading)."""
+        if not self._blocks:
+            return task
+        shown = []
+        for rel in mentioned_files(self.root, task)[:3]:
+            text = read_text(self.root, rel)
+            if text is not None and len(text) <= MAX_SHOWN_FILE_CHARS:
+                shown.append(prompts.file_block(rel, text))
+                self._read.append(rel)
+        return task + ("\n\n" + "\n\n".join(shown) if shown else "")
 
     def _tool(self, name: str, args: dict) -> ToolResult:
         before, ran = len(self.ctx.applied), len(self.ctx.commands)

@@ -7,14 +7,22 @@ from __future__ import annotations
 import json
 
 MAX_FILES_LISTED = 60
+FENCE_LANGUAGES = {"py": "python", "js": "javascript", "mjs": "javascript", "ts": "typescript", "tsx": "tsx",
+                   "go": "go", "rs": "rust", "java": "java", "c": "c", "cpp": "cpp", "rb": "ruby", "sh": "bash"}
 
 SYSTEM = """\
 You are corolla, a coding agent. You work in the project at {root} by calling tools.
 How to work:
 1. Read the files you need (read_file, search).
-2. Change code with edit: "search" is the exact old text, "replace" the new text. Use write_file only for new files.
+2. To change a file, reply with its path on one line and then the new code in one fenced block: the whole
+file, or the whole functions you change (each from its first line to its last). Like this:
+{example}
+```{lang}
+<the new code>
+```
+Use write_file only for new files.
 3. Run the tests with run_tests and fix what fails.
-4. When the task is done, reply with a short summary of what you changed and no tool call.
+4. When the task is done, reply with a short summary of what you changed, with no code and no tool call.
 Do not delete or weaken existing tests."""
 
 PROMPT_TOOLS = """\
@@ -34,9 +42,51 @@ Reply with one tool call in exactly this format, with one of the tools and its a
 or, if the task is done, a short summary with no tool call."""
 
 
+BLOCKS_SYSTEM = """\
+You are corolla, a coding assistant changing the project at {root}.
+To change a file, reply with its path on one line and then the new code in one fenced block: the whole file,
+or the whole functions you change (each from its first line to its last). Like this:
+{example}
+```{lang}
+<the new code>
+```
+Write complete code: no placeholders, no "..." for code you keep.{tests}
+When nothing is left to change, reply with a short summary and no code."""
+
+BLOCKS_TESTS = "\nThe tests run after each change and you will see their result."
+BLOCKS_AGAIN = "Send the code again, fixed: the file's path on one line, then the code in one fenced block."
+BLOCKS_TESTS_FAIL = ("The tests fail. Find the cause in the output above and send the fixed code: the file's path "
+                     "on one line, then the code in one fenced block. Do not change the tests.")
+BLOCKS_DONE = "If the task is done, reply with a short summary and no code."
+BLOCKS_AGAIN_CALL = ("That could not be used ({reason}). Do not call functions: send the new code, the file's path "
+                     "on one line and then the code in one fenced block.")
+
+
+def blocks_system_prompt(root: str, files: list[str], instructions: str = "", tests: bool = True) -> str:
+    """The system prompt of blocks mode (small models): code blocks instead of tool calls."""
+    example = example_path(files)
+    parts = [BLOCKS_SYSTEM.format(root=root, example=example, tests=BLOCKS_TESTS if tests else "",
+                                  lang=FENCE_LANGUAGES.get(example.rsplit(".", 1)[-1], ""))]
+    if instructions.strip():
+        parts.append("Follow the project's instructions:\n" + instructions.strip())
+    if files:
+        shown = files[:MAX_FILES_LISTED]
+        more = f"\n... and {len(files) - len(shown)} more" if len(files) > len(shown) else ""
+        parts.append("Files in the project:\n" + "\n".join(shown) + more)
+    return "\n\n".join(parts)
+
+
+def file_block(path: str, text: str) -> str:
+    """A file as the model sees it in blocks mode: its path, then its text in a fenced block."""
+    fence = "````" if "```" in text else "```"
+    lang = FENCE_LANGUAGES.get(path.rsplit(".", 1)[-1], "")
+    return f"{path}\n{fence}{lang}\n{text.rstrip()}\n{fence}"
+
+
 def system_prompt(root: str, files: list[str], instructions: str = "", tools: list[dict] | None = None) -> str:
     """The system prompt; ``tools`` (OpenAI tool dicts) are described in it when the endpoint has no native tools."""
-    parts = [SYSTEM.format(root=root)]
+    example = example_path(files)
+    parts = [SYSTEM.format(root=root, example=example, lang=FENCE_LANGUAGES.get(example.rsplit(".", 1)[-1], ""))]
     if instructions.strip():
         parts.append("Follow the project's instructions:\n" + instructions.strip())
     if files:
@@ -45,7 +95,7 @@ def system_prompt(root: str, files: list[str], instructions: str = "", tools: li
         parts.append("Files in the project:\n" + "\n".join(shown) + more)
     if tools:
         parts.append(PROMPT_TOOLS.format(tools="\n".join(describe_tool(t) for t in tools),
-                                         example=example_path(files)))
+                                         example=example))
     return "\n\n".join(parts)
 
 

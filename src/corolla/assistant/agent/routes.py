@@ -1,6 +1,6 @@
 """The assistant service's agent endpoints (``add_agent_routes(app, assistant)``):
 
-  POST /agents                       {task, background=true, max_steps?, auto_approve?} -> the agent
+  POST /agents                       {task, background=true, max_steps?, auto_approve?, mode?} -> the agent
   GET  /agents                       agents, newest first
   GET  /agents/{id}                  the agent: task, status, report, diff
   GET  /agents/{id}/events[?after=N] SSE of its stored events, following until it has finished,
@@ -14,6 +14,7 @@ state (apply while running, stop after it finished) or a diff that conflicts wit
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 import anyio
 from fastapi import FastAPI, Query, Request
@@ -35,6 +36,7 @@ class StartAgent(BaseModel):
     background: bool = True
     max_steps: int | None = Field(default=None, ge=1, le=500)
     auto_approve: list[str] = Field(default_factory=list, max_length=50)
+    mode: Literal["auto", "tools", "blocks"] = "auto"
 
 
 def _error(status: int, e: errors.AssistantError) -> JSONResponse:
@@ -63,7 +65,7 @@ def add_agent_routes(app: FastAPI, assistant, manager: AgentManager | None = Non
     @app.post("/agents")
     async def start(body: StartAgent):
         options = RunOptions(endpoint=llm_config.endpoint, model=llm_config.model, max_tokens=llm_config.max_tokens,
-                             auto_approve=tuple(body.auto_approve))
+                             auto_approve=tuple(body.auto_approve), mode=body.mode)
         if body.max_steps is not None:
             options.max_steps = body.max_steps
         agent_id = await anyio.to_thread.run_sync(

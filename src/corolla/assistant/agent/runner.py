@@ -50,6 +50,7 @@ class RunOptions:
     max_wall_s: float = 900.0
     max_tokens: int = 1024
     auto_approve: tuple[str, ...] = ()
+    mode: str = "auto"  # AgentConfig.mode: blocks when the task names a file (small models do far better)
 
     def to_json(self) -> dict:
         return {**dataclasses.asdict(self), "auto_approve": list(self.auto_approve)}
@@ -71,7 +72,7 @@ class RunOptions:
             args += ["--model", self.model]
         for prefix in self.auto_approve:
             args += ["--auto-approve", prefix]
-        return args
+        return args + ["--mode", self.mode]
 
 
 def status_of(report_status: str) -> str:
@@ -94,7 +95,7 @@ def build_agent(root: Path, session_id: str, workdir: Path, options: RunOptions,
             config.model = options.model
         llm = LLM(config)
     policy = CommandPolicy(auto_approve=tuple(options.auto_approve), approve=None)
-    config = AgentConfig(max_steps=options.max_steps, max_wall_s=options.max_wall_s)
+    config = AgentConfig(max_steps=options.max_steps, max_wall_s=options.max_wall_s, mode=options.mode)
     return Agent(llm, workdir, policy=policy, store=store, session_id=session_id, config=config, stop=stop)
 
 
@@ -202,13 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-wall-s", type=float, default=900.0)
     parser.add_argument("--max-tokens", type=int, default=1024)
     parser.add_argument("--auto-approve", action="append", default=[])
+    parser.add_argument("--mode", choices=("auto", "tools", "blocks"), default="auto")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpx2", "openai"):  # one line per model request would drown the agent's own
         logging.getLogger(noisy).setLevel(logging.WARNING)
     log.info("agent %s in %s (pid %d)", args.session, args.workspace, os.getpid())
     options = RunOptions(args.endpoint, args.model, args.max_steps, args.max_wall_s, args.max_tokens,
-                         tuple(args.auto_approve))
+                         tuple(args.auto_approve), args.mode)
     root = args.workspace.resolve()
     store = SessionStore(root)
     stop = threading.Event()

@@ -31,7 +31,8 @@ from corolla.assistant.edits import Edit, Proposal, apply, propose, revert
 from corolla.assistant.errors import (AmbiguousMatchError, AssistantError, EditError, NoMatchError, PlaceholderError,
                                       StaleFileError, SyntaxBreakError)
 
-__all__ = ["TOOLS", "Tool", "ToolContext", "ToolResult", "detect_test_command", "openai_tools", "run_tool"]
+__all__ = ["TOOLS", "Tool", "ToolContext", "ToolResult", "apply_edits", "detect_test_command", "openai_tools",
+           "run_tool"]
 
 MAX_READ_LINES = 400
 MAX_READ_CHARS = 16_000
@@ -259,9 +260,15 @@ _EDIT_HINTS = [
 ]
 
 
-def _apply_edit(ctx: ToolContext, tool: str, edit: Edit) -> ToolResult:
+def apply_edits(ctx: ToolContext, tool: str, edits: list[Edit]) -> ToolResult:
+    """Propose and apply ``edits`` at once (all or none), recorded in ``ctx.applied``; a refusal is a failed
+    result saying what to do instead. Also how the agent applies the code blocks a model writes."""
+    return _apply_edit(ctx, tool, *edits)
+
+
+def _apply_edit(ctx: ToolContext, tool: str, *edits: Edit) -> ToolResult:
     try:
-        proposal = propose(ctx.root, [edit])
+        proposal = propose(ctx.root, list(edits))
         if not proposal.changes:
             return _fail(f"{tool}: the edit would change nothing (the new text equals the old)")
         apply(ctx.root, proposal)
