@@ -60,3 +60,37 @@ def assistant(scripted, llm_model, workspace):
 
     _, base = scripted
     return Assistant(LLM(LLMConfig(endpoint=base, model=None)), workspace, config=AssistantConfig(edit_format="whole"))
+
+
+# --- the agent's tests: the scripted model through corolla.assistant.llm, and a project with a failing test ---
+TESTS = '''\
+import pytest
+
+from calc import add, mean
+
+
+def test_add():
+    assert add(2, 3) == 5
+
+
+def test_mean_of_empty_list_raises():
+    with pytest.raises(ValueError):
+        mean([])
+'''
+
+
+@pytest.fixture()
+def llm(scripted, llm_model):
+    from corolla.assistant.llm import LLM, LLMConfig
+
+    _, base = scripted
+    return LLM(LLMConfig(endpoint=base, model=None))
+
+
+@pytest.fixture()
+def project(workspace):
+    """The workspace with a test that fails until mean() raises on an empty list."""
+    (workspace / "tests" / "test_calc.py").write_text(TESTS)
+    git(workspace, "add", "-A")
+    git(workspace, "commit", "-q", "-m", "Add tests")
+    return workspace

@@ -12,26 +12,10 @@ from corolla.assistant.agent.loop import Agent, AgentConfig, AgentReport, diffst
 from corolla.assistant.agent.policy import CommandPolicy
 from corolla.assistant.agent.toolcalls import parse_arguments, parse_text_calls
 from corolla.assistant.errors import EndpointError
-from corolla.assistant.llm import LLM, LLMConfig
 from corolla.assistant.sessions import SessionStore
-from tests.assistant.conftest import git
 
 KNOWN = {"read_file", "edit", "run_tests", "list_dir"}
 
-TESTS = '''\
-import pytest
-
-from calc import add, mean
-
-
-def test_add():
-    assert add(2, 3) == 5
-
-
-def test_mean_of_empty_list_raises():
-    with pytest.raises(ValueError):
-        mean([])
-'''
 
 MEAN_OLD = "    return sum(values) / len(values)"
 MEAN_NEW = ('    if not values:\n        raise ValueError("mean of an empty list")\n'
@@ -41,21 +25,6 @@ MEAN_NEW = ('    if not values:\n        raise ValueError("mean of an empty list
 def call(name: str, **arguments) -> str:
     """A tool call as Qwen writes it (the real API turns it into a native tool call)."""
     return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
-
-
-@pytest.fixture()
-def llm(scripted, llm_model):
-    _, base = scripted
-    return LLM(LLMConfig(endpoint=base, model=None))
-
-
-@pytest.fixture()
-def project(workspace):
-    """The workspace with a test that fails until mean() raises on an empty list."""
-    (workspace / "tests" / "test_calc.py").write_text(TESTS)
-    git(workspace, "add", "-A")
-    git(workspace, "commit", "-q", "-m", "Add tests")
-    return workspace
 
 
 def agent(llm, root, **kw) -> Agent:

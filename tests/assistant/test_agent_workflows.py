@@ -6,13 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from corolla.assistant.agent.loop import AgentConfig
 from corolla.assistant.agent.policy import CommandPolicy
 from corolla.assistant.agent import workflows
 from corolla.assistant.agent.workflows import WorkflowReport, check_tests, refactor, snapshot_tests
-from corolla.assistant.llm import LLM, LLMConfig
 from corolla.assistant.sessions import SessionStore
 from tests.assistant.conftest import git
 
@@ -47,12 +44,6 @@ def test_mean_empty_is_zero():
 
 def call(name: str, **arguments) -> str:
     return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
-
-
-@pytest.fixture()
-def llm(scripted, llm_model):
-    _, base = scripted
-    return LLM(LLMConfig(endpoint=base, model=None))
 
 
 def files(root: Path) -> dict[str, str]:

@@ -9,9 +9,8 @@ from corolla.assistant.agent.loop import Agent, AgentConfig
 from corolla.assistant.agent.policy import CommandPolicy
 from corolla.assistant.agent.writes import WriteError, default_file, find_writes, mentioned_files
 from corolla.assistant.edits import propose
-from corolla.assistant.llm import LLM, LLMConfig
-from tests.assistant.conftest import CALC, git
-from tests.assistant.test_agent_loop import TESTS, call
+from tests.assistant.conftest import CALC
+from tests.assistant.test_agent_loop import call
 
 MEAN_FIXED = '''def mean(values):
     if not values:
@@ -115,20 +114,6 @@ def test_two_blocks_for_one_file_are_refused(workspace):
 
 
 # --- in the loop ----------------------------------------------------------------------------------------
-@pytest.fixture()
-def llm(scripted, llm_model):
-    _, base = scripted
-    return LLM(LLMConfig(endpoint=base, model=None))
-
-
-@pytest.fixture()
-def project(workspace):
-    (workspace / "tests" / "test_calc.py").write_text(TESTS)
-    git(workspace, "add", "-A")
-    git(workspace, "commit", "-q", "-m", "Add tests")
-    return workspace
-
-
 def run(llm, root, task: str, steps: int = 8):
     return Agent(llm, root, policy=CommandPolicy(), config=AgentConfig(max_steps=steps)).run(task)
 

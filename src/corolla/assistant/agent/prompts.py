@@ -65,15 +65,21 @@ BLOCKS_AGAIN_CALL = ("That could not be used ({reason}). Do not call functions: 
 def blocks_system_prompt(root: str, files: list[str], instructions: str = "", tests: bool = True) -> str:
     """The system prompt of blocks mode (small models): code blocks instead of tool calls."""
     example = example_path(files)
-    parts = [BLOCKS_SYSTEM.format(root=root, example=example, tests=BLOCKS_TESTS if tests else "",
-                                  lang=FENCE_LANGUAGES.get(example.rsplit(".", 1)[-1], ""))]
+    head = BLOCKS_SYSTEM.format(root=root, example=example, tests=BLOCKS_TESTS if tests else "",
+                                lang=FENCE_LANGUAGES.get(example.rsplit(".", 1)[-1], ""))
+    return "\n\n".join([head, *_project_parts(files, instructions, more_hint="")])
+
+
+def _project_parts(files: list[str], instructions: str, more_hint: str) -> list[str]:
+    """The project's instructions and its files (the first MAX_FILES_LISTED), as prompt sections."""
+    parts = []
     if instructions.strip():
         parts.append("Follow the project's instructions:\n" + instructions.strip())
     if files:
         shown = files[:MAX_FILES_LISTED]
-        more = f"\n... and {len(files) - len(shown)} more" if len(files) > len(shown) else ""
+        more = f"\n... and {len(files) - len(shown)} more{more_hint}" if len(files) > len(shown) else ""
         parts.append("Files in the project:\n" + "\n".join(shown) + more)
-    return "\n\n".join(parts)
+    return parts
 
 
 def file_block(path: str, text: str) -> str:
@@ -86,13 +92,8 @@ def file_block(path: str, text: str) -> str:
 def system_prompt(root: str, files: list[str], instructions: str = "", tools: list[dict] | None = None) -> str:
     """The system prompt; ``tools`` (OpenAI tool dicts) are described in it when the endpoint has no native tools."""
     example = example_path(files)
-    parts = [SYSTEM.format(root=root, example=example, lang=FENCE_LANGUAGES.get(example.rsplit(".", 1)[-1], ""))]
-    if instructions.strip():
-        parts.append("Follow the project's instructions:\n" + instructions.strip())
-    if files:
-        shown = files[:MAX_FILES_LISTED]
-        more = f"\n... and {len(files) - len(shown)} more (list_dir to see them)" if len(files) > len(shown) else ""
-        parts.append("Files in the project:\n" + "\n".join(shown) + more)
+    parts = [SYSTEM.format(root=root, example=example, lang=FENCE_LANGUAGES.get(example.rsplit(".", 1)[-1], "")),
+             *_project_parts(files, instructions, more_hint=" (list_dir to see them)")]
     if tools:
         parts.append(PROMPT_TOOLS.format(tools="\n".join(describe_tool(t) for t in tools),
                                          example=example))
