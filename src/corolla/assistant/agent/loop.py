@@ -155,6 +155,7 @@ class Agent:
         self._commands: list[dict] = []
         self._read: list[str] = []  # files read in this run, for a code block that names none
         self._blocks = False  # this run is in blocks mode
+        self._has_tests = False  # the workspace has a test command (looked up once a run)
 
     # --- events --------------------------------------------------------------------------------
     def event(self, type: str, data: Any) -> None:
@@ -175,6 +176,7 @@ class Agent:
         self._commands: list[dict] = []  # what ran (and what was refused) in this run, in order
         self._read = []
         self._blocks = self._blocks_mode(task)
+        self._has_tests = detect_test_command(self.root) is not None
         if self._blocks:
             self._native = False
         self.event("task", {"task": task, "root": str(self.root), "config": dataclasses.asdict(self.config),
@@ -240,8 +242,7 @@ class Agent:
         files = list_files(self.root)
         instructions = "\n\n".join(i.body for i in find_instructions(self.root, None))
         if self._blocks:
-            return prompts.blocks_system_prompt(str(self.root), files, instructions,
-                                                detect_test_command(self.root) is not None)
+            return prompts.blocks_system_prompt(str(self.root), files, instructions, self._has_tests)
         described = None if self._native is not False else openai_tools(list(self.config.tools))
         return prompts.system_prompt(str(self.root), files, instructions, described)
 
@@ -327,19 +328,18 @@ class Agent:
             result = apply_edits(self.ctx, "write", [w.edit for w in writes])
             if not result.ok and "would change nothing" in result.output:
                 self.event("tool_result", {"name": "write", "ok": True, "output": "no change", "data": {}})
-                if not self._blocks or detect_test_command(self.root) is None:
+                if not self._blocks or not self._has_tests:
                     return None  # the code already in the files: a summary that shows it
                 result = ToolResult(True, "nothing changed: that is the code the file already has")
             else:
                 self.event("tool_result", {"name": "write", "ok": result.ok, "output": result.output,
                                            "data": result.data})
-            for proposal in self.ctx.applied[before:]:
-                self.event("edit", {"diff": proposal.diff, "files": list(proposal.paths)})
+            self._edit_events(before)
         messages.append({"role": "assistant", "content": text})
         feedback = prompts.result_message("write", result.ok, result.output)
         if not result.ok:
             follow = prompts.BLOCKS_AGAIN if self._blocks else "Send the code again, fixed."
-        elif self._blocks and detect_test_command(self.root) is not None:
+        elif self._blocks and self._has_tests:
             ran = self._tool("run_tests", {})
             tests = _tests_after("run_tests", ran, None, len(self.ctx.applied))
             feedback += "\n\n" + prompts.result_message("run_tests", ran.ok, ran.output)
@@ -378,9 +378,13 @@ class Agent:
         if result.data.get("refused"):
             self._commands.append({"command": result.data.get("command"), "exit_code": None, "refused": True})
         self.event("tool_result", {"name": name, "ok": result.ok, "output": result.output, "data": result.data})
+        self._edit_events(before)
+        return result
+
+    def _edit_events(self, before: int) -> None:
+        """An ``edit`` event for each proposal applied since ``before``."""
         for proposal in self.ctx.applied[before:]:
             self.event("edit", {"diff": proposal.diff, "files": list(proposal.paths)})
-        return result
 
     def _report(self, status: str, summary: str, error: str, steps: int, tests: dict | None,
                 first_edit: int) -> AgentReport:
