@@ -10,7 +10,10 @@ class ClientConfig:
     initial_peers: tuple[str, ...] = ()
     model_id: str | None = None  # DHT prefix; default: the model's name
     allowed_servers: frozenset[str] | None = None  # restrict routing to these peer ids
-    request_timeout_s: float = 60.0  # one step or forward call through one server
+    request_timeout_s: float = 60.0  # one step or forward call through one server (alive but stuck)
+    connect_timeout_s: float = 5.0  # opening a session stream to a server
+    liveness_period_s: float = 1.0  # a server whose answer is this late is probed, and again every period ...
+    liveness_timeout_s: float = 2.0  # ... and given up when a probe takes longer (see SwarmClient.answer_of)
     route_timeout_s: float = 30.0  # how long to wait for missing blocks to get a server
     max_chunk_tokens: int = 1024  # prefill is sent in chunks of at most this many tokens (x batch)
     max_retries: int = 5  # failed steps re-routed before giving up

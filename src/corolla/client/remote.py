@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import torch
 from hivemind.proto import runtime_pb2
@@ -12,7 +14,7 @@ from hivemind.proto import runtime_pb2
 from corolla.client.config import ClientConfig
 from corolla.client.loop import LoopThread
 from corolla.errors import BadRequestError, NoRouteError, RemoteCallError, error_from_wire
-from corolla.protocol.messages import ForwardMeta, ResponseMeta, decode_meta, encode_meta
+from corolla.protocol.messages import ForwardMeta, ResponseMeta, ServerState, decode_meta, encode_meta
 from corolla.protocol.rpc import TRANSPORT_ERRORS, stub_for
 from corolla.protocol.tensors import decode, encode
 from corolla.swarm.dht import start_dht
@@ -20,6 +22,7 @@ from corolla.swarm.discovery import SwarmState, fetch_swarm_state
 from corolla.swarm.routing import Hop, plan_chain
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def parse_response(response: runtime_pb2.ExpertResponse, codec: str | None = None) -> tuple[ResponseMeta, torch.Tensor]:
@@ -87,7 +90,8 @@ class SwarmClient:
     def measure_rtts(self, state: SwarmState, max_age_s: float = 60.0) -> dict[str, float]:
         """Round trips to online servers (an ``info`` call each), measured at most every ``max_age_s``."""
         now = time.monotonic()
-        stale = [s.peer_id for s in state.servers if s.info.state.value == "online"
+        banned = self.banned()  # a server just found dead would only cost a probe's timeout
+        stale = [s.peer_id for s in state.servers if s.info.state is ServerState.ONLINE and s.peer_id not in banned
                  and now - self._rtt.get(s.peer_id, (-1e9, 0.0))[0] > max_age_s]
         if stale:
             for peer, rtt in zip(stale, self.loop.run(self._ping_all(stale))):
@@ -98,13 +102,48 @@ class SwarmClient:
     async def _ping_all(self, peers: list[str]) -> list[float | None]:
         return await asyncio.gather(*(self._ping(p) for p in peers))
 
-    async def _ping(self, peer_id: str) -> float | None:
+    async def _ping(self, peer_id: str, timeout_s: float = 2.0) -> float | None:
+        """Round trip of an ``info`` call, or None when it fails or takes over ``timeout_s``."""
         t0 = time.perf_counter()
         try:
-            await stub_for(self.p2p, peer_id).rpc_info(runtime_pb2.ExpertRequest(uid=self.model_id), timeout=2.0)
+            await stub_for(self.p2p, peer_id).rpc_info(runtime_pb2.ExpertRequest(uid=self.model_id), timeout=timeout_s)
         except Exception:  # unreachable: routing will try it at the default cost, failover handles the rest
             return None
         return time.perf_counter() - t0
+
+    async def answer_of(self, peer_id: str, receive: Awaitable[T]) -> T:
+        """The result of ``receive`` (a read of ``peer_id``'s answer), watching the peer meanwhile.
+
+        A peer that dies usually closes its connection, and ``receive`` fails at once. One that
+        vanishes without a word (a host gone from the network, a frozen process) would leave the
+        read waiting: after ``liveness_period_s`` without an answer the peer is probed with an
+        ``info`` call every period, and one that does not answer a probe within
+        ``liveness_timeout_s`` is given up. ``request_timeout_s`` remains for a server that
+        answers probes but never the request (alive but stuck). Failures are RemoteCallErrors.
+        """
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + cfg.request_timeout_s
+        task = asyncio.ensure_future(receive)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=max(0.0, min(cfg.liveness_period_s, deadline - loop.time())))
+                if done:
+                    return task.result()
+                if loop.time() >= deadline:
+                    raise RemoteCallError(f"server {peer_id} did not answer within {cfg.request_timeout_s:g} s")
+                probe = asyncio.ensure_future(self._ping(peer_id, cfg.liveness_timeout_s))
+                done, _ = await asyncio.wait({task, probe}, return_when=asyncio.FIRST_COMPLETED)
+                if task in done:
+                    probe.cancel()
+                    return task.result()
+                if await probe is None:
+                    raise RemoteCallError(f"server {peer_id} did not answer a liveness probe within "
+                                          f"{cfg.liveness_timeout_s:g} s")
+        except TRANSPORT_ERRORS as e:
+            raise RemoteCallError(f"call to {peer_id} failed: {type(e).__name__}: {e}") from e
+        finally:
+            task.cancel()  # a no-op once it finished; a read abandoned mid-message leaves the stream unusable
 
     # ---- stateless calls -----------------------------------------------------------------------
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,6 @@ caches — and therefore the output — are the same as if nothing had happened.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import time
@@ -19,8 +18,8 @@ from hivemind.proto import runtime_pb2
 
 from corolla.client.remote import SwarmClient, parse_response
 from corolla.errors import CorollaError, NoRouteError, RemoteCallError, SequenceTooLongError, SessionEvictedError
-from corolla.protocol.messages import Cohort, InferenceMeta, PushTarget, SessionOpen, encode_meta
-from corolla.protocol.rpc import TRANSPORT_ERRORS, stub_for
+from corolla.protocol.messages import Cohort, ErrorInfo, InferenceMeta, PushTarget, SessionOpen, encode_meta
+from corolla.protocol.rpc import TRANSPORT_ERRORS, RpcStream
 from corolla.protocol.tensors import encode
 from corolla.swarm.routing import Hop
 
@@ -39,13 +38,8 @@ class _HopStream:
             end_block=hop.end,
             max_length=max_length,
         )
-        self._queue: asyncio.Queue = asyncio.Queue()
-        self._responses = None
+        self._stream: RpcStream | None = None
         self._opened = False
-
-    async def _requests(self):
-        while (item := await self._queue.get()) is not None:
-            yield item
 
     @property
     def push_target(self) -> PushTarget | None:
@@ -54,7 +48,7 @@ class _HopStream:
 
     async def step(self, hidden: torch.Tensor, position: int) -> torch.Tensor:
         await self.send(hidden, position)
-        return (await self.receive())[0]
+        return (await self.receive()).hidden
 
     async def send(
         self, hidden: torch.Tensor, position: int, route: tuple[PushTarget, ...] = (), push_from: str | None = None,
@@ -66,39 +60,35 @@ class _HopStream:
                              cohort=cohort)
         request = runtime_pb2.ExpertRequest(uid=self.client.model_id, tensors=encode(hidden, codec),
                                             metadata=encode_meta(meta))
-        self._queue.put_nowait(request)
-        if self._responses is None:  # hivemind reads the first request before returning the stream
-            try:
-                self._responses = await stub_for(self.client.p2p, self.hop.peer_id).rpc_inference(self._requests())
-            except TRANSPORT_ERRORS as e:
-                raise RemoteCallError(f"call to {self.hop.peer_id} failed: {type(e).__name__}: {e}") from e
-
-    async def receive(self) -> tuple[torch.Tensor, bool, Cohort | None]:
-        """The next step's output, whether this server pushed it on to the next hop, and the
-        cohort of outputs of its batch that came to us with it."""
-        if self._responses is None:
-            raise RemoteCallError(f"no stream is open to {self.hop.peer_id}")
         try:
-            response = await asyncio.wait_for(anext(self._responses), self.client.config.request_timeout_s)
-        except StopAsyncIteration:
-            raise RemoteCallError(f"server {self.hop.peer_id} closed the session stream") from None
-        except asyncio.TimeoutError:
-            raise RemoteCallError(
-                f"server {self.hop.peer_id} did not answer within {self.client.config.request_timeout_s} s"
-            ) from None
+            if self._stream is None:
+                self._stream = await RpcStream.open(self.client.p2p, self.hop.peer_id, "rpc_inference",
+                                                    self.client.config.connect_timeout_s)
+            await self._stream.send(request)
         except TRANSPORT_ERRORS as e:
             raise RemoteCallError(f"call to {self.hop.peer_id} failed: {type(e).__name__}: {e}") from e
+
+    async def receive(self) -> StepAnswer:
+        """The next step's answer. A server that dies meanwhile is noticed through its closed
+        stream or a failed liveness probe (see :meth:`SwarmClient.answer_of`), not a timeout."""
+        if self._stream is None:
+            raise RemoteCallError(f"no stream is open to {self.hop.peer_id}")
+        response = await self.client.answer_of(self.hop.peer_id, self._stream.receive())
         self._opened = True
         meta, out = parse_response(response, self.client.config.compression)
-        return out, meta.pushed, meta.cohort
+        return StepAnswer(out, meta.pushed, meta.cohort, meta.push_error)
 
     async def close(self) -> None:
-        self._queue.put_nowait(None)
-        if self._responses is not None:
-            try:
-                await asyncio.wait_for(self._responses.aclose(), 1.0)
-            except Exception:  # the server may already be gone
-                pass
+        if self._stream is not None:
+            await self._stream.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class StepAnswer:
+    hidden: torch.Tensor
+    pushed: bool  # the server pushed its output on to the next hop
+    cohort: Cohort | None  # the outputs of its batch that came to us with it
+    push_error: ErrorInfo | None  # why a push it was asked for did not happen
 
 
 @dataclasses.dataclass
@@ -123,6 +113,8 @@ class InferenceSession:
         self.recoveries = 0  # how many times a failed server was replaced
         self.evictions = 0  # how many times a server dropped this session's cache for room (replayed)
         self.pushed_inputs = 0  # hop inputs that a server pushed to the next one (the client sent no copy)
+        self.push_failures = 0  # pushes a server was asked for and reported failed (the client sent the step)
+        self._broken_links: set[tuple[str, str]] = set()  # (server, next server) pairs whose push connection failed
         self.cohort: Cohort | None = None  # the outputs that arrived with the last step's (for the LM head)
         # kept for generate(): tokens already in the servers' caches, and one sampled but not sent
         self.token_ids: torch.Tensor | None = None
@@ -205,23 +197,41 @@ class InferenceSession:
                 else:
                     route, push_from = self._push_route(i)
                     await state.stream.send(x, self.position, route, push_from, cohort)
-                y, pushed, cohort = await state.stream.receive()
+                answer = await state.stream.receive()
             except CorollaError as e:
                 return x, i, e
+            if answer.push_error is not None and i + 1 < len(self._hops):
+                self._push_failed(i, answer.push_error)
             state.inputs.append(x)
-            x = y
+            x, pushed, cohort = answer.hidden, answer.pushed, answer.cohort
         self.cohort = cohort
         return x, None, None
 
+    def _push_failed(self, index: int, error: ErrorInfo) -> None:
+        """Hop ``index`` says its push to the next hop did not happen: we send that step ourselves.
+        A lost connection between the two (not a refusal) means that link should not carry this
+        session's steps again: the next hop may be dead (sending to it shows at once) or just
+        unreachable from there (a NAT), and then relaying is the only way."""
+        self.push_failures += 1
+        sender, receiver = self._hops[index].stream.hop.peer_id, self._hops[index + 1].stream.hop.peer_id
+        log.info("server %s could not push to %s (%s: %s); sending the step ourselves", sender, receiver,
+                 error.code, error.message)
+        if error.code == RemoteCallError.__name__:
+            self._broken_links.add((sender, receiver))
+
     def _push_route(self, index: int) -> tuple[tuple[PushTarget, ...], str | None]:
-        """The open hops after ``index`` (up to the first not yet open) and the hop before it."""
+        """The open hops after ``index`` (up to the first not yet open or behind a broken link)
+        and the hop before it."""
         if not self.client.config.push:
             return (), None
         route = []
+        sender = self._hops[index].stream.hop.peer_id
         for state in self._hops[index + 1 :]:
-            if (target := state.stream.push_target) is None:
+            target = state.stream.push_target
+            if target is None or (sender, target.peer_id) in self._broken_links:
                 break
             route.append(target)
+            sender = target.peer_id
         return tuple(route), self._hops[index - 1].stream.hop.peer_id if index > 0 else None
 
     def _replace(self, index: int) -> None:

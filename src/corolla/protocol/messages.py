@@ -144,6 +144,9 @@ class ResponseMeta(_Wire):
     error: ErrorInfo | None = None
     position: int | None = None
     pushed: bool = False  # the next hop took this output from us: the client need not send it
+    # the push this step asked for did not happen: the next hop refused it (its error), or the
+    # connection to it failed (code RemoteCallError); the client sends the step itself
+    push_error: ErrorInfo | None = None
     cohort: Cohort | None = None  # the other outputs of this step's batch that went to the same client
 
 

@@ -46,5 +46,7 @@ class ServerConfig:
     rebalance_period_s: float = 60.0  # 0 disables moving
     rebalance_min_gain: float = 1.2  # move when the weakest block's throughput grows by this factor
     throughput: float | None = None  # announce this many steps/s instead of measuring
-    push_timeout_s: float = 5.0  # a push to the next hop that takes longer is given up (the client relays it)
+    # a push to the next hop that takes longer is given up and the client relays the step; an
+    # acknowledgement normally takes milliseconds, and a dead next hop fails the push at once
+    push_timeout_s: float = 2.0
     drain_timeout_s: float = 5.0  # on SIGTERM, how long running steps may take to finish

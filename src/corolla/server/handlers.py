@@ -18,6 +18,7 @@ from hivemind.proto import runtime_pb2
 from corolla.errors import (
     BadRequestError,
     CorollaError,
+    RemoteCallError,
     ServerBusyError,
     ServerInternalError,
     SessionEvictedError,
@@ -156,8 +157,9 @@ class BlockHandlers:
             await asyncio.sleep(0.01)
 
     def _ok(self, out: torch.Tensor, position: int | None = None, pushed: bool = False,
-            codec: str | None = None, cohort: Cohort | None = None) -> runtime_pb2.ExpertResponse:
-        meta = ResponseMeta(position=position, pushed=pushed, cohort=cohort)
+            codec: str | None = None, cohort: Cohort | None = None,
+            push_error: ErrorInfo | None = None) -> runtime_pb2.ExpertResponse:
+        meta = ResponseMeta(position=position, pushed=pushed, cohort=cohort, push_error=push_error)
         return runtime_pb2.ExpertResponse(tensors=encode(out, codec), metadata=encode_meta(meta))
 
     # ---- compute (runs on the compute thread) -----------------------------------------------
@@ -207,8 +209,9 @@ class BlockHandlers:
                 yield error_response(e)
 
     async def _push(self, route: tuple[PushTarget, ...], out: torch.Tensor, position: int,
-                    codec: str | None, cohort: Cohort | None) -> bool:
-        """Send our output of the step at ``position`` to the next hop; True if it took it."""
+                    codec: str | None, cohort: Cohort | None) -> ErrorInfo | None:
+        """Send our output of the step at ``position`` to the next hop; None if it took it,
+        else why not (for the client, which then sends the step itself)."""
         target, *rest = route
         request = runtime_pb2.ExpertRequest(
             uid=self.model_id, tensors=encode(out, codec),
@@ -217,12 +220,13 @@ class BlockHandlers:
         )
         try:
             meta = await self.pushes.push(target.peer_id, request, self.config.push_timeout_s)
-        except Exception as e:  # the client then sends the step itself
+        except Exception as e:  # the connection failed or the push timed out
             log.debug("push to %s failed: %s: %s", target.peer_id, type(e).__name__, e)
-            return False
+            reason = "timed out" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
+            return ErrorInfo(code=RemoteCallError.__name__, message=f"push to {target.peer_id} failed: {reason}"[:4096])
         if meta.error is not None:
             log.debug("push to %s refused: %s", target.peer_id, meta.error.message)
-        return meta.error is None
+        return meta.error
 
     async def rpc_inference(
         self, requests: AsyncIterator[runtime_pb2.ExpertRequest], context: P2PContext
@@ -273,8 +277,9 @@ class BlockHandlers:
                     push = bool(route) and self.pushes is not None
                     out, next_cohort = await self.batcher.submit(
                         session, hidden, position, cohort, destination=route[0].peer_id if push else peer)
-                    pushed = push and await self._push(route, out, position, codec, next_cohort)
-                    yield self._ok(out, session.position, pushed, codec, None if pushed else next_cohort)
+                    push_error = await self._push(route, out, position, codec, next_cohort) if push else None
+                    pushed = push and push_error is None
+                    yield self._ok(out, session.position, pushed, codec, None if pushed else next_cohort, push_error)
                 except CorollaError as e:
                     yield error_response(e)
                     await _until_client_closes(inbox)

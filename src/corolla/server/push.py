@@ -14,29 +14,27 @@ import logging
 from hivemind.proto import runtime_pb2
 
 from corolla.protocol.messages import ResponseMeta, decode_meta
-from corolla.protocol.rpc import stub_for
+from corolla.protocol.rpc import RpcStream, StreamClosedError
 
 log = logging.getLogger(__name__)
 
 
 class PushLink:
-    """One open push stream to one peer."""
+    """One open push stream to one peer; it breaks (and fails every waiting push) as soon as
+    the connection does, so a dead next server costs the client no timeout."""
 
     def __init__(self, p2p, peer_id: str):
         self.p2p, self.peer_id = p2p, peer_id
-        self._queue: asyncio.Queue = asyncio.Queue()
+        self._stream: RpcStream | None = None
         self._waiting: collections.deque[asyncio.Future] = collections.deque()
         self._reader: asyncio.Task | None = None
-        self._opening = asyncio.Lock()
+        self._sending = asyncio.Lock()  # sends and their futures queued in the same order
         self.broken = False
 
-    async def _requests(self):
-        while (item := await self._queue.get()) is not None:
-            yield item
-
-    async def _read(self, responses) -> None:
+    async def _read(self) -> None:
         try:
-            async for response in responses:
+            while True:
+                response = await self._stream.receive()
                 future = self._waiting.popleft()
                 if not future.done():  # its sender may have stopped waiting
                     future.set_result(response)
@@ -47,24 +45,28 @@ class PushLink:
             while self._waiting:
                 future = self._waiting.popleft()
                 if not future.done():
-                    future.set_exception(ConnectionError(f"push stream to {self.peer_id} closed"))
+                    future.set_exception(StreamClosedError(f"push stream to {self.peer_id} closed"))
 
     async def push(self, request: runtime_pb2.ExpertRequest, timeout_s: float) -> ResponseMeta:
         future = asyncio.get_running_loop().create_future()
-        self._waiting.append(future)
-        self._queue.put_nowait(request)
-        async with self._opening:
-            if self._reader is None:  # hivemind reads the first request before returning the stream
-                responses = await stub_for(self.p2p, self.peer_id).rpc_push(self._requests())
-                self._reader = asyncio.create_task(self._read(responses))
-        response = await asyncio.wait_for(future, timeout_s)
+        async with asyncio.timeout(timeout_s):
+            async with self._sending:
+                if self.broken:
+                    raise StreamClosedError(f"push stream to {self.peer_id} closed")
+                if self._stream is None:
+                    self._stream = await RpcStream.open(self.p2p, self.peer_id, "rpc_push", timeout_s)
+                    self._reader = asyncio.create_task(self._read())
+                self._waiting.append(future)
+                await self._stream.send(request)
+            response = await future
         return decode_meta(response.metadata, ResponseMeta)
 
     def close(self) -> None:
         self.broken = True
-        self._queue.put_nowait(None)
         if self._reader is not None:
             self._reader.cancel()
+        if self._stream is not None:
+            asyncio.ensure_future(self._stream.close())
 
 
 class PushLinks:
