@@ -87,6 +87,13 @@ class RemoteCallError(CorollaError):
     retryable = True
 
 
+class PeerUnresponsiveError(RemoteCallError):
+    """A peer kept its connection open but did not answer: a liveness probe or the request timed out.
+
+    (A peer that died and closed its connection is a plain RemoteCallError, noticed at once.)
+    """
+
+
 # --- swarm ---------------------------------------------------------------------------------------
 class SwarmError(CorollaError):
     """The swarm cannot serve the request."""

@@ -13,7 +13,7 @@ from hivemind.proto import runtime_pb2
 
 from corolla.client.config import ClientConfig
 from corolla.client.loop import LoopThread
-from corolla.errors import BadRequestError, NoRouteError, RemoteCallError, error_from_wire
+from corolla.errors import BadRequestError, NoRouteError, PeerUnresponsiveError, RemoteCallError, error_from_wire
 from corolla.protocol.messages import ForwardMeta, ResponseMeta, ServerState, decode_meta, encode_meta
 from corolla.protocol.rpc import TRANSPORT_ERRORS, stub_for
 from corolla.protocol.tensors import decode, encode
@@ -131,14 +131,14 @@ class SwarmClient:
                 if done:
                     return task.result()
                 if loop.time() >= deadline:
-                    raise RemoteCallError(f"server {peer_id} did not answer within {cfg.request_timeout_s:g} s")
+                    raise PeerUnresponsiveError(f"server {peer_id} did not answer within {cfg.request_timeout_s:g} s")
                 probe = asyncio.ensure_future(self._ping(peer_id, cfg.liveness_timeout_s))
                 done, _ = await asyncio.wait({task, probe}, return_when=asyncio.FIRST_COMPLETED)
                 if task in done:
                     probe.cancel()
                     return task.result()
                 if await probe is None:
-                    raise RemoteCallError(f"server {peer_id} did not answer a liveness probe within "
+                    raise PeerUnresponsiveError(f"server {peer_id} did not answer a liveness probe within "
                                           f"{cfg.liveness_timeout_s:g} s")
         except TRANSPORT_ERRORS as e:
             raise RemoteCallError(f"call to {peer_id} failed: {type(e).__name__}: {e}") from e
@@ -166,7 +166,7 @@ class SwarmClient:
         try:
             response = await stub_for(self.p2p, hop.peer_id).rpc_forward(request, timeout=self.config.request_timeout_s)
         except asyncio.TimeoutError:
-            raise RemoteCallError(f"{hop.peer_id} did not answer within {self.config.request_timeout_s} s") from None
+            raise PeerUnresponsiveError(f"{hop.peer_id} did not answer within {self.config.request_timeout_s} s") from None
         except TRANSPORT_ERRORS as e:
             raise RemoteCallError(f"forward to {hop.peer_id} failed: {type(e).__name__}: {e}") from e
         return parse_response(response, codec)[1]

@@ -111,6 +111,7 @@ class InferenceSession:
         self._hops: list[_HopState] = []
         self._closed = False
         self.recoveries = 0  # how many times a failed server was replaced
+        self.failures: list[CorollaError] = []  # what each failed step met, in order (retried)
         self.evictions = 0  # how many times a server dropped this session's cache for room (replayed)
         self.pushed_inputs = 0  # hop inputs that a server pushed to the next one (the client sent no copy)
         self.push_failures = 0  # pushes a server was asked for and reported failed (the client sent the step)
@@ -157,6 +158,7 @@ class InferenceSession:
             peer = self._hops[failed].stream.hop.peer_id
             while True:  # recover hop `failed`; a replacement that fails too is retried
                 failures += 1
+                self.failures.append(error)
                 if not getattr(error, "retryable", False) or failures > self.client.config.max_retries:
                     raise error
                 if isinstance(error, SessionEvictedError):  # the server is fine: it needed the room

@@ -1,0 +1,178 @@
+"""Servers die at random moments — at session open, during a prefill chunk, mid-step, while the
+previous server pushes to them — and generation goes on with identical output, the death noticed
+through the transport (a closed stream), never through a timeout.
+
+A killer thread waits for a moment of the client's work (a send to the first server: the session
+opening, the prefill's first chunk, a decode step) and kills a server of the chain a uniformly
+random time later, while the client is doing whatever it does then. Every span has two servers
+(a warm replacement); each dead server is replaced before the next round. Seeded rounds.
+
+The client runs with a 30-s request timeout and liveness probes only after 30 s: a death noticed
+by a timeout would show as a PeerUnresponsiveError among the session's failures (and a slow test).
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from corolla.client import session as session_module
+from corolla.errors import PeerUnresponsiveError
+from corolla.swarm.local import LocalSwarm
+from tests.swarm.conftest import local_greedy
+from tests.tiny_models import save_tiny_model
+
+pytestmark = pytest.mark.slow
+
+SPANS = [(0, 3), (0, 3), (3, 6), (3, 6)]
+ARGS = ["--torch-threads", "1", "--announce-period-s", "1"]
+PROMPT_TOKENS, NEW_TOKENS, CHUNK = 48, 24, 8  # the prompt goes in 6 chunks
+ROUNDS = {"open": 3, "prefill": 3, "decode": 4, "push": 4}
+PATIENT = dict(request_timeout_s=30.0, liveness_period_s=30.0, max_chunk_tokens=CHUNK, route_timeout_s=60.0)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = save_tiny_model("llama", tmp_path_factory.mktemp("tiny-moments"))
+    return folder, AutoModelForCausalLM.from_pretrained(folder).eval()
+
+
+@pytest.fixture(scope="module")
+def swarm(tiny, tmp_path_factory):
+    folder, _ = tiny
+    s = LocalSwarm(str(folder), 6, "tiny-moments", log_dir=tmp_path_factory.mktemp("logs-moments"), server_args=ARGS)
+    try:
+        s.start(SPANS)
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def prompt():
+    return torch.randint(0, 320, (1, PROMPT_TOKENS), generator=torch.Generator().manual_seed(31))
+
+
+def client(swarm, folder, **options):
+    from corolla.client.model import DistributedModelForCausalLM
+
+    return DistributedModelForCausalLM.from_pretrained(folder, initial_peers=swarm.initial_peers,
+                                                       model_id=swarm.model_id, **options)
+
+
+class SendWatch:
+    """Calls ``hook(hop_index, position)`` on the client's loop whenever the client sends a step."""
+
+    def __init__(self, monkeypatch):
+        self.hook = None
+        original = session_module._HopStream.send
+        watch = self
+
+        async def send(stream, hidden, position, *args, **kwargs):
+            if watch.hook is not None:
+                watch.hook(stream, position)
+            return await original(stream, hidden, position, *args, **kwargs)
+
+        monkeypatch.setattr(session_module._HopStream, "send", send)
+
+
+def replace_dead(swarm, victim):
+    swarm.servers.remove(victim)
+    swarm.wait_ready([swarm.add_server(victim.span)])
+
+
+def undisturbed(model, prompt):
+    """The reference tokens and how long the prefill and one decode step take."""
+    times = []
+    t0 = time.monotonic()
+    with model.inference_session(max_length=PROMPT_TOKENS + NEW_TOKENS) as session:
+        out = model.generate(prompt, max_new_tokens=NEW_TOKENS, eos_token_id=[],
+                             callback=lambda _: times.append(time.monotonic()))
+        assert session.pushed_inputs > 0  # the push phase below really is a push
+    return out, times[0] - t0, (times[-1] - times[0]) / (len(times) - 1)
+
+
+def test_kills_at_random_moments_lose_nothing_and_wait_for_no_timeout(swarm, tiny, prompt, monkeypatch):
+    folder, ref = tiny
+    watch = SendWatch(monkeypatch)
+    with client(swarm, folder, **PATIENT) as model:
+        expected, prefill_s, step_s = undisturbed(model, prompt)
+        assert torch.equal(expected, local_greedy(ref, prompt, NEW_TOKENS))
+        seed = 0
+        for phase, rounds in ROUNDS.items():
+            for _ in range(rounds):
+                seed += 1
+                rng = random.Random(seed)
+                step = rng.randrange(2, NEW_TOKENS - 4)  # the decode step the killer waits for
+                trigger, killed = threading.Event(), {}
+
+                def hook(stream, position):
+                    if trigger.is_set() or stream.hop.start != 0:
+                        return
+                    if phase in ("open", "prefill") or position == PROMPT_TOKENS + step:
+                        trigger.set()
+
+                if phase == "open":
+                    delay = rng.uniform(0.0, 0.02)  # while the first hops open their sessions
+                elif phase == "prefill":
+                    delay = rng.uniform(0.0, prefill_s)
+                else:
+                    delay = rng.uniform(0.0, step_s)
+                with model.inference_session(max_length=PROMPT_TOKENS + NEW_TOKENS) as session:
+                    def killer():
+                        trigger.wait(60)
+                        time.sleep(delay)
+                        chain = session.chain
+                        # "push": the server the first one is pushing to; else any server of the chain
+                        hop = 1 if phase == "push" else rng.randrange(len(chain))
+                        victim = next(s for s in swarm.servers if s.peer_id == chain[hop].peer_id)
+                        swarm.kill(victim, signal.SIGKILL)
+                        killed.update(victim=victim, hop=hop)
+
+                    watch.hook = hook
+                    thread = threading.Thread(target=killer, daemon=True)
+                    thread.start()
+                    try:
+                        out = model.generate(prompt, max_new_tokens=NEW_TOKENS, eos_token_id=[])
+                    finally:
+                        watch.hook = None
+                        thread.join(60)
+                    what = f"{phase} round seed={seed}: killed hop {killed.get('hop')} {delay * 1000:.1f} ms in"
+                    assert "victim" in killed, what
+                    assert torch.equal(out, expected), what
+                    assert session.recoveries >= 1, what
+                    slow = [e for e in session.failures if isinstance(e, PeerUnresponsiveError)]
+                    assert not slow, f"{what}: noticed by a timeout: {slow}"
+                replace_dead(swarm, killed["victim"])
+
+
+def test_a_frozen_server_is_given_up_by_its_liveness_probe(swarm, tiny, prompt):
+    """A process that stops answering without closing its connection (SIGSTOP: as a host that
+    vanished from the network) is noticed by the liveness probe, long before the request timeout."""
+    folder, _ = tiny
+    with client(swarm, folder, request_timeout_s=120.0, liveness_period_s=0.5, liveness_timeout_s=1.0,
+                max_chunk_tokens=CHUNK, route_timeout_s=60.0) as model:
+        expected = model.generate(prompt, max_new_tokens=NEW_TOKENS, eos_token_id=[])
+        frozen = {}
+        with model.inference_session(max_length=PROMPT_TOKENS + NEW_TOKENS) as session:
+            def on_token(_):
+                if not frozen and session.position > PROMPT_TOKENS + 4:
+                    # the next step's answer will never come: the client is about to wait for it
+                    victim = next(s for s in swarm.servers if s.peer_id == session.chain[1].peer_id)
+                    swarm.kill(victim, signal.SIGSTOP)
+                    frozen["victim"] = victim
+
+            try:
+                out = model.generate(prompt, max_new_tokens=NEW_TOKENS, eos_token_id=[], callback=on_token)
+            finally:
+                if "victim" in frozen:
+                    swarm.kill(frozen["victim"], signal.SIGKILL)
+        assert torch.equal(out, expected)
+        assert any(isinstance(e, PeerUnresponsiveError) and "liveness probe" in str(e) for e in session.failures)
+    replace_dead(swarm, frozen["victim"])
