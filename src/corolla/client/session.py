@@ -97,6 +97,22 @@ class _HopState:
     inputs: list[torch.Tensor] = dataclasses.field(default_factory=list)  # every input sent, per step
 
 
+def merge_steps(inputs: list[torch.Tensor], max_tokens: int) -> list[torch.Tensor]:
+    """Consecutive inputs [B, T_i, H] joined along T into chunks of at most ``max_tokens`` x B
+    tokens (an input already bigger stays alone), in order."""
+    chunks: list[list[torch.Tensor]] = []
+    size = 0
+    for x in inputs:
+        tokens = x.shape[0] * x.shape[1]
+        if chunks and size + tokens <= max_tokens:
+            chunks[-1].append(x)
+            size += tokens
+        else:
+            chunks.append([x])
+            size = tokens
+    return [c[0] if len(c) == 1 else torch.cat(c, dim=1) for c in chunks]
+
+
 def _backoff_s(failures: int) -> float:
     """No wait before the first retry (a replacement may be ready), then capped exponential."""
     return 0.0 if failures <= 1 else min(0.25 * 2 ** (failures - 2), 4.0)
@@ -252,9 +268,13 @@ class InferenceSession:
         self.recoveries += 1
 
     async def _replay(self, hops: list[_HopState], inputs: list[torch.Tensor]) -> None:
-        """Re-send every kept input, step by step as originally sent: the rebuilt caches are the same."""
+        """Re-send every kept input to rebuild the caches, consecutive steps merged into chunks
+        (one forward for many decode steps instead of one each: a replay costs about a prefill,
+        not a token's time per token already generated). The rebuilt cache holds the same keys and
+        values, float rounding of the bigger matmuls aside — as when steps of several sessions are
+        batched together."""
         position = 0
-        for x in inputs:
+        for x in merge_steps(inputs, self.client.config.max_chunk_tokens):
             tokens = x.shape[1]
             for state in hops:
                 try:
