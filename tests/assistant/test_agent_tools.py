@@ -9,6 +9,7 @@ import pytest
 
 from corolla.assistant.agent import TOOLS, CommandPolicy, ToolContext, detect_test_command, openai_tools, run_tool
 from corolla.assistant.agent.testing import summarise_tests
+from corolla.assistant.edits import Allowance
 from tests.assistant.conftest import CALC, git
 
 
@@ -176,12 +177,19 @@ def test_edit_and_write_file_create_new_files(ctx):
 
 
 def test_revert_all_restores_the_workspace(ctx):
+    ctx.allow = Allowance.from_request("rename mean to average")  # what Agent.run sets from such a task
     assert call(ctx, "edit", path="calc.py", search="    return a + b\n", replace="    return a + b + 0\n").ok
     assert call(ctx, "edit", path="calc.py", search="def mean(values):\n", replace="def average(values):\n").ok
     assert call(ctx, "write_file", path="extra.py", content="E = 1\n").ok
     assert ctx.revert_all() == ["extra.py", "calc.py"]
     assert (ctx.root / "calc.py").read_text() == CALC and not (ctx.root / "extra.py").exists()
     assert ctx.applied == [] and git(ctx.root, "status", "--porcelain") == ""
+
+
+def test_an_edit_renaming_a_used_function_is_refused_unless_the_task_asks(ctx):
+    res = call(ctx, "edit", path="calc.py", search="def mean(values):\n", replace="def average(values):\n")
+    assert not res.ok and res.data["error"] == "StructureBreakError" and "`mean` would be renamed" in res.output
+    assert (ctx.root / "calc.py").read_text() == CALC
 
 
 # --- run_command -----------------------------------------------------------------------------------

@@ -60,6 +60,22 @@ class SyntaxBreakError(EditError):
     """The edit would turn a file that parsed into one that does not."""
 
 
+class StructureBreakError(EditError):
+    """The edit would remove, rename or re-nest a definition other code uses (``changes`` says which and how)."""
+
+    def __init__(self, message: str, changes: tuple | list = ()):
+        super().__init__(message)
+        self.changes = tuple(changes)  # corolla.assistant.edits.structure.StructureChange
+
+
+class CheckFailedError(EditError):
+    """The check command (``corolla fix --check``) still fails with the edit applied; the file was restored."""
+
+    def __init__(self, message: str, command: str = "", exit_code: int | None = None, output: str = ""):
+        super().__init__(message)
+        self.command, self.exit_code, self.output = command, exit_code, output
+
+
 class StaleFileError(EditError):
     """A file changed since the proposal was made (or since it was applied, for an undo)."""
 

@@ -35,7 +35,7 @@ from corolla.assistant.agent.testing import detect_test_command
 from corolla.assistant.agent.tools import ToolContext, ToolResult, apply_edits, openai_tools, run_tool
 from corolla.assistant.agent.writes import WriteError, find_writes, mentioned_files
 from corolla.assistant.context import find_instructions, list_files
-from corolla.assistant.edits import FileChange, read_text, unified_diff
+from corolla.assistant.edits import Allowance, FileChange, read_text, unified_diff
 from corolla.assistant.errors import AssistantError, EndpointError
 from corolla.assistant.llm import LLM
 from corolla.assistant.sessions import SessionStore, title_from
@@ -176,6 +176,7 @@ class Agent:
         self._commands: list[dict] = []  # what ran (and what was refused) in this run, in order
         self._read = []
         self._blocks = self._blocks_mode(task)
+        self.ctx.allow = Allowance.from_request(task)  # renaming or removing a definition only when asked
         self._has_tests = detect_test_command(self.root) is not None
         if self._blocks:
             self._native = False

@@ -27,9 +27,9 @@ from corolla.assistant.agent.shell import CommandResult, truncate_middle
 from corolla.assistant.agent.testing import detect_test_command, summarise_tests
 from corolla.assistant.context import list_files
 from corolla.assistant.context.files import normalize, read_text
-from corolla.assistant.edits import Edit, Proposal, apply, propose, revert
+from corolla.assistant.edits import Allowance, Edit, Proposal, apply, propose, revert
 from corolla.assistant.errors import (AmbiguousMatchError, AssistantError, EditError, NoMatchError, PlaceholderError,
-                                      StaleFileError, SyntaxBreakError)
+                                      StaleFileError, StructureBreakError, SyntaxBreakError)
 
 __all__ = ["TOOLS", "Tool", "ToolContext", "ToolResult", "apply_edits", "detect_test_command", "openai_tools",
            "run_tool"]
@@ -59,6 +59,7 @@ class ToolContext:
     policy: CommandPolicy
     applied: list[Proposal] = field(default_factory=list)  # in order; undo = revert in reverse
     commands: list[dict] = field(default_factory=list)  # {"command", "exit_code", "timed_out", "duration_s"}
+    allow: Allowance = field(default_factory=Allowance)  # structural changes the task asked for (set per run)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -256,6 +257,7 @@ _EDIT_HINTS = [
     (AmbiguousMatchError, "Put more surrounding lines into search so that it matches one place only."),
     (PlaceholderError, "Write out the complete new code in replace; no placeholders."),
     (SyntaxBreakError, "Fix replace so that the file still parses."),
+    (StructureBreakError, "Keep every definition at its place and indentation, with its name."),
     (StaleFileError, "Read the file again and redo the edit against its current text."),
 ]
 
@@ -268,7 +270,7 @@ def apply_edits(ctx: ToolContext, tool: str, edits: list[Edit]) -> ToolResult:
 
 def _apply_edit(ctx: ToolContext, tool: str, *edits: Edit) -> ToolResult:
     try:
-        proposal = propose(ctx.root, list(edits))
+        proposal = propose(ctx.root, list(edits), allow=ctx.allow)
         if not proposal.changes:
             return _fail(f"{tool}: the edit would change nothing (the new text equals the old)")
         apply(ctx.root, proposal)

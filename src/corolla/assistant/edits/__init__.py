@@ -4,7 +4,8 @@
 Two formats small models can follow (:data:`FORMATS`): ``whole`` (rewrite a target block in one
 fenced code block) and ``search_replace`` (aider-style SEARCH/REPLACE blocks). :func:`propose`
 finds each edit's text exactly, ignoring whitespace, or fuzzily; refuses lazy placeholders, syntax
-breaks and unsafe paths; :func:`apply` and :func:`revert` write all files or none. Every refusal is
+breaks, used definitions removed, renamed or re-nested without being asked (:mod:`.structure`) and
+unsafe paths; :func:`apply` and :func:`revert` write all files or none. Every refusal is
 an :class:`corolla.assistant.errors.EditError` whose message a user or a model can act on.
 """
 
@@ -16,14 +17,16 @@ from corolla.assistant.edits.placeholders import find_placeholder
 from corolla.assistant.edits.proposal import (apply, proposal_from_json, proposal_to_json, propose, read_text,
                                               revert, unified_diff)
 from corolla.assistant.edits.search_replace import parse_search_replace
+from corolla.assistant.edits.structure import Allowance, structural_changes
 from corolla.assistant.edits.syntax import first_error, language_for
 from corolla.assistant.edits.types import FORMATS, Edit, FileChange, Proposal, Target
 from corolla.assistant.edits.whole import parse_whole
 
 __all__ = [
-    "DEFAULT_THRESHOLD", "FORMATS", "Edit", "FileChange", "Proposal", "Target", "apply", "find_placeholder",
+    "DEFAULT_THRESHOLD", "FORMATS", "Allowance", "Edit", "FileChange", "Proposal", "Target", "apply", "find_placeholder",
     "first_error", "format_instructions", "language_for", "parse_reply", "parse_search_replace", "parse_whole",
-    "proposal_from_json", "proposal_to_json", "propose", "read_text", "replace_once", "revert", "unified_diff",
+    "proposal_from_json", "proposal_to_json", "propose", "read_text", "replace_once", "revert", "structural_changes",
+    "unified_diff",
 ]
 
 

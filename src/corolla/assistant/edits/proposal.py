@@ -2,8 +2,8 @@
 
 ``propose`` reads each file (an editor's unsaved buffer wins over the disk), applies the file's
 edits in order, each against the updated content, and refuses the whole proposal on the first
-problem: an unsafe path, text not found or found twice, a lazy placeholder, or a syntax error the
-edit introduces. CRLF files are edited in "\\n" form and written back with CRLF.
+problem: an unsafe path, text not found or found twice, a lazy placeholder, a syntax error the
+edit introduces, or a definition other code uses removed, renamed or re-nested (unless ``allow`` covers it). CRLF files are edited in "\\n" form and written back with CRLF.
 
 ``apply`` and ``revert`` write all files or none: every file is first checked to be as expected
 (else :class:`StaleFileError`), the new contents go to temporary files beside their targets
@@ -26,6 +26,7 @@ from pathlib import Path
 from corolla.assistant.edits.matching import DEFAULT_THRESHOLD, replace_once
 from corolla.assistant.edits.paths import resolve, safe_relpath
 from corolla.assistant.edits.placeholders import check_placeholders
+from corolla.assistant.edits.structure import NOTHING, Allowance, check_structure
 from corolla.assistant.edits.syntax import check_syntax
 from corolla.assistant.edits.types import Edit, FileChange, Proposal
 from corolla.assistant.edits.whole import resolve_whole
@@ -58,8 +59,10 @@ def read_text(root: Path, path: str, buffers: Mapping[str, str] | None = None) -
 
 
 def propose(root: Path, edits: list[Edit], *, buffers: Mapping[str, str] | None = None,
-            threshold: float = DEFAULT_THRESHOLD) -> Proposal:
-    """Check ``edits`` against the workspace and return what would change (nothing is written)."""
+            threshold: float = DEFAULT_THRESHOLD, allow: Allowance = NOTHING) -> Proposal:
+    """Check ``edits`` against the workspace and return what would change (nothing is written).
+
+    ``allow``: the structural changes the request asked for (see :mod:`.structure`); others are refused."""
     by_path: dict[str, list[Edit]] = {}
     for edit in edits:
         by_path.setdefault(safe_relpath(edit.path), []).append(edit)
@@ -73,6 +76,7 @@ def propose(root: Path, edits: list[Edit], *, buffers: Mapping[str, str] | None 
             notes.append(f"{rel}: no change")
             continue
         check_syntax(rel, before, after)
+        check_structure(rel, before, after, allow)
         changes.append(FileChange(rel, before, after))
     return Proposal(tuple(changes), unified_diff(changes), tuple(notes))
 

@@ -3,8 +3,9 @@
 The simplest format for a small model: it gets the block and replies with its new version in one
 fenced code block. Parsing picks the fenced block that best resembles the target (a reply may show
 several), accepts an unfenced reply only when it has no prose and shares lines with the target,
-puts back the target's base indentation when the model dedented the whole block, and keeps the
-block's trailing newlines as they were.
+keeps the target's base indentation when the model shifted the whole block (dedented it, or indented
+it deeper: a top-level function sent back four spaces in would otherwise become nested inside the
+function above it), and keeps the block's trailing newlines as they were.
 """
 
 from __future__ import annotations
@@ -104,10 +105,8 @@ def resolve_whole(code: list[str], target: Target, source: str | None) -> Edit:
     if old_lines and old_lines[0].strip():
         while code and not code[0].strip():
             code.pop(0)
-    if target.start_line is not None:
-        src, dst = base_indent(code), base_indent(old_lines)
-        if src != dst and dst.startswith(src):  # the model dedented the whole block: indent it back
-            code = reindent(code, src, dst)
+    if target.start_line is not None and _shifted(code, old_lines):
+        code = reindent(code, base_indent(code), base_indent(old_lines))
     new = "\n".join(code)
     if code and (not old or old.endswith("\n")):
         blank_tail = 0  # blank lines that ended the target (a range followed by a spacer line)
@@ -116,6 +115,26 @@ def resolve_whole(code: list[str], target: Target, source: str | None) -> Edit:
                 blank_tail += 1
         new += "\n" * (1 + blank_tail)
     return Edit(path=target.path, old=old, new=new, line=target.start_line)
+
+
+def _shifted(code: list[str], old_lines: list[str]) -> bool:
+    """Whether the model moved the whole block to another base indentation than the target's.
+
+    Shallower is always a shift (a block cannot sit left of where it goes). Deeper is a shift only
+    when its first line moved too: a range that starts inside a body (first line at 8 spaces, later
+    lines at 4) may legitimately come back with only the deeper lines, and then the first lines agree.
+    """
+    src, dst = base_indent(code), base_indent(old_lines)
+    if src == dst:
+        return False
+    if dst.startswith(src):
+        return True
+    return src.startswith(dst) and _first_indent(code) != _first_indent(old_lines)
+
+
+def _first_indent(lines: list[str]) -> str:
+    first = next((x for x in lines if x.strip()), "")
+    return first[:len(first) - len(first.lstrip())]
 
 
 def _rewrote_whole_file(code: list[str], source: str, target: Target) -> bool:
