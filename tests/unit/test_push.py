@@ -15,7 +15,16 @@ from hivemind.proto import runtime_pb2
 from transformers import AutoConfig
 
 from corolla.models.loading import load_span
-from corolla.protocol.messages import InferenceMeta, PushMeta, ResponseMeta, SessionOpen, decode_meta, encode_meta
+from corolla.protocol.messages import (
+    ErrorInfo,
+    InferenceMeta,
+    PushMeta,
+    PushTarget,
+    ResponseMeta,
+    SessionOpen,
+    decode_meta,
+    encode_meta,
+)
 from corolla.protocol.tensors import to_wire
 from corolla.server.config import ServerConfig
 from corolla.server.handlers import BlockHandlers
@@ -116,3 +125,47 @@ def test_pushes_are_taken_only_from_the_named_peer_and_for_the_next_step(handler
 
     for response, want in zip(responses, expected):
         assert torch.allclose(from_wire(response.tensors[0]), want, atol=1e-6)
+
+
+class _Links:
+    """Stands in for the server's PushLinks: each push raises or answers what it is given."""
+
+    def __init__(self, outcome):
+        self.outcome = outcome
+
+    async def push(self, peer_id, request, timeout_s):
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+
+@pytest.mark.parametrize("outcome, code", [
+    (ConnectionError("push stream to the next peer closed"), "RemoteCallError"),
+    (TimeoutError(), "RemoteCallError"),
+    (ResponseMeta(error=ErrorInfo(code="UnknownSessionError", message="no open session")), "UnknownSessionError"),
+])
+def test_a_failed_push_is_reported_to_the_client_with_why(handlers, outcome, code):
+    """The client then sends the step to the next hop itself; a lost connection (not a refusal)
+    tells it that link should not carry this session's steps again."""
+    opening = SessionOpen(model_id="tiny", session_id=f"session-pushfail-{code}", start_block=0, end_block=3,
+                          max_length=32)
+    route = (PushTarget(peer_id="12D3KooWNext", session_id="next-session-1"),)
+    prompt = torch.randn(1, 3, 64, generator=torch.Generator().manual_seed(3))
+
+    async def scenario():
+        saved, handlers.pushes = handlers.pushes, _Links(outcome)
+        try:
+            client_q: asyncio.Queue = asyncio.Queue()
+            stream = handlers.rpc_inference(_queue_iter(client_q), _Context(_Peer(CLIENT)))
+            client_q.put_nowait(_request(InferenceMeta(position=0, open=opening, route=route), prompt))
+            answer = _meta(await anext(stream))
+            client_q.put_nowait(None)
+            assert [r async for r in stream] == []
+            return answer
+        finally:
+            handlers.pushes = saved
+
+    answer = asyncio.run(scenario())
+    assert answer.error is None and answer.position == 3  # the step itself succeeded
+    assert not answer.pushed
+    assert answer.push_error is not None and answer.push_error.code == code

@@ -29,3 +29,29 @@ def test_an_input_bigger_than_the_limit_stays_alone_and_batch_rows_count():
 
 def test_nothing_to_replay():
     assert merge_steps([], max_tokens=8) == []
+
+
+def test_a_link_whose_push_connection_failed_is_not_asked_to_push_again():
+    """Hop 0 reports its push to hop 1 lost: later steps name no route past hop 0 (the client
+    relays to hop 1), while hop 1 still pushes on to hop 2; a refusal changes nothing."""
+    from types import SimpleNamespace
+
+    from corolla.client.config import ClientConfig
+    from corolla.client.session import InferenceSession, _HopState, _HopStream
+    from corolla.protocol.messages import ErrorInfo
+    from corolla.swarm.routing import Hop
+
+    client = SimpleNamespace(config=ClientConfig(), model_id="m")
+    session = InferenceSession(client, max_length=64)
+    session._hops = [_HopState(_HopStream(client, Hop(p, i, i + 1), 64)) for i, p in enumerate("ABC")]
+    for state in session._hops:
+        state.stream._opened = True
+    peers = lambda route: [t.peer_id for t in route]  # noqa: E731
+    assert peers(session._push_route(0)[0]) == ["B", "C"]
+
+    session._push_failed(0, ErrorInfo(code="UnknownSessionError", message="no open session"))
+    assert peers(session._push_route(0)[0]) == ["B", "C"]
+    session._push_failed(0, ErrorInfo(code="RemoteCallError", message="push stream to B closed"))
+    assert session._push_route(0)[0] == ()
+    assert peers(session._push_route(1)[0]) == ["C"] and session._push_route(1)[1] == "A"
+    assert session.push_failures == 2
