@@ -94,6 +94,11 @@ class PeerUnresponsiveError(RemoteCallError):
     """
 
 
+class SessionClosedError(CorollaError):
+    """The client closed this inference session (perhaps from another thread, mid-step); no
+    server is at fault. Open a new session to go on."""
+
+
 # --- swarm ---------------------------------------------------------------------------------------
 class SwarmError(CorollaError):
     """The swarm cannot serve the request."""

@@ -176,3 +176,51 @@ def test_a_frozen_server_is_given_up_by_its_liveness_probe(swarm, tiny, prompt):
         assert torch.equal(out, expected)
         assert any(isinstance(e, PeerUnresponsiveError) and "liveness probe" in str(e) for e in session.failures)
     replace_dead(swarm, frozen["victim"])
+
+
+def active_sessions(model, peer_ids) -> int:
+    from hivemind.proto import runtime_pb2
+
+    from corolla.protocol.messages import ServerInfo, decode_meta
+    from corolla.protocol.rpc import stub_for
+
+    total = 0
+    for peer in peer_ids:
+        response = model.client.loop.run(stub_for(model.client.p2p, peer).rpc_info(
+            runtime_pb2.ExpertRequest(uid=model.model_id), timeout=10))
+        total += decode_meta(response.metadata, ServerInfo).active_sessions
+    return total
+
+
+def test_a_session_closed_from_another_thread_at_any_moment_stops_cleanly(swarm, tiny, prompt):
+    """``session.close()`` from another thread, at a random moment of the generation: the
+    generation ends with SessionClosedError (or had already finished), no server is blamed or
+    banned, and every server frees the session at once."""
+    from corolla.errors import SessionClosedError
+
+    folder, _ = tiny
+    with client(swarm, folder, **PATIENT) as model:
+        model.generate(prompt, max_new_tokens=NEW_TOKENS, eos_token_id=[])  # warm: the streams' first opening
+        t0 = time.monotonic()
+        model.generate(prompt, max_new_tokens=NEW_TOKENS, eos_token_id=[])
+        gen_s = time.monotonic() - t0
+        peers = [s.peer_id for s in swarm.servers]
+        interrupted = 0
+        for seed in range(12):
+            delay = random.Random(100 + seed).uniform(0.0, 0.8 * gen_s)
+            with model.inference_session(max_length=PROMPT_TOKENS + NEW_TOKENS) as session:
+                closer = threading.Timer(delay, session.close)
+                closer.start()
+                try:
+                    model.generate(prompt, max_new_tokens=NEW_TOKENS, eos_token_id=[])
+                except SessionClosedError:
+                    interrupted += 1
+                finally:
+                    closer.join()
+                assert session.failures == [] and session.recoveries == 0, f"seed {seed}: {session.failures}"
+            assert model.client.banned() == set()
+            deadline = time.monotonic() + 10
+            while (left := active_sessions(model, peers)) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert left == 0, f"seed {seed}: {left} session(s) still open on the servers"
+        assert interrupted >= 4, f"only {interrupted} of 12 closes landed during the generation"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 import uuid
 
@@ -17,9 +18,16 @@ import torch
 from hivemind.proto import runtime_pb2
 
 from corolla.client.remote import SwarmClient, parse_response
-from corolla.errors import CorollaError, NoRouteError, RemoteCallError, SequenceTooLongError, SessionEvictedError
+from corolla.errors import (
+    CorollaError,
+    NoRouteError,
+    RemoteCallError,
+    SequenceTooLongError,
+    SessionClosedError,
+    SessionEvictedError,
+)
 from corolla.protocol.messages import Cohort, ErrorInfo, InferenceMeta, PushTarget, SessionOpen, encode_meta
-from corolla.protocol.rpc import TRANSPORT_ERRORS, RpcStream
+from corolla.protocol.rpc import TRANSPORT_ERRORS, RpcStream, StreamClosedError
 from corolla.protocol.tensors import encode
 from corolla.swarm.routing import Hop
 
@@ -40,6 +48,7 @@ class _HopStream:
         )
         self._stream: RpcStream | None = None
         self._opened = False
+        self._closed = False  # by close(): no stream opens after it
 
     @property
     def push_target(self) -> PushTarget | None:
@@ -62,8 +71,13 @@ class _HopStream:
                                             metadata=encode_meta(meta))
         try:
             if self._stream is None:
-                self._stream = await RpcStream.open(self.client.p2p, self.hop.peer_id, "rpc_inference",
-                                                    self.client.config.connect_timeout_s)
+                stream = await RpcStream.open(self.client.p2p, self.hop.peer_id, "rpc_inference",
+                                              self.client.config.connect_timeout_s)
+                if self._closed:  # closed while it opened
+                    await stream.close()
+                self._stream = stream
+            if self._closed:
+                raise StreamClosedError(f"the session stream to {self.hop.peer_id} was closed by this client")
             await self._stream.send(request)
         except TRANSPORT_ERRORS as e:
             raise RemoteCallError(f"call to {self.hop.peer_id} failed: {type(e).__name__}: {e}") from e
@@ -79,6 +93,7 @@ class _HopStream:
         return StepAnswer(out, meta.pushed, meta.cohort, meta.push_error)
 
     async def close(self) -> None:
+        self._closed = True
         if self._stream is not None:
             await self._stream.close()
 
@@ -126,6 +141,7 @@ class InferenceSession:
         self.position = 0
         self._hops: list[_HopState] = []
         self._closed = False
+        self._lock = threading.Lock()  # close() may come from another thread at any moment of a step
         self.recoveries = 0  # how many times a failed server was replaced
         self.failures: list[CorollaError] = []  # what each failed step met, in order (retried)
         self.evictions = 0  # how many times a server dropped this session's cache for room (replayed)
@@ -150,7 +166,7 @@ class InferenceSession:
         """``hidden [B, T, H]`` through every block. ``cohort``: the steps of other sessions that
         this one left the client's LM head with, for the same first server."""
         if self._closed:
-            raise CorollaError("this inference session is closed")
+            raise SessionClosedError("this inference session is closed")
         if self.position + hidden.shape[1] > self.max_length:
             raise SequenceTooLongError(
                 f"session would reach {self.position + hidden.shape[1]} tokens, past its max_length {self.max_length}"
@@ -163,11 +179,13 @@ class InferenceSession:
 
     def _step_chunk(self, hidden: torch.Tensor, cohort: Cohort | None = None) -> torch.Tensor:
         if not self._hops:
-            self._hops = [_HopState(_HopStream(self.client, hop, self.max_length)) for hop in self.client.plan()]
+            self._adopt(0, 0, [_HopState(_HopStream(self.client, hop, self.max_length)) for hop in self.client.plan()])
         failures = 0
         index, x = 0, hidden
         while True:
             x, failed, error = self.client.loop.run(self._run_chain(x, index, cohort if index == 0 else None))
+            if self._closed:  # what failed was our own close (from another thread): not the server's fault
+                raise SessionClosedError("this inference session was closed during a step")
             if failed is None:
                 self.position += hidden.shape[1]
                 return x
@@ -263,9 +281,22 @@ class InferenceSession:
         except CorollaError:
             for state in new:
                 self.client.loop.run(state.stream.close())
+            if self._closed:
+                raise SessionClosedError("this inference session was closed during a replay") from None
             raise
-        self._hops[index : index + 1] = new
+        self._adopt(index, index + 1, new)
         self.recoveries += 1
+
+    def _adopt(self, start: int, end: int, hops: list[_HopState]) -> None:
+        """Put ``hops`` in place of ``self._hops[start:end]`` — unless the session was closed
+        meanwhile: then close them too (none may outlive the session on its server)."""
+        with self._lock:
+            if not self._closed:
+                self._hops[start:end] = hops
+                return
+        for state in hops:
+            self.client.loop.run(state.stream.close())
+        raise SessionClosedError("this inference session was closed while it re-routed")
 
     async def _replay(self, hops: list[_HopState], inputs: list[torch.Tensor]) -> None:
         """Re-send every kept input to rebuild the caches, consecutive steps merged into chunks
@@ -287,12 +318,19 @@ class InferenceSession:
             position += tokens
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for state in self._hops:
-            self.client.loop.run(state.stream.close())
-        self._hops = []
+        """Close every hop's stream (their servers free the caches at once). Safe from any thread
+        at any moment: a step running in another thread then fails with SessionClosedError."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            hops = list(self._hops)
+        for state in hops:
+            try:
+                self.client.loop.run(state.stream.close(), timeout=5.0)
+            except Exception as e:  # the client itself may be shutting down
+                log.debug("closing the stream to %s failed: %s", state.stream.hop.peer_id, e)
+            state.inputs.clear()
 
     def __enter__(self) -> InferenceSession:
         return self
