@@ -224,3 +224,20 @@ def test_a_session_closed_from_another_thread_at_any_moment_stops_cleanly(swarm,
                 time.sleep(0.05)
             assert left == 0, f"seed {seed}: {left} session(s) still open on the servers"
         assert interrupted >= 4, f"only {interrupted} of 12 closes landed during the generation"
+
+
+def test_closing_a_session_that_waits_for_servers_ends_the_wait(swarm, tiny, prompt):
+    """A session waiting (up to route_timeout_s) for servers of missing blocks stops waiting when
+    another thread closes it — how a shutting-down API server ends generations on a gone swarm."""
+    from corolla.errors import SessionClosedError
+
+    folder, _ = tiny
+    first_only = [s.peer_id for s in swarm.servers if s.span == (0, 3)][:1]  # blocks 3-5: nobody allowed
+    with client(swarm, folder, allowed_servers=first_only, route_timeout_s=120.0) as model:
+        with model.inference_session(max_length=PROMPT_TOKENS + NEW_TOKENS) as session:
+            closer = threading.Timer(0.5, session.close)
+            closer.start()
+            # without the close this would end in NoRouteError after the 120-s route timeout
+            with pytest.raises(SessionClosedError):
+                model.generate(prompt, max_new_tokens=NEW_TOKENS, eos_token_id=[])
+            closer.join()

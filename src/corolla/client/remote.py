@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Awaitable
 from typing import TypeVar
@@ -13,7 +14,14 @@ from hivemind.proto import runtime_pb2
 
 from corolla.client.config import ClientConfig
 from corolla.client.loop import LoopThread
-from corolla.errors import BadRequestError, NoRouteError, PeerUnresponsiveError, RemoteCallError, error_from_wire
+from corolla.errors import (
+    BadRequestError,
+    NoRouteError,
+    PeerUnresponsiveError,
+    RemoteCallError,
+    SessionClosedError,
+    error_from_wire,
+)
 from corolla.protocol.messages import ForwardMeta, ResponseMeta, ServerState, decode_meta, encode_meta
 from corolla.protocol.rpc import TRANSPORT_ERRORS, stub_for
 from corolla.protocol.tensors import decode, encode
@@ -68,11 +76,14 @@ class SwarmClient:
         self._state = None  # the swarm just changed: re-read before re-routing
         log.info("banned %s for %.0f s", peer_id, length)
 
-    def plan(self, start: int = 0, end: int | None = None, forward_tokens: int | None = None) -> list[Hop]:
+    def plan(self, start: int = 0, end: int | None = None, forward_tokens: int | None = None,
+             stop: threading.Event | None = None) -> list[Hop]:
         """A chain of servers for blocks ``start:end``, waiting up to route_timeout_s for one.
 
         ``forward_tokens``: plan a stateless forward of that many tokens (weighs prefill speed).
+        ``stop``: set from another thread, it ends the wait with SessionClosedError.
         """
+        stop = stop or threading.Event()
         deadline = time.monotonic() + self.config.route_timeout_s
         delay, max_age_s = 0.1, self.config.state_max_age_s
         while True:
@@ -84,7 +95,8 @@ class SwarmClient:
                 max_age_s = 0.0  # wait on fresh reads
                 if time.monotonic() + delay > deadline:
                     raise
-                time.sleep(delay)
+                if stop.wait(delay):
+                    raise SessionClosedError("closed while waiting for servers to appear") from None
                 delay = min(delay * 2, 2.0)
 
     def measure_rtts(self, state: SwarmState, max_age_s: float = 60.0) -> dict[str, float]:

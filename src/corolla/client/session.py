@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-import time
 import uuid
 
 import torch
@@ -141,6 +140,7 @@ class InferenceSession:
         self.position = 0
         self._hops: list[_HopState] = []
         self._closed = False
+        self._closing = threading.Event()  # set with _closed: ends waits for a route or a backoff at once
         self._lock = threading.Lock()  # close() may come from another thread at any moment of a step
         self.recoveries = 0  # how many times a failed server was replaced
         self.failures: list[CorollaError] = []  # what each failed step met, in order (retried)
@@ -179,7 +179,7 @@ class InferenceSession:
 
     def _step_chunk(self, hidden: torch.Tensor, cohort: Cohort | None = None) -> torch.Tensor:
         if not self._hops:
-            self._adopt(0, 0, [_HopState(_HopStream(self.client, hop, self.max_length)) for hop in self.client.plan()])
+            self._adopt(0, 0, [_HopState(_HopStream(self.client, hop, self.max_length)) for hop in self.client.plan(stop=self._closing)])
         failures = 0
         index, x = 0, hidden
         while True:
@@ -202,12 +202,13 @@ class InferenceSession:
                 else:
                     log.warning("server %s failed (%s); re-routing blocks %d:%d", peer, error, *self._span(failed))
                     self.client.ban(peer)
-                    time.sleep(_backoff_s(failures))
+                    if self._closing.wait(_backoff_s(failures)):
+                        raise SessionClosedError("this inference session was closed while it re-routed")
                 try:
                     self._replace(failed)
                     break
-                except NoRouteError:
-                    raise  # plan() already waited route_timeout_s for servers to appear
+                except (NoRouteError, SessionClosedError):
+                    raise  # plan() already waited route_timeout_s for servers to appear, or we were closed
                 except CorollaError as e:
                     error, peer = e, getattr(e, "peer_id", peer)
             index = failed
@@ -275,7 +276,7 @@ class InferenceSession:
         old = self._hops[index]
         self.client.loop.run(old.stream.close())
         start, end = self._span(index)
-        new = [_HopState(_HopStream(self.client, hop, self.max_length)) for hop in self.client.plan(start, end)]
+        new = [_HopState(_HopStream(self.client, hop, self.max_length)) for hop in self.client.plan(start, end, stop=self._closing)]
         try:
             self.client.loop.run(self._replay(new, old.inputs))
         except CorollaError:
@@ -324,6 +325,7 @@ class InferenceSession:
             if self._closed:
                 return
             self._closed = True
+            self._closing.set()
             hops = list(self._hops)
         for state in hops:
             try:
