@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from corolla.assistant import commands, git
 from corolla.assistant.commands import Command
 from corolla.assistant.context import Context, EditorState, build_context
-from corolla.assistant.edits import (Proposal, Target, apply, format_instructions, parse_reply, propose,
+from corolla.assistant.edits import (Allowance, Proposal, Target, apply, format_instructions, parse_reply, propose,
                                      proposal_from_json, proposal_to_json, revert)
-from corolla.assistant.errors import AssistantError, EditError, NoChangeError, StaleFileError
+from corolla.assistant.errors import AssistantError, CheckFailedError, EditError, NoChangeError, StaleFileError
 from corolla.assistant.llm import LLM
 from corolla.assistant.sessions import SessionStore
 from corolla.assistant.tokens import TokenCounter, token_counter
@@ -88,9 +88,13 @@ class Assistant:
         return kept[::-1]
 
     # --- one turn of chat or a command, streamed as events ---------------------------------------
-    def respond(self, text: str, state: EditorState, session_id: str | None = None) -> Iterator[dict]:
+    def respond(self, text: str, state: EditorState, session_id: str | None = None, *,
+                allow_structure: bool = False) -> Iterator[dict]:
         """Events: session, context, delta (text pieces), edit / edit_error for commands that change code,
-        done. A command that cannot run (no file, not a git repo) raises before anything is stored."""
+        done. A command that cannot run (no file, not a git repo) raises before anything is stored.
+
+        ``allow_structure``: let the edit remove, rename or re-nest definitions other code uses (without
+        it, only those the request's text asks to change; see :mod:`corolla.assistant.edits.structure`)."""
         command, rest = commands.parse_command(text)
         session_id = self._session(session_id)
         history = self._history(session_id)
@@ -108,7 +112,8 @@ class Assistant:
             message = self.store.add_message(session_id, "assistant", reply)
         if command is not None and command.edits and target is not None:
             try:
-                outcome = self._store_edit(session_id, self._parse(reply, target, state), reply, command.name)
+                allow = Allowance.from_request(rest, everything=allow_structure)
+                outcome = self._store_edit(session_id, self._parse(reply, target, state, allow), reply, command.name)
                 yield {"type": "edit", **outcome.to_json()}
             except EditError as e:
                 yield {"type": "edit_error", "error": {"type": e.code, "message": str(e)}}
@@ -194,7 +199,7 @@ class Assistant:
             raise AssistantError(f"no file {path} in the workspace {self.root}") from None
 
     # --- edits ---------------------------------------------------------------------------------
-    def _parse(self, reply: str, target: Target, state: EditorState) -> Proposal:
+    def _parse(self, reply: str, target: Target, state: EditorState, allow: Allowance) -> Proposal:
         fmt = "whole" if target.path != state.current_file else self.config.edit_format
         source = None
         if fmt == "whole" and target.path == state.current_file:
@@ -205,18 +210,20 @@ class Assistant:
             existing = self._read(target.path, state)
             edits = [dataclasses.replace(e, old=existing, new=existing.rstrip("\n") + "\n\n\n" + e.new.lstrip("\n"))
                      for e in edits]
-        return _checked(propose(self.root, edits, buffers=state.buffers))
+        return _checked(propose(self.root, edits, buffers=state.buffers, allow=allow))
 
     def _store_edit(self, session_id: str, proposal: Proposal, reply: str, command: str) -> EditOutcome:
         edit_id = self.store.add_edit(session_id, {"proposal": proposal_to_json(proposal), "command": command})
         return EditOutcome(edit_id, session_id, proposal, reply)
 
     def propose_edit(self, instruction: str, state: EditorState, session_id: str | None = None,
-                     fmt: str | None = None) -> EditOutcome:
+                     fmt: str | None = None, *, allow_structure: bool = False,
+                     verify: Callable[[Proposal], None] | None = None) -> EditOutcome:
         """Ask for a change of the selection (or the current file) and return it as a proposal, not applied.
 
         A reply that cannot be applied is sent back with the reason (``edit_retries`` times); after that
-        the last :class:`EditError` is raised and nothing is proposed."""
+        the last :class:`EditError` is raised and nothing is proposed. ``allow_structure`` as for
+        :meth:`respond`; ``verify`` as for :meth:`fix`."""
         fmt = fmt or self.config.edit_format
         target = self._target(state)
         context = self.context(state, instruction)
@@ -227,7 +234,35 @@ class Assistant:
         session_id = self._session(session_id, kind="edit")
         self.store.add_message(session_id, "user", instruction, context=context.to_json(),
                                meta={"file": target.path, "lines": [target.start_line, target.end_line], "format": fmt})
-        messages = [_system(system), _user(user)]
+        allow = Allowance.from_request(instruction, everything=allow_structure)
+        return self._attempts([_system(system), _user(user)], code, target, fmt, state, session_id, "edit", allow,
+                              verify)
+
+    def fix(self, request: str, state: EditorState, session_id: str | None = None, *, allow_structure: bool = False,
+            verify: Callable[[Proposal], None] | None = None) -> EditOutcome:
+        """``/fix`` of the selection as a proposal (not applied), the problems in ``state.diagnostics``.
+
+        Unlike :meth:`respond` it is not streamed and a reply is retried like :meth:`propose_edit`'s.
+        ``verify`` (e.g. a reproduction command run with the edit applied, see
+        :mod:`corolla.assistant.check`) raises an :class:`EditError` when the proposal does not do; it
+        goes back to the model like any refusal, and is raised after the last attempt."""
+        command = commands.COMMANDS["fix"]
+        messages, context, target = self._prompt(command, request, state)
+        assert target is not None  # /fix always has one (or _prompt raised)
+        session_id = self._session(session_id, kind="edit")
+        self.store.add_message(session_id, "user", f"/fix {request}".rstrip(),
+                               context=context.to_json() if context else None,
+                               meta={"file": target.path, "lines": [target.start_line, target.end_line],
+                                     "diagnostics": list(state.diagnostics)})
+        allow = Allowance.from_request(request, everything=allow_structure)
+        fmt = self.config.edit_format
+        return self._attempts(messages, self._target_text(target, state), target, fmt, state, session_id, "fix",
+                              allow, verify)
+
+    def _attempts(self, messages: list[dict], code: str, target: Target, fmt: str, state: EditorState,
+                  session_id: str, command: str, allow: Allowance,
+                  verify: Callable[[Proposal], None] | None) -> EditOutcome:
+        """Ask, parse, check and ``verify`` up to ``edit_retries + 1`` times: the stored proposal, or the last error."""
         # a reply is about as long as the code it rewrites: a model that starts repeating itself is cut
         # off after twice that instead of running to the endpoint's limit (minutes on a CPU swarm)
         limit = min(self.llm.config.max_tokens, 2 * self.count_tokens(code) + 256)
@@ -237,16 +272,16 @@ class Assistant:
             try:
                 edits = parse_reply(fmt, reply, target=target, default_path=target.path,
                                     source=self._read(target.path, state) if fmt == "whole" else None)
-                proposal = _checked(propose(self.root, edits, buffers=state.buffers))
-                return self._store_edit(session_id, proposal, reply, "edit")
+                proposal = _checked(propose(self.root, edits, buffers=state.buffers, allow=allow))
+                if verify is not None:
+                    verify(proposal)
+                return self._store_edit(session_id, proposal, reply, command)
             except EditError as e:
                 logger.debug("edit attempt %d refused: %s", attempt + 1, e)
                 if attempt == self.config.edit_retries:
                     self.store.add_message(session_id, "system", f"edit refused: {e}")
                     raise
-                retry = (f"Your reply could not be applied: {e}\nReply again, following the format exactly and "
-                         f"writing out all the code, with no placeholders.")
-                messages += [{"role": "assistant", "content": reply}, _user(retry)]
+                messages = [*messages, {"role": "assistant", "content": reply}, _user(_retry_request(e))]
         raise AssertionError("unreachable")
 
     def edit(self, edit_id: str) -> tuple[dict, Proposal]:
@@ -287,6 +322,16 @@ class Assistant:
         revert(self.root, proposal)
         self.store.set_edit_status(record.id, "undone")
         return record.id, proposal
+
+
+def _retry_request(error: EditError) -> str:
+    """What to tell the model after its reply was refused (or did not pass the check)."""
+    if isinstance(error, CheckFailedError):
+        return (f"With your edit applied, `{error.command}` still fails (exit {error.exit_code}):\n```\n"
+                f"{error.output.strip()}\n```\nThe file was left as it was. Reply again with the corrected code, "
+                "following the format exactly and writing out all the code, with no placeholders.")
+    return (f"Your reply could not be applied: {error}\nReply again, following the format exactly and "
+            "writing out all the code, with no placeholders.")
 
 
 def _checked(proposal: Proposal) -> Proposal:

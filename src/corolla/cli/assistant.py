@@ -3,6 +3,7 @@ review | commit-msg | sessions``, ``corolla chat`` without a model, and ``coroll
 
 Every command talks to a model through an OpenAI-compatible endpoint (default: the local swarm's API
 that ``make run`` serves) and keeps its conversation in ``.corolla/`` of the workspace.
+``corolla fix FILE:A-B --check CMD`` keeps the fix only when CMD, which reproduces the bug, passes with it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ def add_edit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default=None, choices=["whole", "search_replace"],
                    help="how the model writes edits (default: the format that scored best, see README)")
     p.add_argument("--yes", "-y", action="store_true", help="apply the proposed edit without asking")
+
+
+def add_structure_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-structure", action="store_true",
+                   help="let the edit remove, rename or re-nest functions, classes and methods other code uses "
+                        "(refused otherwise, unless the request asks for it by name, e.g. 'rename f to g')")
 
 
 def add_policy_flags(p: argparse.ArgumentParser) -> None:
@@ -77,6 +84,7 @@ def register(sub) -> None:
     ed.add_argument("file", help="FILE or FILE:A-B")
     ed.add_argument("-m", "--message", required=True, help="what to change")
     add_edit_flags(ed)
+    add_structure_flag(ed)
     add_endpoint(ed)
     ed.set_defaults(func=run_edit)
 
@@ -89,12 +97,18 @@ def register(sub) -> None:
         c.add_argument("request", nargs="?", default="", help="anything to add to the request")
         if name == "fix":
             c.add_argument("--error", action="append", default=[], help="the error or diagnostic text (repeatable)")
+            c.add_argument("--check", default=None, metavar="CMD",
+                           help="a command that reproduces the bug (it must fail now): it runs before and after the "
+                                "edit, which is kept only if CMD then passes; a failure goes back to the model once")
+            c.add_argument("--check-timeout", type=float, default=120.0, metavar="S",
+                           help="seconds CMD may run (default 120)")
         if name == "tests":
             c.add_argument("--until-green", action="store_true",
                            help="run the tests, feed failures back and fix tests or code until they pass")
             c.add_argument("--rounds", type=int, default=3, help="rounds for --until-green (default 3)")
             add_policy_flags(c)
         add_edit_flags(c)
+        add_structure_flag(c)
         add_endpoint(c)
         c.set_defaults(func=run_command, command=name)
 
@@ -195,11 +209,11 @@ def editor_state(assistant, args, spec: str | None, lines: str | None = None, di
 
 
 # --- running commands -----------------------------------------------------------------------------
-def stream_turn(assistant, text: str, state, session_id: str | None, out=None) -> dict:
+def stream_turn(assistant, text: str, state, session_id: str | None, out=None, allow_structure: bool = False) -> dict:
     """Print a turn's reply as it streams; returns the last edit / commit / error events seen."""
     out = out or sys.stdout
     seen: dict = {}
-    for event in assistant.respond(text, state, session_id):
+    for event in assistant.respond(text, state, session_id, allow_structure=allow_structure):
         kind = event["type"]
         if kind == "delta":
             out.write(event["text"])
@@ -224,6 +238,8 @@ def run_ask(args) -> int:
 def run_command(args) -> int:
     if getattr(args, "until_green", False):
         return run_until_green(args)
+    if getattr(args, "check", None):
+        return run_checked_fix(args)
     assistant = make_assistant(args)
     state = editor_state(assistant, args, args.file, None, getattr(args, "error", ()))
     text = f"/{args.command} " + (getattr(args, "request", "") or getattr(args, "question", "") or "")
@@ -234,13 +250,41 @@ def run_command(args) -> int:
         print(seen["commit_message"]["text"])
         return 0
     edits = args.command in ("fix", "doc", "tests", "harden")
-    seen = stream_turn(assistant, text, state, args.session, out=sys.stderr if edits else sys.stdout)
+    seen = stream_turn(assistant, text, state, args.session, out=sys.stderr if edits else sys.stdout,
+                       allow_structure=getattr(args, "allow_structure", False))
     if not edits:
         return 0
     if "edit_error" in seen:
         print(f"refused: {seen['edit_error']['error']['message']}", file=sys.stderr)
         return 2
     return review_edit(assistant, seen["edit"], args.yes)
+
+
+def run_checked_fix(args) -> int:
+    """``corolla fix FILE --check CMD``: the fix is kept only if CMD, failing before, passes with it."""
+    from corolla.assistant.check import CheckConfig, checked_fix, describe, passed
+
+    assistant = make_assistant(args)
+    state = editor_state(assistant, args, args.file, None, args.error)
+    config = CheckConfig(args.check, timeout_s=args.check_timeout)
+
+    def report(when: str, result) -> None:
+        verdict = "passes" if passed(result) else f"fails ({describe(result)})"
+        print(f"[check {'before the edit' if when == 'before' else 'with the edit'}] `{args.check}` {verdict}",
+              file=sys.stderr)
+
+    try:
+        fixed = checked_fix(assistant, args.request, state, config, args.session,
+                            allow_structure=args.allow_structure, on_result=report)
+    except EditError as e:  # refused, or CMD still failed after the model's second try: the file is as it was
+        print(f"refused: {e}", file=sys.stderr)
+        return 2
+    if fixed.outcome is None:
+        print(f"`{args.check}` already passes before any edit, so it cannot show whether a fix works; nothing was "
+              "changed. Pass a command that fails because of the bug.", file=sys.stderr)
+        return 1
+    print(f"[check] the edit makes `{args.check}` pass", file=sys.stderr)
+    return review_edit(assistant, fixed.outcome.to_json(), args.yes)
 
 
 def run_until_green(args) -> int:
@@ -282,7 +326,8 @@ def run_edit(args) -> int:
     assistant = make_assistant(args)
     state = editor_state(assistant, args, args.file)
     try:
-        outcome = assistant.propose_edit(args.message, state, args.session, args.format)
+        outcome = assistant.propose_edit(args.message, state, args.session, args.format,
+                                         allow_structure=args.allow_structure)
     except EditError as e:  # the model's reply could not be applied: nothing was changed
         print(f"refused: {e}", file=sys.stderr)
         return 2
@@ -345,24 +390,18 @@ def run_sessions(args) -> int:
 
 
 def run_serve(args) -> int:
-    import uvicorn
-
+    from corolla.api.server import serve_forever
     from corolla.assistant.service import create_service
+    from corolla.shutdown import STOP, kill_descendants
 
     assistant = make_assistant(args)
     app = create_service(assistant, token=args.token, allow_origins=tuple(args.allow_origin))
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    import threading
-
-    def announce():
-        import time
-
-        while not server.started:
-            time.sleep(0.05)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        print(f"assistant service for {assistant.root}: http://{args.host}:{port}", flush=True)
-
-    threading.Thread(target=announce, daemon=True).start()
-    server.run()
+    # SIGTERM / Ctrl-C: open streams end with an error event, other requests with a 503
+    serve_forever(app, args.host, args.port, on_started=lambda base: print(
+        f"assistant service for {assistant.root}: {base}", flush=True))
+    app.state.agents.close(min(AGENT_CLOSE_S, STOP.remaining(margin_s=2.0)))  # agents run in this process stop
+    kill_descendants()  # the commands they were running; background agents' runners are spared
     return 0
+
+
+AGENT_CLOSE_S = 3.0  # on a stop, how long agents running in the service may take to record their end

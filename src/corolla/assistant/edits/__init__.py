@@ -23,10 +23,10 @@ from corolla.assistant.edits.types import FORMATS, Edit, FileChange, Proposal, T
 from corolla.assistant.edits.whole import parse_whole
 
 __all__ = [
-    "DEFAULT_THRESHOLD", "FORMATS", "Allowance", "Edit", "FileChange", "Proposal", "Target", "apply", "find_placeholder",
-    "first_error", "format_instructions", "language_for", "parse_reply", "parse_search_replace", "parse_whole",
-    "proposal_from_json", "proposal_to_json", "propose", "read_text", "replace_once", "revert", "structural_changes",
-    "unified_diff",
+    "DEFAULT_THRESHOLD", "FORMATS", "Allowance", "Edit", "FileChange", "Proposal", "Target", "apply",
+    "find_placeholder", "first_error", "format_instructions", "language_for", "parse_reply", "parse_search_replace",
+    "parse_whole", "proposal_from_json", "proposal_to_json", "propose", "read_text", "replace_once", "revert",
+    "structural_changes", "unified_diff",
 ]
 
 

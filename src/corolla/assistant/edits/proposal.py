@@ -3,7 +3,8 @@
 ``propose`` reads each file (an editor's unsaved buffer wins over the disk), applies the file's
 edits in order, each against the updated content, and refuses the whole proposal on the first
 problem: an unsafe path, text not found or found twice, a lazy placeholder, a syntax error the
-edit introduces, or a definition other code uses removed, renamed or re-nested (unless ``allow`` covers it). CRLF files are edited in "\\n" form and written back with CRLF.
+edit introduces, or a definition other code uses removed, renamed or re-nested (unless ``allow``
+covers it). CRLF files are edited in "\\n" form and written back with CRLF.
 
 ``apply`` and ``revert`` write all files or none: every file is first checked to be as expected
 (else :class:`StaleFileError`), the new contents go to temporary files beside their targets
