@@ -172,5 +172,7 @@ def test_a_method_sent_back_dedented_or_deeper_keeps_its_indentation():
 def test_a_range_starting_deeper_than_it_ends_may_come_back_with_its_deeper_lines_only():
     # lines 4-5 start at 12 spaces and end at 8; a reply of only 12-space lines keeps its first line's place
     assert whole("            y = 2\n", 4, 4) == SOURCE.replace("y = 1", "y = 2")
+    assert whole("                y = 2\n", 4, 4) == SOURCE.replace("y = 1", "y = 2")  # sent back deeper
+    assert whole("                y = 2\n", 4, 5) == SOURCE.replace("y = 1\n        return y", "y = 2")
     got = whole("            y = 2\n            z = 3\n", 4, 5)
     assert got == SOURCE.replace("            y = 1\n        return y\n", "            y = 2\n            z = 3\n")

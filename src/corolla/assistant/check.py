@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from corolla.assistant.agent.shell import CommandResult, run_shell
+from corolla.assistant.context import EditorState
 from corolla.assistant.core import Assistant, EditOutcome
 from corolla.assistant.edits import FileChange, Proposal, apply, read_text, revert
 from corolla.assistant.errors import CheckFailedError, StaleFileError
@@ -90,7 +91,8 @@ def restore(root: Path, proposal: Proposal) -> None:
         revert(root, Proposal(back, ""))
 
 
-def checked_fix(assistant: Assistant, request: str, state, config: CheckConfig, session_id: str | None = None, *,
+def checked_fix(assistant: Assistant, request: str, state: EditorState, config: CheckConfig,
+                session_id: str | None = None, *,
                 allow_structure: bool = False,
                 on_result: Callable[[str, CommandResult], None] | None = None) -> CheckedFix:
     """Run the check, ask for a fix that makes it pass (see the module's docstring); raises the last refusal.

@@ -105,8 +105,8 @@ def resolve_whole(code: list[str], target: Target, source: str | None) -> Edit:
     if old_lines and old_lines[0].strip():
         while code and not code[0].strip():
             code.pop(0)
-    if target.start_line is not None and _shifted(code, old_lines):
-        code = reindent(code, base_indent(code), base_indent(old_lines))
+    if target.start_line is not None:
+        code = _keep_base_indent(code, old_lines)
     new = "\n".join(code)
     if code and (not old or old.endswith("\n")):
         blank_tail = 0  # blank lines that ended the target (a range followed by a spacer line)
@@ -117,19 +117,23 @@ def resolve_whole(code: list[str], target: Target, source: str | None) -> Edit:
     return Edit(path=target.path, old=old, new=new, line=target.start_line)
 
 
-def _shifted(code: list[str], old_lines: list[str]) -> bool:
-    """Whether the model moved the whole block to another base indentation than the target's.
+def _keep_base_indent(code: list[str], old_lines: list[str]) -> list[str]:
+    """``code`` moved back to the target's indentation when the model shifted the whole block.
 
-    Shallower is always a shift (a block cannot sit left of where it goes). Deeper is a shift only
-    when its first line moved too: a range that starts inside a body (first line at 8 spaces, later
-    lines at 4) may legitimately come back with only the deeper lines, and then the first lines agree.
+    Shallower than the target's base is always a shift (a block cannot sit left of where it goes):
+    indented back. Deeper is moved left by as much as its first line moved, never past the target's
+    base: a range that starts inside a body (first line at 8 spaces, later ones at 4) may come back
+    with only its deeper lines, and then the first lines agree and nothing moves.
     """
     src, dst = base_indent(code), base_indent(old_lines)
     if src == dst:
-        return False
+        return code
     if dst.startswith(src):
-        return True
-    return src.startswith(dst) and _first_indent(code) != _first_indent(old_lines)
+        return reindent(code, src, dst)
+    if not src.startswith(dst):  # another kind of whitespace (tabs for spaces): not ours to guess
+        return code
+    shift = min(len(src) - len(dst), len(_first_indent(code)) - len(_first_indent(old_lines)))
+    return reindent(code, src, src[:len(src) - shift]) if shift > 0 else code
 
 
 def _first_indent(lines: list[str]) -> str:
