@@ -36,10 +36,17 @@ def main(argv: list[str] | None = None) -> int:
                         stream=sys.stderr)
     for noisy in ("hivemind", "transformers", "httpx", "httpx2", "openai", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    code = 130
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
     except CorollaError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        code = 1
     except KeyboardInterrupt:
-        return 130
+        pass
+    finally:
+        from corolla.shutdown import STOP, start_exit_fuse
+
+        if STOP.requested:  # stopped by a signal: threads stuck on remote calls must not hold the exit
+            start_exit_fuse(code)
+    return code
