@@ -3,7 +3,10 @@
 Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions``,
 ``GET /api/swarm``; the static pages of ``corolla/web`` at ``/`` when that folder exists.
 Each generation runs in its own thread (see :mod:`corolla.api.generation`); a streamed one is
-cancelled, and its inference session closed, when the HTTP client goes away.
+cancelled, and its inference session closed, when the HTTP client goes away. When the server shuts
+down (``app.state.closing``, closed by :class:`corolla.api.server.ApiServer`), every open request ends
+at once: a stream with an error event (``server_shutting_down``), any other with a 503, and the
+generations behind them stop at their next token.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
@@ -21,10 +25,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corolla.api import prompts
-from corolla.api.errors import APIError, bad_request, from_exception, from_validation
+from corolla.api.errors import APIError, bad_request, from_exception, from_validation, shutting_down
 from corolla.api.generation import Delta, Engine, Failed, Generation, GenerationOptions
 from corolla.api.schemas import ChatCompletionRequest, CompletionRequest
-from corolla.api.streaming import SSEResponse
+from corolla.api.streaming import Closing, SSEResponse
 from corolla.api.tools import call_prefill, parse_tool_calls
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -44,6 +48,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, web_dir: Path | No
         raise ValueError("max_concurrent must be at least 1")
     app = FastAPI(title="corolla", summary="OpenAI-compatible API over a corolla swarm")
     app.state.engine = engine
+    app.state.closing = closing = Closing()
     slots = threading.BoundedSemaphore(max_concurrent)
 
     @app.exception_handler(APIError)
@@ -101,7 +106,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, web_dir: Path | No
             raise bad_request(str(e), param="messages") from None
         text = prompts.render_chat(engine.tokenizer, messages, tools or None, choice)
         prefill = _prefill(tools, choice)
-        job = _Job(engine, text, body, request, slots)
+        job = _Job(engine, text, body, request, closing, slots)
         known = {t["function"]["name"] for t in tools} if tools and choice != "none" else set()
         if body.stream and not known:
             return await job.stream_chat()
@@ -130,7 +135,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, web_dir: Path | No
             extra = fim.extra_stops
         else:
             text = body.prompt
-        job = _Job(engine, text, body, request, slots, extra_stops=extra, templated=body.suffix is not None)
+        job = _Job(engine, text, body, request, closing, slots, extra_stops=extra, templated=body.suffix is not None)
         if body.stream:
             return await job.stream_completion(echo=body.prompt if body.echo else "")
         content, finish, used = await job.collect()
@@ -164,9 +169,11 @@ def _model_card(model_id: str) -> dict:
 class _Job:
     """One request's generation: prompt tokens, options, and its answer (whole or streamed)."""
 
-    def __init__(self, engine: Engine, prompt: str, body, request: Request, slots: threading.Semaphore | None = None,
-                 *, extra_stops: tuple[str, ...] = (), templated: bool = True):
-        self.engine, self.body, self.request, self.slots = engine, body, request, slots
+    def __init__(self, engine: Engine, prompt: str, body, request: Request, closing: Closing,
+                 slots: threading.Semaphore | None = None, *, extra_stops: tuple[str, ...] = (), templated: bool = True):
+        if closing.closed:
+            raise shutting_down()
+        self.engine, self.body, self.request, self.closing, self.slots = engine, body, request, closing, slots
         self.id = f"{'chatcmpl' if isinstance(body, ChatCompletionRequest) else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         self.created = int(time.time())
         # chat templates and FIM prompts carry their own special tokens; a raw prompt gets the tokenizer's
@@ -186,12 +193,20 @@ class _Job:
         n = len(self.prompt_ids)
         return {"prompt_tokens": n, "completion_tokens": completion_tokens, "total_tokens": n + completion_tokens}
 
-    def start(self) -> Generation:
-        return Generation(self.engine, self.prompt_ids, self.options, self.body.stop_list(), self.slots)
+    def start(self) -> tuple[Generation, Callable[[], None]]:
+        """A generation, and what to call once it is over (it is aborted if the server shuts down first)."""
+        gen = Generation(self.engine, self.prompt_ids, self.options, self.body.stop_list(), self.slots)
+        unregister = self.closing.add(lambda: gen.abort(shutting_down()))
+
+        def done() -> None:
+            gen.cancel.set()  # no-op once done; stops the thread if the request ended early
+            unregister()
+
+        return gen, done
 
     async def collect(self) -> tuple[str, str, dict]:
         """The whole answer: (text, finish_reason, usage). Cancelled if the client goes away."""
-        gen = self.start()
+        gen, done = self.start()
         parts: list[str] = []
         try:
             while True:
@@ -208,7 +223,7 @@ class _Job:
                 else:
                     return "".join(parts), event.finish_reason, self.usage(event.completion_tokens)
         finally:
-            gen.cancel.set()  # no-op once done; stops the thread if this task was cancelled
+            done()
 
     async def _first(self, gen: Generation):
         """Wait for the first event so that a failure (e.g. no route) is still an HTTP error."""
@@ -217,7 +232,7 @@ class _Job:
             raise from_exception(event.error)
         return event
 
-    def _sse(self, gen: Generation, first, chunk, final_chunk) -> SSEResponse:
+    def _sse(self, gen: Generation, done: Callable[[], None], first, chunk, final_chunk) -> SSEResponse:
         include_usage = bool(self.body.stream_options and self.body.stream_options.include_usage)
 
         async def events():
@@ -236,19 +251,19 @@ class _Job:
                 event = await gen.next()
             yield "data: [DONE]\n\n"
 
-        return SSEResponse(events(), on_close=gen.cancel.set)
+        return SSEResponse(events(), on_close=done)  # a shutdown aborts gen: the stream ends with its error
 
-    async def _started(self) -> tuple[Generation, object]:
-        """A running generation and its first event (a failure before it is an HTTP error)."""
-        gen = self.start()
+    async def _started(self) -> tuple[Generation, Callable[[], None], object]:
+        """A running generation, its ``done`` and its first event (a failure before it is an HTTP error)."""
+        gen, done = self.start()
         try:
-            return gen, await self._first(gen)
+            return gen, done, await self._first(gen)
         except BaseException:
-            gen.cancel.set()
+            done()
             raise
 
     async def stream_chat(self) -> SSEResponse:
-        gen, first = await self._started()
+        gen, done, first = await self._started()
         base = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.engine.model_id}
 
         def chunk(text: str | None, role: bool = False) -> dict:
@@ -260,7 +275,7 @@ class _Job:
         def final(reason: str) -> dict:
             return {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": reason, "logprobs": None}]}
 
-        response = self._sse(gen, first, chunk, final)
+        response = self._sse(gen, done, first, chunk, final)
         opening = _data(chunk("", role=True))
         return response.prepend(opening)
 
@@ -282,7 +297,7 @@ class _Job:
         return SSEResponse(events())
 
     async def stream_completion(self, echo: str = "") -> SSEResponse:
-        gen, first = await self._started()
+        gen, done, first = await self._started()
         base = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.engine.model_id}
 
         def chunk(text: str | None) -> dict:
@@ -291,7 +306,7 @@ class _Job:
         def final(reason: str) -> dict:
             return {**base, "choices": [{"index": 0, "text": "", "finish_reason": reason, "logprobs": None}]}
 
-        response = self._sse(gen, first, chunk, final)
+        response = self._sse(gen, done, first, chunk, final)
         return response.prepend(_data(chunk(echo))) if echo else response
 
 

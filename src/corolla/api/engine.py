@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
 
 import torch
 
+from corolla.api.errors import shutting_down
 from corolla.api.generation import GenerationOptions
 from corolla.client.sampling import SamplingParams, TextDelta
+from corolla.client.session import InferenceSession
+
+log = logging.getLogger(__name__)
 
 SERVER_FIELDS = ("state", "inference_rps", "forward_tps", "active_sessions", "queued_requests",
                  "cache_tokens_left", "dtype", "quant", "public_name", "version")
@@ -30,7 +35,9 @@ class SwarmEngine:
         self._state: tuple[float, dict] | None = None
         self.state_max_age_s = state_max_age_s
         self._open = 0
-        self._open_lock = threading.Lock()
+        self._open_lock = threading.Condition()
+        self._sessions: set[InferenceSession] = set()
+        self._closed = False
 
     @property
     def tokenizer(self):
@@ -59,9 +66,15 @@ class SwarmEngine:
                 eos.add(tokenizer.eos_token_id)
         ids = torch.tensor([prompt_ids], dtype=torch.long)
         decoder = TextDelta(tokenizer)
+        # our own session (not the model's): close() may close it from another thread at any moment
+        session = InferenceSession(self.model.client, len(prompt_ids) + options.max_tokens)
         with self._open_lock:
+            if self._closed:
+                raise shutting_down()
             self._open += 1
-        tokens = self.model.stream(ids, params=params, max_new_tokens=options.max_tokens, eos_token_id=sorted(eos))
+            self._sessions.add(session)
+        tokens = self.model.stream(ids, params=params, max_new_tokens=options.max_tokens, eos_token_id=sorted(eos),
+                                   session=session)
         try:
             for step in tokens:
                 token = int(step[0])
@@ -71,9 +84,28 @@ class SwarmEngine:
                     delta = decoder.push(token)
                 yield delta
         finally:
-            tokens.close()  # closes the inference session
+            tokens.close()
+            session.close()  # the servers free its caches at once
             with self._open_lock:
                 self._open -= 1
+                self._sessions.discard(session)
+                self._open_lock.notify_all()
+
+    def close(self, timeout_s: float) -> bool:
+        """Refuse new generations, close the inference sessions of the open ones (their servers free
+        the caches; a step in flight, a wait for servers to appear or a backoff ends at once with
+        SessionClosedError) and wait up to ``timeout_s`` for their threads to end. False if some
+        did not: they are left to the model's close, which drops the connections they use."""
+        with self._open_lock:
+            self._closed = True
+            sessions = list(self._sessions)
+        for session in sessions:
+            session.close()
+        with self._open_lock:
+            ended = self._open_lock.wait_for(lambda: self._open == 0, timeout_s)
+            if not ended:
+                log.warning("%d generation(s) did not stop within %.1f s of the shutdown", self._open, timeout_s)
+            return ended
 
     def swarm_status(self) -> dict:
         """The swarm as the client's DHT sees it (read at most every ``state_max_age_s``)."""

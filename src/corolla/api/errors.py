@@ -27,6 +27,12 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+def shutting_down() -> APIError:
+    """What open and new requests get while the server shuts down (an SSE stream ends with it)."""
+    return APIError(503, "the server is shutting down; retry the request on another server or once it is back",
+                    type="server_error", code="server_shutting_down", headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(400, message, param=param, code=code)
 

@@ -3,6 +3,8 @@
 The thread drives the engine's token stream and cuts stop sequences; the event loop receives
 :class:`Delta`, then :class:`Done` or :class:`Failed`. Setting ``cancel`` stops the thread
 between tokens; it then closes the engine's stream (and with it the inference session).
+:meth:`Generation.abort` also ends the event loop's side at once, whatever the thread is waiting on
+(the server shuts down).
 """
 
 from __future__ import annotations
@@ -137,6 +139,7 @@ class Generation:
     def __init__(self, engine: Engine, prompt_ids: list[int], options: GenerationOptions, stops: list[str],
                  slots: threading.Semaphore | None = None):
         self.cancel = threading.Event()
+        self._aborted = False
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         self._thread = threading.Thread(target=run_generation, name="corolla-api-generation", daemon=True,
@@ -145,9 +148,31 @@ class Generation:
 
     def _emit(self, event: Event) -> None:
         try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+            self._loop.call_soon_threadsafe(self._put, event)
         except RuntimeError:  # the event loop is gone (server shutting down)
             self.cancel.set()
+
+    def _put(self, event: Event) -> None:
+        if not self._aborted:
+            self._queue.put_nowait(event)
+
+    def abort(self, error: BaseException) -> None:
+        """Stop the thread (at its next token) and end the events now with ``Failed(error)``: what
+        is still queued is dropped, what the thread emits later is ignored. Thread-safe."""
+        self.cancel.set()
+
+        def fail() -> None:
+            if self._aborted:
+                return
+            self._aborted = True
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            self._queue.put_nowait(Failed(error))
+
+        try:
+            self._loop.call_soon_threadsafe(fail)
+        except RuntimeError:  # the event loop is gone: nobody waits for the events any more
+            pass
 
     async def next(self, timeout_s: float | None = None) -> Event:
         """The next event; raises TimeoutError after ``timeout_s``."""

@@ -9,11 +9,14 @@ from corolla.cli.common import add_compression, add_peers
 
 log = logging.getLogger(__name__)
 
+ENGINE_CLOSE_S = 2.0  # on a stop, how long cancelled generations may take to close their sessions
+
 
 def register(sub) -> None:
     p = sub.add_parser("api", help="serve the model over an OpenAI-compatible HTTP API",
                        description="Serve MODEL (run by the swarm) at /v1/chat/completions, /v1/completions and "
-                                   "/v1/models, the swarm state at /api/swarm and the web pages at /.")
+                                   "/v1/models, the swarm state at /api/swarm and the web pages at /. SIGTERM or "
+                                   "Ctrl-C stops it within 10 s: open streams end with an error event.")
     p.add_argument("model", help="packaged name, local HF folder, GGUF file or Hub repo id")
     add_peers(p)
     add_compression(p)
@@ -26,15 +29,19 @@ def register(sub) -> None:
 
 
 def run_api(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from corolla.api.app import create_app
     from corolla.api.engine import SwarmEngine
+    from corolla.api.server import serve_forever
     from corolla.client.model import DistributedModelForCausalLM
+    from corolla.shutdown import STOP, on_stop_signals
 
+    on_stop_signals(interrupt=True)  # while starting: Ctrl-C / SIGTERM interrupt the start-up
     with DistributedModelForCausalLM.from_pretrained(args.model, initial_peers=args.initial_peers,
                                                      model_id=args.model_id, compression=args.compression) as model:
-        app = create_app(SwarmEngine(model), api_key=args.api_key, max_concurrent=args.max_concurrent)
-        log.info("serving %s at http://%s:%d/v1", model.model_id, args.host, args.port)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", lifespan="off")
+        engine = SwarmEngine(model)
+        app = create_app(engine, api_key=args.api_key, max_concurrent=args.max_concurrent)
+        # a stop ends the open requests (streams with an error event) and cancels their generations
+        serve_forever(app, args.host, args.port,
+                      on_started=lambda base: log.info("serving %s at %s/v1", model.model_id, base))
+        engine.close(min(ENGINE_CLOSE_S, STOP.remaining(margin_s=5.0)))  # their sessions close; then the client
     return 0
