@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
 
 
 def register(sub) -> None:
@@ -20,20 +18,22 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from corolla.shutdown import STOP, on_stop_signals
     from corolla.swarm.dht import start_dht, visible_maddrs
 
     if args.identity:
         _ensure_identity(args.identity)
     announce = [f"/ip4/{args.announce_host}/tcp/{args.port}"] if args.announce_host else None
+    on_stop_signals(interrupt=True)  # a stop while the DHT starts interrupts it (its child gets default handlers)
     dht = start_dht(args.initial_peers, host_maddrs=[f"/ip4/{args.host}/tcp/{args.port}"],
                     announce_maddrs=announce, identity_path=args.identity)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):  # after the DHT child forked: it keeps its own handlers
-        signal.signal(sig, lambda *_: stop.set())
-    print("DHT peer running. Join it with:", flush=True)
-    print("  --initial-peers " + " ".join(visible_maddrs(dht)), flush=True)
-    stop.wait()
-    dht.shutdown()
+    try:
+        on_stop_signals()  # from now on a stop just ends the wait below
+        print("DHT peer running. Join it with:", flush=True)
+        print("  --initial-peers " + " ".join(visible_maddrs(dht)), flush=True)
+        STOP.wait()
+    finally:
+        dht.shutdown()  # its peers notice the connection close; hivemind waits 3 s, then terminates it
     return 0
 
 

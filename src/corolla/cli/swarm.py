@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import signal
 import sys
-import threading
 
 from corolla.cli.common import add_peers, add_sampling
 
@@ -42,6 +40,7 @@ def register(sub) -> None:
 def run_up(args: argparse.Namespace) -> int:
     from corolla.models.loading import load_config
     from corolla.models.resolve import resolve_model
+    from corolla.shutdown import STOP, on_stop_signals
     from corolla.swarm.local import LocalSwarm, even_spans
 
     ref = resolve_model(args.model)
@@ -51,9 +50,10 @@ def run_up(args: argparse.Namespace) -> int:
     print(f"starting a swarm of {args.servers} servers for {ref.model_id} ({n} blocks)...", file=sys.stderr)
     swarm = LocalSwarm(str(ref.path), n, ref.model_id, log_dir=args.log_dir,
                        server_args=["--dtype", args.dtype])
-    swarm.start_bootstrap()  # fork the DHT child before installing our handler: it must not inherit it
-    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM behaves like Ctrl-C: stop everything we started
+    # SIGTERM behaves like Ctrl-C: a KeyboardInterrupt wherever we are, then everything we started stops
+    on_stop_signals(interrupt=True)  # (the bootstrap's DHT child, forked below, gets the default handlers back)
     try:
+        swarm.start_bootstrap()
         from rich.console import Console
         from rich.progress import Progress
 
@@ -72,19 +72,27 @@ def run_up(args: argparse.Namespace) -> int:
                         from corolla.cli.generate import chat_with
 
                         return chat_with(model, args)
-                    threading.Event().wait()
-        threading.Event().wait()
+                    STOP.wait()
+        STOP.wait()
     except KeyboardInterrupt:
         pass
     finally:
-        print("stopping the swarm...", file=sys.stderr)
-        swarm.stop()
+        print("stopping the swarm...", file=sys.stderr, flush=True)
+        # the servers get what is left of the deadline, less a margin to kill the ones that overrun it
+        swarm.stop(STOP.remaining(margin_s=SWARM_STOP_MARGIN_S) if STOP.requested else SWARM_STOP_S)
     return 0
+
+
+SWARM_STOP_S = 15.0  # without a deadline (the chat ended), how long the servers may take to leave
+SWARM_STOP_MARGIN_S = 2.0  # on a stop, time kept to kill servers that overrun and stop the bootstrap peer
+API_ENGINE_CLOSE_S = 1.5  # on a stop, how long cancelled generations may take to close their sessions
 
 
 @contextlib.contextmanager
 def _api(model, port: int | None):
-    """The API and web pages on 127.0.0.1:``port`` in a thread of this process, while inside."""
+    """The API and web pages on 127.0.0.1:``port`` in a thread of this process, while inside.
+    Leaving ends its open requests (streams with an error event) and waits briefly for their
+    generations to close their sessions."""
     if port is None:
         yield
         return
@@ -93,19 +101,17 @@ def _api(model, port: int | None):
     from corolla.api.server import serving
     from corolla.errors import CorollaError
 
+    engine = SwarmEngine(model)
     with contextlib.ExitStack() as stack:
+        stack.callback(engine.close, API_ENGINE_CLOSE_S)  # after the server stopped (the stack unwinds LIFO)
         try:
-            base = stack.enter_context(serving(create_app(SwarmEngine(model)), "127.0.0.1", port))
+            base = stack.enter_context(serving(create_app(engine), "127.0.0.1", port))
         except CorollaError as e:  # a busy port must not cost the user their chat
             print(f"not serving the API: {e}", file=sys.stderr, flush=True)
         else:
             print(f"web chat and swarm dashboard: {base}/  OpenAI-compatible API: {base}/v1", file=sys.stderr,
                   flush=True)
         yield
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def run_status(args: argparse.Namespace) -> int:

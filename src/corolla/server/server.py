@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import logging
 import random
-import signal
 import time
 
 import torch
@@ -23,11 +24,15 @@ from corolla.server.config import ServerConfig
 from corolla.server.handlers import BlockHandlers
 from corolla.server.push import PushLinks
 from corolla.server.throughput import Throughput, measure_cached
+from corolla.shutdown import STOP, on_stop_signals
 from corolla.swarm.announce import announce
 from corolla.swarm.dht import start_dht
 from corolla.swarm.discovery import fetch_swarm_state
 
 log = logging.getLogger(__name__)
+
+LEAVE_ANNOUNCE_S = 2.0  # on a stop, the longest wait for the OFFLINE announcement
+LEAVE_MARGIN_S = 4.0  # on a stop, time kept after draining for closing sessions and the DHT
 
 
 class Server:
@@ -139,18 +144,19 @@ class Server:
         await BlockRPC().add_p2p_handlers(self.p2p, wrapper=self.handlers, namespace=NAMESPACE)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        loop.set_default_executor(_UnwaitedExecutor(thread_name_prefix="corolla-server-io"))
+        on_stop_signals(lambda: loop.call_soon_threadsafe(stop.set))  # SIGTERM / Ctrl-C: leave (see _leave)
         self.state = ServerState.ONLINE
         log.info("serving blocks %d:%d of %s as %s", self.start, self.end, self.model_id, self.peer_id)
         print(f"corolla-server ready peer_id={self.peer_id} blocks={self.start}:{self.end}", flush=True)
         rng = random.Random(self.peer_id)  # servers seeing the same gap should not all move at once
         next_rebalance = time.monotonic() + self.config.rebalance_period_s * (1 + rng.random())
         while not stop.is_set():
-            await self._guarded(self._announce(wait=False), "announcing to the DHT")
-            await self._guarded(self._measure_pings(), "measuring pings")
-            if self.auto_placed and self.config.rebalance_period_s > 0 and time.monotonic() >= next_rebalance:
-                await self._guarded(self._maybe_move(), "rebalancing")
+            await self._until(stop, self._guarded(self._announce(wait=False), "announcing to the DHT"))
+            await self._until(stop, self._guarded(self._measure_pings(), "measuring pings"))
+            if (self.auto_placed and self.config.rebalance_period_s > 0 and time.monotonic() >= next_rebalance
+                    and not stop.is_set()):
+                await self._until(stop, self._guarded(self._maybe_move(), "rebalancing"))
                 next_rebalance = time.monotonic() + self.config.rebalance_period_s * (1 + rng.random())
             try:
                 await asyncio.wait_for(stop.wait(), self.config.announce_period_s)
@@ -158,17 +164,32 @@ class Server:
                 pass
         await self._leave()
 
-    async def _guarded(self, coro, what: str) -> None:
+    @staticmethod
+    async def _until(stop: asyncio.Event, coro) -> None:
+        """Run ``coro`` unless ``stop`` is set first: a stop does not wait for a DHT round or a move."""
+        task = asyncio.ensure_future(coro)
+        waiter = asyncio.ensure_future(stop.wait())
         try:
-            await asyncio.wait_for(coro, max(self.config.announce_period_s, 5.0))
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _guarded(self, coro, what: str, timeout_s: float | None = None) -> None:
+        try:
+            await asyncio.wait_for(coro, timeout_s or max(self.config.announce_period_s, 5.0))
         except Exception as e:  # a flaky DHT must not take the server down
             log.warning("%s failed: %s: %s", what, type(e).__name__, e)
 
     async def _leave(self) -> None:
-        """Announce OFFLINE first (clients stop choosing us), then let running steps finish."""
+        """Announce OFFLINE first (clients stop choosing us), let running steps finish, then close the
+        sessions (their clients re-route at once). Bounded: the process exits within the stop deadline."""
         self.state = ServerState.OFFLINE
-        await self._guarded(self._announce(wait=False), "announcing OFFLINE")
-        await self.handlers.drain(self.config.drain_timeout_s)
+        await self._guarded(self._announce(wait=False), "announcing OFFLINE", LEAVE_ANNOUNCE_S)
+        await self.handlers.drain(max(0.0, min(self.config.drain_timeout_s, STOP.remaining(margin_s=LEAVE_MARGIN_S))))
         self.handlers.batcher.close()
         if self.handlers.pushes is not None:
             self.handlers.pushes.close()
@@ -218,8 +239,20 @@ class Server:
             self.dht = None
 
     def run(self) -> None:
+        """Start, serve until SIGTERM or Ctrl-C, leave. A signal during start-up (loading blocks can
+        take minutes) interrupts it; once serving, it leaves in order (see :meth:`_leave`)."""
+        on_stop_signals(interrupt=True)  # the DHT child forked in setup() gets the default handlers back
         try:
             self.setup()
             asyncio.run(self.serve())
         finally:
             self.shutdown()
+
+
+class _UnwaitedExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The loop's default executor (DHT reads, loading blocks to move): when ``asyncio.run`` ends it
+    is not waited for, so a stop does not wait for a move's load; leftovers are the exit's business
+    (see :func:`corolla.shutdown.start_exit_fuse`)."""
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        super().shutdown(wait=False, cancel_futures=True)

@@ -156,14 +156,16 @@ class LocalSwarm:
             pass
         self.kill(server, signal.SIGKILL)  # the group: DHT child and p2pd too
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM every server (they leave the swarm in order, in parallel), SIGKILL the process
+        group of any still running ``timeout_s`` later, then stop the bootstrap peer."""
         for s in self.servers:
             if s.process.poll() is None:
                 s.process.send_signal(signal.SIGTERM)  # not the group: its DHT child must outlive it
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + timeout_s
         for s in self.servers:
             try:
-                s.process.wait(max(0.1, deadline - time.monotonic()))
+                s.process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
             self.kill(s, signal.SIGKILL)
