@@ -20,13 +20,18 @@ One service serves one workspace. It listens on 127.0.0.1 and refuses requests t
   GET    /agents/{id}/events?after=N      SSE of its steps, following until it ends
   POST   /agents/{id}/stop | /apply | /discard
 Errors are ``{"error": {"type", "message"}}`` with 400 (bad request), 404, 409 (stale file, wrong
-state), 422 (a reply that cannot be applied), 503 (model endpoint down).
+state), 422 (a reply that cannot be applied), 503 (model endpoint down, or the service shutting down).
+
+When the service shuts down (``app.state.closing``, closed by :class:`corolla.api.server.ApiServer`),
+open requests end at once: an SSE stream with ``{"type": "error", "error": {"type": "ShuttingDown"}}``,
+any other with a 503 of that type; work they started in threads is abandoned (a generation stops when
+its HTTP stream to the model is dropped).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-import queue
 import threading
 from pathlib import Path
 from typing import Literal
@@ -37,7 +42,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from corolla.api.streaming import SSEResponse
+from corolla.api.streaming import Closing, SSEResponse
 from corolla.assistant import errors
 from corolla.assistant.context import EditorState
 from corolla.assistant.core import Assistant
@@ -109,9 +114,19 @@ def _error(status: int, kind: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status)
 
 
+SHUTTING_DOWN = "the assistant service is shutting down; start it again (the editor's status bar can)"
+FAREWELL = f"data: {json.dumps({'type': 'error', 'error': {'type': 'ShuttingDown', 'message': SHUTTING_DOWN}})}\n\n"
+
+
+class _ShuttingDown(Exception):
+    pass
+
+
 def create_service(assistant: Assistant, *, token: str | None = None, allow_origins: tuple[str, ...] = ()) -> FastAPI:
     app = FastAPI(title="corolla assistant", docs_url=None, redoc_url=None)
     root = assistant.root
+    app.state.closing = closing = Closing()
+    app.state.sse_farewell = FAREWELL  # every SSE stream of this app, the agents' too, ends with it on shutdown
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
@@ -120,19 +135,27 @@ def create_service(assistant: Assistant, *, token: str | None = None, allow_orig
             return _error(403, "ForbiddenOrigin", f"requests from web pages ({origin}) are refused")
         if token is not None and request.headers.get("authorization") != f"Bearer {token}":
             return _error(401, "Unauthorized", "this service needs its token: Authorization: Bearer TOKEN")
+        if closing.closed:
+            return _error(503, "ShuttingDown", SHUTTING_DOWN)
         return await call_next(request)
 
     @app.exception_handler(errors.AssistantError)
     async def assistant_error(request: Request, e: errors.AssistantError):
         return _error(_status(e), e.code, str(e))
 
+    @app.exception_handler(_ShuttingDown)
+    async def shutting_down(request: Request, e: _ShuttingDown):
+        return _error(503, "ShuttingDown", SHUTTING_DOWN)
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, e: RequestValidationError):
         where = "; ".join(f"{'.'.join(str(p) for p in err['loc'][1:])}: {err['msg']}" for err in e.errors())
         return _error(400, "BadRequest", where or "invalid request")
 
-    def run(fn, *args):
-        return anyio.to_thread.run_sync(lambda: fn(*args))
+    async def run(fn, *args):
+        """``fn(*args)`` in a worker thread; a shutdown answers 503 at once and abandons the thread
+        (it may be waiting minutes on the model)."""
+        return await until_closed(closing, lambda: anyio.to_thread.run_sync(lambda: fn(*args), abandon_on_cancel=True))
 
     @app.get("/health")
     async def health():
@@ -177,7 +200,7 @@ def create_service(assistant: Assistant, *, token: str | None = None, allow_orig
         await run(assistant.store.get, session_id)
         events = assistant.respond(body.text, body.editor.state(root), session_id)
         first = await run(next, events)  # errors before anything is streamed become plain HTTP errors
-        return _sse(first, events)
+        return _sse(first, events, closing)
 
     @app.post("/edits")
     async def propose(body: EditRequest):
@@ -220,35 +243,61 @@ def _edit_json(record) -> dict:
             "updated": record.updated}
 
 
-def _sse(first: dict, events) -> SSEResponse:
+async def until_closed(closing: Closing, start):
+    """Await ``start()``, unless ``closing`` closes first: then it is cancelled and _ShuttingDown raised."""
+    loop = asyncio.get_running_loop()
+    closed = asyncio.Event()
+    unregister = closing.add(lambda: loop.call_soon_threadsafe(closed.set))
+    work, waiter = asyncio.ensure_future(start()), asyncio.ensure_future(closed.wait())
+    try:
+        await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():
+            raise _ShuttingDown()
+        return work.result()
+    finally:
+        unregister()
+        waiter.cancel()
+        work.cancel()
+
+
+def _sse(first: dict, events, closing: Closing) -> SSEResponse:
     """The rest of ``events`` (a blocking iterator) pumped by a worker thread; closing the response
-    (done, or the editor pressed Stop and hung up) closes the iterator, which stops the generation."""
-    out: queue.Queue = queue.Queue(maxsize=256)
+    (done, or the editor pressed Stop and hung up) closes the iterator, which stops the generation.
+    A shutdown ends the stream at once with an error event; the thread is abandoned (daemon)."""
+    loop = asyncio.get_running_loop()
+    out: asyncio.Queue = asyncio.Queue()
     stop = threading.Event()
+
+    def put(item) -> None:
+        try:
+            loop.call_soon_threadsafe(out.put_nowait, item)
+        except RuntimeError:  # the event loop is gone: nobody reads any more
+            stop.set()
 
     def pump():
         try:
             for event in events:
-                out.put(event)
+                put(event)
                 if stop.is_set():
                     break
         except errors.AssistantError as e:
-            out.put({"type": "error", "error": {"type": e.code, "message": str(e)}})
+            put({"type": "error", "error": {"type": e.code, "message": str(e)}})
         except Exception as e:  # noqa: BLE001 - reported to the editor, logged by the thread
-            out.put({"type": "error", "error": {"type": type(e).__name__, "message": str(e)}})
+            put({"type": "error", "error": {"type": type(e).__name__, "message": str(e)}})
             raise
         finally:
             events.close()
-            out.put(None)
+            put(None)
 
     worker = threading.Thread(target=pump, name="assistant-sse", daemon=True)
     worker.start()
 
     async def stream():
         while True:
-            event = await anyio.to_thread.run_sync(out.get)
+            event = await out.get()
             if event is None:
                 return
             yield f"data: {json.dumps(event)}\n\n"
 
-    return SSEResponse(stream(), on_close=stop.set).prepend(f"data: {json.dumps(first)}\n\n")
+    return SSEResponse(stream(), on_close=stop.set, closing=closing,
+                       farewell=FAREWELL).prepend(f"data: {json.dumps(first)}\n\n")

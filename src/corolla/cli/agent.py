@@ -11,10 +11,10 @@ process you follow with ``logs --follow``. Either way it edits a worktree at
 from __future__ import annotations
 
 import json
-import signal
 import sys
 
 from corolla.cli.assistant import add_endpoint, print_diff, workspace_of
+from corolla.shutdown import STOP, kill_descendants, on_stop_signals
 
 OUTPUT_LINES = 8  # lines of a tool's output shown per step
 
@@ -83,17 +83,28 @@ def run_start(args) -> int:
         print(f"follow it: corolla agent logs {agent_id} --follow; then show / apply / discard {agent_id}")
         return 0
     print(f"agent {agent_id} on branch {meta['branch']} (Ctrl-C stops it)", file=sys.stderr)
-    previous = signal.signal(signal.SIGTERM, lambda *_: manager.request_stop(agent_id))
+    # SIGTERM / Ctrl-C: the agent gets its stop event and a few seconds to finish its step and record
+    # its end; then its command is killed and it is recorded as stopped (within the stop deadline)
+    restore = on_stop_signals(lambda: manager.request_stop(agent_id))
+    seq = 0
     try:
-        for event in manager.follow(agent_id):
+        for event in manager.follow(agent_id, until=lambda: STOP.requested):
             print_event(event.to_json())
-    except KeyboardInterrupt:
-        print("\nstopping the agent...", file=sys.stderr)
-        manager.stop(agent_id)
+            seq = event.seq
     finally:
-        signal.signal(signal.SIGTERM, previous)
-    session = manager.wait(agent_id)
-    return finished(agent_id, session.meta)
+        if not STOP.requested:
+            restore()
+    if not STOP.requested:
+        return finished(agent_id, manager.wait(agent_id).meta)
+    print("\nstopping the agent...", file=sys.stderr, flush=True)
+    manager.close(min(AGENT_STOP_S, STOP.remaining(margin_s=2.0)))
+    kill_descendants()  # the command it was running, if it did not stop in time
+    for event in manager.events(agent_id, seq):
+        print_event(event.to_json())
+    return finished(agent_id, manager.get(agent_id).meta)
+
+
+AGENT_STOP_S = 4.0  # on SIGTERM / Ctrl-C, how long a foreground agent may take to record its end
 
 
 def finished(agent_id: str, meta: dict) -> int:

@@ -390,24 +390,18 @@ def run_sessions(args) -> int:
 
 
 def run_serve(args) -> int:
-    import uvicorn
-
+    from corolla.api.server import serve_forever
     from corolla.assistant.service import create_service
+    from corolla.shutdown import STOP, kill_descendants
 
     assistant = make_assistant(args)
     app = create_service(assistant, token=args.token, allow_origins=tuple(args.allow_origin))
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    import threading
-
-    def announce():
-        import time
-
-        while not server.started:
-            time.sleep(0.05)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        print(f"assistant service for {assistant.root}: http://{args.host}:{port}", flush=True)
-
-    threading.Thread(target=announce, daemon=True).start()
-    server.run()
+    # SIGTERM / Ctrl-C: open streams end with an error event, other requests with a 503
+    serve_forever(app, args.host, args.port, on_started=lambda base: print(
+        f"assistant service for {assistant.root}: {base}", flush=True))
+    app.state.agents.close(min(AGENT_CLOSE_S, STOP.remaining(margin_s=2.0)))  # agents run in this process stop
+    kill_descendants()  # the commands they were running; background agents' runners are spared
     return 0
+
+
+AGENT_CLOSE_S = 3.0  # on a stop, how long agents running in the service may take to record their end

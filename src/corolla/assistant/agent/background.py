@@ -22,13 +22,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from corolla.assistant.agent import worktrees
 from corolla.assistant.agent.runner import FINAL_STATUSES, RunOptions, finish, run_agent
 from corolla.assistant.errors import AgentNotFoundError, AgentStateError, AssistantError, SessionNotFoundError
 from corolla.assistant.sessions import Event, Session, SessionStore, title_from
+from corolla.shutdown import keep_on_exit
 
 KIND = "agent"
 STATUSES = ("queued", "running", "done", "failed", "stopped", "applied", "discarded")
@@ -76,9 +77,11 @@ class AgentManager:
                 raise AgentStateError(f"cannot start the agent's process: {e}") from e
         else:
             stop = threading.Event()
+            # a daemon: an agent waiting minutes on the model must not keep an exiting process alive
+            # (close() records it as stopped first)
             thread = threading.Thread(target=run_agent, args=(self.root, session.id, options),
                                       kwargs={"stop": stop, "llm": llm, "store": self.store},
-                                      name=f"agent-{session.id}")
+                                      name=f"agent-{session.id}", daemon=True)
             with self._lock:
                 self._threads[session.id] = (thread, stop)
             self.store.update_meta(session.id, {"pid": os.getpid()})
@@ -95,6 +98,7 @@ class AgentManager:
         with open(log_path, "ab") as log_file:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                                     cwd=self.root, env=env, start_new_session=True)
+        keep_on_exit(proc.pid)  # detached on purpose: it outlives a service or CLI that stops
         with self._lock:
             self._procs[agent_id] = proc
         self.store.update_meta(agent_id, {"pid": proc.pid, "pgid": proc.pid, "log": str(log_path)})
@@ -153,16 +157,16 @@ class AgentManager:
         return self.store.events(agent_id, after_seq)
 
     def follow(self, agent_id: str, after_seq: int = 0, *, poll_s: float = 0.2,
-               timeout_s: float | None = None) -> Iterator[Event]:
+               timeout_s: float | None = None, until: Callable[[], bool] | None = None) -> Iterator[Event]:
         """The agent's events as they are stored, until it has finished (and its last events were
-        given) or ``timeout_s`` passed."""
+        given), ``timeout_s`` passed or ``until()`` is true."""
         deadline = None if timeout_s is None else self.clock() + timeout_s
         while True:
             finished = self.get(agent_id).meta.get("status") not in ACTIVE  # read before the events: none is lost
             for event in self.store.events(agent_id, after_seq):
                 after_seq = event.seq
                 yield event
-            if finished or (deadline is not None and self.clock() >= deadline):
+            if finished or (deadline is not None and self.clock() >= deadline) or (until is not None and until()):
                 return
             time.sleep(poll_s)
 
@@ -195,6 +199,25 @@ class AgentManager:
             finish(self.store, agent_id, {"status": "stopped", "outcome": "stopped",
                                           "error": "stopped before it recorded a report"})
         return self.get(agent_id)
+
+    def close(self, timeout_s: float = STOP_WAIT_S) -> list[str]:
+        """Stop the agents running in this process, which is exiting; returns their ids. Each gets its
+        stop event and until ``timeout_s`` to record its end; one still busy then (waiting on the
+        model, or on a command: the caller kills its process's children) is recorded as ``stopped``
+        and left behind, a daemon thread. Background agents (detached processes) keep running."""
+        with self._lock:
+            running = {agent_id: entry for agent_id, entry in self._threads.items() if entry[0].is_alive()}
+        for _, stop in running.values():
+            stop.set()
+        deadline = self.clock() + timeout_s
+        for thread, _ in running.values():
+            thread.join(max(0.0, deadline - self.clock()))
+        for agent_id in running:
+            if self.store.get(agent_id).meta.get("status") in ACTIVE:
+                self.store.add_event(agent_id, "report", {"status": "stopped", "summary": "stopped before it finished"})
+                finish(self.store, agent_id, {"status": "stopped", "outcome": "stopped",
+                                              "error": "stopped while it was working (its process was exiting)"})
+        return list(running)
 
     def request_stop(self, agent_id: str) -> bool:
         """Set the stop event of an agent running in this process, without waiting (safe in a

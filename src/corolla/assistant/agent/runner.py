@@ -15,7 +15,8 @@ the report in the session's meta.
 SIGTERM (``corolla agent stop``) sets the Agent's stop event. The agent runs in a worker thread so the
 main thread can act on it at once: after a short grace it kills the commands the agent started (they
 run in process groups of their own, out of reach of a signal to this group), commits what was done,
-records ``stopped`` and exits, even when the worker is still waiting on the model.
+records ``stopped`` and exits, even when the worker is still waiting on the model; in any case within
+:data:`corolla.shutdown.DEADLINE_S` of the signal.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 
 from corolla.assistant.errors import AssistantError
 from corolla.assistant.sessions import SessionStore
+from corolla.shutdown import on_stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     root = args.workspace.resolve()
     store = SessionStore(root)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    on_stop_signals(stop.set)  # and whatever happens below, the process is gone within the stop deadline
     worker = threading.Thread(target=run_agent, args=(root, args.session, options),
                               kwargs={"stop": stop, "store": store}, name="agent", daemon=True)
     worker.start()
