@@ -155,7 +155,8 @@ def abandon(why: str, code: int) -> None:
         lines = [f"{why}; abandoning:"]
         frames = sys._current_frames()
         for thread in _running_threads():
-            lines.append(f"  thread {thread.name}{' (daemon)' if thread.daemon else ''}: {_where(frames.get(thread.ident))}")
+            daemon = " (daemon)" if thread.daemon else ""
+            lines.append(f"  thread {thread.name}{daemon}: {_where(frames.get(thread.ident))}")
         killed = kill_descendants()
         lines += [f"  killed child process {pid}: {cmd}" for pid, cmd in killed]
         log.warning("\n".join(lines))
@@ -213,8 +214,8 @@ def descendants(pid: int, skip: set[int] | frozenset[int] = frozenset()) -> list
 
 def _running_threads() -> list[threading.Thread]:
     me = threading.current_thread()
-    return [t for t in threading.enumerate()
-            if t is not me and t is not threading.main_thread() and t.is_alive() and not t.name.startswith("corolla-stop-")]
+    return [t for t in threading.enumerate() if t is not me and t is not threading.main_thread() and t.is_alive()
+            and not t.name.startswith("corolla-stop-")]
 
 
 def _where(frame) -> str:
