@@ -91,6 +91,18 @@ def test_edit_propose_reject_and_errors(service, llm_model, workspace):
     assert refused.status_code == 422 and refused.json()["error"]["type"] == "MalformedReplyError"
 
 
+def test_an_edit_that_renames_a_used_definition_needs_allow_structure(service, llm_model, workspace):
+    # every attempt (the retry too, told why the first was refused) renames `mean`
+    llm_model.add(lambda prompt: True, "```python\ndef average(values):\n    return sum(values) / len(values)\n```")
+    body = {"instruction": "tidy this up", "editor": EDITOR}
+    refused = service.post("/edits", json=body)
+    assert refused.status_code == 422 and refused.json()["error"]["type"] == "StructureBreakError", refused.json()
+    assert "mean" in refused.json()["error"]["message"]
+    allowed = service.post("/edits", json={**body, "allow_structure": True})
+    assert allowed.status_code == 200 and "+def average(values):" in allowed.json()["diff"]
+    assert (workspace / "calc.py").read_text() == CALC  # proposed, not applied
+
+
 @pytest.mark.parametrize("method,path,body,status", [
     ("post", "/edits", {"instruction": "x", "editor": {}}, 400),
     ("post", "/edits", {"instruction": "", "editor": EDITOR}, 400),

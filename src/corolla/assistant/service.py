@@ -31,6 +31,7 @@ its HTTP stream to the model is dropped).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import threading
 from pathlib import Path
@@ -80,6 +81,7 @@ class NewSession(Strict):
 class MessageRequest(Strict):
     text: str = Field(min_length=1, max_length=MAX_TEXT)
     editor: Editor = Field(default_factory=Editor)
+    allow_structure: bool = False  # an edit may remove, rename or re-nest definitions other code uses
 
 
 class EditRequest(Strict):
@@ -87,6 +89,7 @@ class EditRequest(Strict):
     editor: Editor
     session_id: str | None = None
     format: Literal["whole", "search_replace"] | None = None
+    allow_structure: bool = False  # as in MessageRequest
 
 
 class AcceptRequest(Strict):
@@ -198,7 +201,7 @@ def create_service(assistant: Assistant, *, token: str | None = None, allow_orig
     @app.post("/sessions/{session_id}/messages")
     async def message(session_id: str, body: MessageRequest):
         await run(assistant.store.get, session_id)
-        events = assistant.respond(body.text, body.editor.state(root), session_id)
+        events = assistant.respond(body.text, body.editor.state(root), session_id, allow_structure=body.allow_structure)
         first = await run(next, events)  # errors before anything is streamed become plain HTTP errors
         return _sse(first, events, closing)
 
@@ -206,8 +209,8 @@ def create_service(assistant: Assistant, *, token: str | None = None, allow_orig
     async def propose(body: EditRequest):
         if not body.editor.current_file:
             return _error(400, "BadRequest", "editor.current_file: an edit needs the file to change")
-        outcome = await run(assistant.propose_edit, body.instruction, body.editor.state(root), body.session_id,
-                            body.format)
+        outcome = await run(functools.partial(assistant.propose_edit, allow_structure=body.allow_structure),
+                            body.instruction, body.editor.state(root), body.session_id, body.format)
         return outcome.to_json()
 
     @app.get("/edits/{edit_id}")

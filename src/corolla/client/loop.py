@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -24,8 +25,9 @@ class LoopThread:
             future.cancel()
             raise
 
-    def stop(self) -> None:
-        """Cancel what is still running (streams, transport readers), then stop the loop."""
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Cancel what is still running (streams, transport readers), then stop the loop; at most
+        about ``timeout_s`` in all (a task that ignores cancellation is left behind)."""
         if not self.loop.is_running():
             return
 
@@ -35,10 +37,13 @@ class LoopThread:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+        deadline = time.monotonic() + timeout_s
         try:
-            self.run(cancel_all(), timeout=5)
+            self.run(cancel_all(), timeout=timeout_s / 2)
+        except Exception:  # timed out: stop the loop anyway
+            pass
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=max(0.1, deadline - time.monotonic()))
             if not self._thread.is_alive():
                 self.loop.close()

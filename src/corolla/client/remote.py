@@ -183,10 +183,17 @@ class SwarmClient:
             raise RemoteCallError(f"forward to {hop.peer_id} failed: {type(e).__name__}: {e}") from e
         return parse_response(response, codec)[1]
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 6.0) -> None:
+        """Close the transport, the loop and (if ours) the DHT node, in about ``timeout_s`` at most:
+        a process shutting down has a deadline (see corolla.shutdown)."""
+        deadline = time.monotonic() + timeout_s
+        left = lambda share: max(0.1, (deadline - time.monotonic()) * share)  # noqa: E731
         try:
-            self.loop.run(self.p2p.shutdown(), timeout=5)
+            self.loop.run(self.p2p.shutdown(), timeout=left(0.3))
+        except Exception as e:  # a daemon already gone, or slow: the rest still closes
+            log.debug("closing the p2p handle failed: %s: %s", type(e).__name__, e)
         finally:
-            self.loop.stop()
+            self.loop.stop(timeout_s=left(0.5))
         if self._own_dht:
+            self.dht.shutdown_timeout = left(1.0)
             self.dht.shutdown()
