@@ -28,8 +28,8 @@ from corolla.api import prompts
 from corolla.api.errors import APIError, bad_request, from_exception, from_validation, shutting_down
 from corolla.api.generation import Delta, Engine, Failed, Generation, GenerationOptions
 from corolla.api.schemas import ChatCompletionRequest, CompletionRequest
-from corolla.api.streaming import Closing, SSEResponse
 from corolla.api.tools import call_prefill, parse_tool_calls
+from corolla.sse import Closing, SSEResponse
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 DEFAULT_MAX_TOKENS = 256

@@ -4,7 +4,7 @@ background thread (``swarm up``, tests), stopping within a bound whatever its cl
 uvicorn's own graceful shutdown waits for every open response to finish, with no limit: a streamed
 generation of thousands of tokens, or one stuck on a swarm that is gone, kept the process alive for
 minutes. :class:`ApiServer` first closes the app's open requests (``app.state.closing``, see
-:class:`corolla.api.streaming.Closing`: streams end with an error event, generations are cancelled),
+:class:`corolla.sse.Closing`: streams end with an error event, generations are cancelled),
 then gives responses :data:`GRACE_S` to end before cancelling them.
 """
 

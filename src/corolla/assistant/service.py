@@ -43,10 +43,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from corolla.api.streaming import Closing, SSEResponse
 from corolla.assistant import errors
 from corolla.assistant.context import EditorState
 from corolla.assistant.core import Assistant
+from corolla.sse import Closing, SSEResponse
 
 MAX_TEXT = 200_000
 

@@ -21,10 +21,10 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from corolla.api.streaming import SSEResponse
 from corolla.assistant import errors
 from corolla.assistant.agent.background import ACTIVE, AgentManager, agent_json
 from corolla.assistant.agent.runner import RunOptions
+from corolla.sse import SSEResponse
 
 POLL_S = 0.25
 

@@ -1,5 +1,9 @@
 """Server-sent events that stop the generation behind them when the client goes away, and end
-with an error event when the server shuts down."""
+with an error event when the server shuts down.
+
+Neutral: it depends on starlette and anyio only, never on another part of corolla, so both the
+OpenAI-compatible API and the assistant's service stream through it (see tests/unit/test_layers.py).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,8 @@ log = logging.getLogger(__name__)
 
 class Closing:
     """An app's shutdown switch: what is open (streams, generations) registers a callback, and
-    :meth:`close` (called by :class:`corolla.api.server.ApiServer` as it begins to shut down) calls
+    :meth:`close` (called by the server that serves the app, such as :class:`corolla.api.server.ApiServer`,
+    as it begins to shut down) calls
     them all, so every open request ends at once with an error instead of running on. Thread-safe;
     callbacks must not block (they set events, cancel flags)."""
 
