@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from corolla.server.kv import GROW_ALIGN, CacheBudget, KVLayout, SessionKV
+from corolla.models.kv import KVLayout
+from corolla.server.kv import GROW_ALIGN, CacheBudget, SessionKV
 
 LAYOUT = KVLayout(blocks=4, kv_heads=2, head_dim=8, dtype=torch.float32)
 

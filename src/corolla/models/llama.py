@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from corolla.models.registry import register
+from corolla.models.kv import KVCache, KVLayout
 
 # model_type -> (transformers module name, class prefix)
 _ARCH = {"llama": ("llama", "Llama"), "mistral": ("mistral", "Mistral"), "qwen2": ("qwen2", "Qwen2")}
@@ -99,17 +99,15 @@ class LlamaSpan(nn.Module):
 
 
     # ---- batched steps over many sessions' caches (the server's inference path) ----------------
-    def kv_layout(self, dtype: torch.dtype):
-        from corolla.server.kv import KVLayout
-
+    def kv_layout(self, dtype: torch.dtype) -> KVLayout:
         cfg = self.config
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         return KVLayout(self.num_blocks, cfg.num_key_value_heads, head_dim, dtype)
 
-    def step(self, items: list[tuple[torch.Tensor, Any, int]], first: int = 0, last: int | None = None) -> list[torch.Tensor]:
+    def step(self, items: list[tuple[torch.Tensor, KVCache, int]], first: int = 0, last: int | None = None) -> list[torch.Tensor]:
         """One inference step of several sessions as one batch through local blocks ``first:last``.
 
-        ``items`` are ``(hidden [b, t, H], SessionKV, position)``: any number of sessions, each
+        ``items`` are ``(hidden [b, t, H], KVCache, position)``: any number of sessions, each
         with its own batch, length and position. Every token goes through the weights together
         (the cost of a decode step is reading the weights, so a batch costs about what one
         session does); attention runs per session against its own cache, with its own causal
@@ -243,5 +241,3 @@ class LlamaFamily:
     def build_head(self, config: Any) -> LlamaHead:
         return LlamaHead(config)
 
-
-register(LlamaFamily())

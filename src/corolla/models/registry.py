@@ -1,8 +1,11 @@
 """Model families: the only code that touches transformers internals lives in family modules.
 
 A family turns a Hugging Face config into two pieces:
-- a *span* (blocks ``start:end``) that servers load and run: ``span(hidden, cache, position)``;
-- a *head* (embeddings, final norm, LM head) that clients load.
+- a *span* (blocks ``start:end``, an ``nn.Module``) that servers load and run (:class:`Span`);
+- a *head* (embeddings, final norm, LM head) that clients load (:class:`Head`).
+
+The registry knows the built-in families and imports them on first use; a family module does not
+import the registry (no import cycle), and other families may be added with :func:`register`.
 """
 
 from __future__ import annotations
@@ -13,16 +16,32 @@ import torch
 from torch import nn
 
 from corolla.errors import UnsupportedModelError
+from corolla.models.kv import KVCache, KVLayout
 
 
 class Span(Protocol):
-    num_blocks: int
+    """What corolla calls on a span: the loader (``load_weights``) and the server (the rest; see
+    ``corolla.server.handlers``, ``.batching`` and ``.throughput``). A family's span may offer more
+    (the parity tests run Llama spans on transformers' own cache through ``new_cache``)."""
 
-    def new_cache(self) -> Any: ...
+    num_blocks: int
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None: ...
 
-    def __call__(self, hidden: torch.Tensor, cache: Any = None, position: int = 0) -> torch.Tensor: ...
+    def kv_layout(self, dtype: torch.dtype) -> KVLayout:
+        """What one token of one sequence costs in the KV cache of all the span's blocks."""
+        ...
+
+    def step(
+        self, items: list[tuple[torch.Tensor, KVCache, int]], first: int = 0, last: int | None = None
+    ) -> list[torch.Tensor]:
+        """One inference step of several sessions, ``(hidden [b, t, H], cache, position)`` each,
+        batched through local blocks ``first:last``; their outputs in order."""
+        ...
+
+    def __call__(self, hidden: torch.Tensor, *, first: int = 0, last: int | None = None) -> torch.Tensor:
+        """Stateless forward of ``hidden [B, T, H]`` (positions from 0) through local blocks ``first:last``."""
+        ...
 
 
 class Head(Protocol):
@@ -41,12 +60,13 @@ class Family(Protocol):
 
     def head_tensor_names(self, config: Any) -> dict[str, str]: ...
 
-    def build_span(self, config: Any, start: int, end: int) -> nn.Module: ...
+    def build_span(self, config: Any, start: int, end: int) -> nn.Module: ...  # and a Span
 
-    def build_head(self, config: Any) -> nn.Module: ...
+    def build_head(self, config: Any) -> nn.Module: ...  # and a Head
 
 
 _FAMILIES: dict[str, Family] = {}
+_builtin_loaded = False
 
 
 def register(family: Family) -> Family:
@@ -73,4 +93,11 @@ def supported_model_types() -> list[str]:
 
 
 def _load_builtin() -> None:
-    from corolla.models import llama  # noqa: F401  (registers itself)
+    """Register the families that ship with corolla (once, on first use)."""
+    global _builtin_loaded
+    if _builtin_loaded:
+        return
+    from corolla.models.llama import LlamaFamily
+
+    register(LlamaFamily())
+    _builtin_loaded = True

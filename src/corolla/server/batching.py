@@ -21,6 +21,7 @@ from concurrent.futures import Executor
 import torch
 
 from corolla.errors import CorollaError, ServerBusyError, SessionEvictedError, SessionLostError
+from corolla.models.registry import Span
 from corolla.protocol.cohorts import CohortGate, next_cohorts
 from corolla.protocol.messages import Cohort
 from corolla.server.kv import CacheBudget, SessionKV
@@ -51,7 +52,7 @@ class Batcher:
     def __init__(
         self,
         *,
-        span_getter: Callable[[], torch.nn.Module],
+        span_getter: Callable[[], Span],
         executor: Executor,
         sessions: SessionTable,
         budget: CacheBudget,

@@ -24,6 +24,7 @@ from corolla.errors import (
     SessionEvictedError,
     UnknownSessionError,
 )
+from corolla.models.registry import Span
 from corolla.protocol.messages import (
     Cohort,
     ErrorInfo,
@@ -83,7 +84,7 @@ class BlockHandlers:
         self,
         *,
         model_id: str,
-        span: torch.nn.Module,
+        span: Span,
         start: int,
         end: int,
         hidden_size: int,
@@ -116,7 +117,7 @@ class BlockHandlers:
             generation_getter=lambda: self.generation, cohort_wait_s=config.cohort_wait_ms / 1000,
         )
 
-    def swap_span(self, span: torch.nn.Module, start: int, end: int) -> None:
+    def swap_span(self, span: Span, start: int, end: int) -> None:
         """Serve other blocks from now on (runs on the compute thread, between steps)."""
         self.span, self.start, self.end = span, start, end
         self.generation += 1
@@ -165,7 +166,7 @@ class BlockHandlers:
     # ---- compute (runs on the compute thread) -----------------------------------------------
     def _forward(self, hidden: torch.Tensor, first: int, last: int) -> torch.Tensor:
         with torch.inference_mode():
-            return self.span(hidden.to(self.dtype), None, 0, first, last).float()
+            return self.span(hidden.to(self.dtype), first=first, last=last).float()
 
     # ---- RPC ----------------------------------------------------------------------------------
     async def rpc_info(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:

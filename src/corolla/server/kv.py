@@ -3,36 +3,24 @@
 A session's cache holds keys and values per block as ``[batch, kv_heads, capacity, head_dim]``
 buffers. Capacity grows in steps as the session does (never reserved for ``max_length`` up front),
 and every byte allocated is counted against the server's budget, so the budget is spent on what
-sessions really hold.
+sessions really hold. The layout comes from the model code (:class:`corolla.models.kv.KVLayout`),
+and :class:`SessionKV` is what a span's batched step writes into (a :class:`corolla.models.kv.KVCache`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 
 import torch
+
+from corolla.models.kv import KVLayout
 
 GROW_ALIGN = 64  # capacities are multiples of this many tokens
 GROW_MAX_STEP = 1024  # beyond doubling small caches, grow by at most this many tokens at once
 
 
-@dataclasses.dataclass(frozen=True)
-class KVLayout:
-    """What one token of one sequence costs: ``blocks`` x (key + value) x kv_heads x head_dim."""
-
-    blocks: int
-    kv_heads: int
-    head_dim: int
-    dtype: torch.dtype
-
-    @property
-    def token_bytes(self) -> int:
-        return 2 * self.blocks * self.kv_heads * self.head_dim * torch.empty((), dtype=self.dtype).element_size()
-
-
 class SessionKV:
-    """The keys and values of one session for blocks ``first:last`` of a span."""
+    """The keys and values of one session for blocks ``first:last`` of a span (a ``KVCache``)."""
 
     def __init__(self, layout: KVLayout, first: int, last: int, batch: int, max_length: int):
         self.layout, self.first, self.last = layout, first, last

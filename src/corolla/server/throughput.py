@@ -11,6 +11,9 @@ from pathlib import Path
 
 import torch
 
+from corolla.models.registry import Span
+from corolla.server.kv import SessionKV
+
 log = logging.getLogger(__name__)
 
 
@@ -33,10 +36,8 @@ def _cpu_name() -> str:
 MEASURE_VERSION = 2  # bump when the compute path changes: cached figures are then measured again
 
 
-def measure(span: torch.nn.Module, hidden_size: int, dtype: torch.dtype, steps: int = 5) -> Throughput:
+def measure(span: Span, hidden_size: int, dtype: torch.dtype, steps: int = 5) -> Throughput:
     """Decode steps/s on the path sessions use (``span.step``), and stateless forward tokens/s."""
-    from corolla.server.kv import SessionKV
-
     with torch.inference_mode():
         kv = SessionKV(span.kv_layout(dtype), 0, span.num_blocks, 1, 8 + steps)
         kv.grow(8 + steps, 0)
@@ -55,7 +56,7 @@ def measure(span: torch.nn.Module, hidden_size: int, dtype: torch.dtype, steps: 
 
 
 def measure_cached(
-    cache_file: Path, key_parts: dict, span: torch.nn.Module, hidden_size: int, dtype: torch.dtype
+    cache_file: Path, key_parts: dict, span: Span, hidden_size: int, dtype: torch.dtype
 ) -> Throughput:
     key = json.dumps({**key_parts, "version": MEASURE_VERSION, "cpu": _cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__},
                      sort_keys=True)
