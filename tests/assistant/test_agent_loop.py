@@ -28,7 +28,7 @@ def call(name: str, **arguments) -> str:
 
 
 def agent(llm, root, **kw) -> Agent:
-    config = kw.pop("config", None) or AgentConfig()
+    config = kw.pop("config", None) or AgentConfig(mode="tools")
     return Agent(llm, root, policy=CommandPolicy(), config=config, **kw)
 
 
@@ -143,7 +143,7 @@ def test_a_malformed_call_then_a_good_one_goes_on(llm, llm_model, project):
 
 def test_step_cap(llm, llm_model, project):
     llm_model.add(lambda prompt: True, call("list_dir", path="."))
-    report = agent(llm, project, config=AgentConfig(max_steps=3)).run("Look around forever.")
+    report = agent(llm, project, config=AgentConfig(max_steps=3, mode="tools")).run("Look around forever.")
     assert report.status == "step_cap" and report.steps == 3 and len(llm_model.requests) == 3
     assert "step cap was reached after 3 model replies" in report.to_text()
 
@@ -156,7 +156,8 @@ def test_time_cap_with_an_injected_clock(llm, llm_model, project):
         return call("list_dir", path=".")
 
     llm_model.add(lambda prompt: True, slow_reply)
-    report = agent(llm, project, config=AgentConfig(max_wall_s=150), clock=lambda: now[0]).run("Look around.")
+    config = AgentConfig(max_wall_s=150, mode="tools")
+    report = agent(llm, project, config=config, clock=lambda: now[0]).run("Look around.")
     assert report.status == "time_cap" and report.steps == 2
     assert "time cap" in report.to_text() and "200 s spent" in report.error
 
@@ -179,7 +180,7 @@ def test_prompt_format_mode_parses_calls_from_text(llm, llm_model, project):
                     "Let me fix it.\n<tool_call>{'name': 'edit', 'arguments': {'path': 'calc.py', 'search': "
                     + json.dumps(MEAN_OLD) + ", 'replace': " + json.dumps(MEAN_NEW) + "}}</tool_call>",
                     "Done.")
-    report = agent(llm, project, config=AgentConfig(native_tools=False)).run("Make mean() raise on [].")
+    report = agent(llm, project, config=AgentConfig(native_tools=False, mode="tools")).run("Make mean() raise on [].")
     assert report.status == "done" and report.changed_files == ["calc.py"], report.to_text()
     first = llm_model.requests[0].prompt
     assert "To call a tool, reply with one call" in first and "- edit(path, search, replace)" in first
@@ -213,7 +214,7 @@ def test_an_endpoint_without_tools_falls_back_to_the_prompt_format(llm, llm_mode
 
 
 def test_native_tools_required_does_not_fall_back(llm, project):
-    report = agent(NoToolsLLM(llm), project, config=AgentConfig(native_tools=True)).run("Read calc.py.")
+    report = agent(NoToolsLLM(llm), project, config=AgentConfig(native_tools=True, mode="tools")).run("Read calc.py.")
     assert report.status == "error" and "tools are not supported" in report.error
 
 

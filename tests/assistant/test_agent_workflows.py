@@ -150,7 +150,7 @@ def test_a_refactor_that_breaks_the_tests_is_reverted(llm, llm_model, workspace)
                     "Renamed add to plus.",  # round 1 ends: the tests now fail (they import add)
                     "I could not find the problem.")  # the fix round does nothing
     report = refactor(llm, workspace, "rename add to plus", policy=CommandPolicy(),
-                      config=AgentConfig(max_steps=4))
+                      config=AgentConfig(max_steps=4, mode="tools"))
     assert report.status == "reverted", report.to_text()
     assert files(workspace) == before  # every file as it was
     assert report.changed_files == [] and report.rounds == 2

@@ -115,7 +115,7 @@ def test_two_blocks_for_one_file_are_refused(workspace):
 
 # --- in the loop ----------------------------------------------------------------------------------------
 def run(llm, root, task: str, steps: int = 8):
-    return Agent(llm, root, policy=CommandPolicy(), config=AgentConfig(max_steps=steps)).run(task)
+    return Agent(llm, root, policy=CommandPolicy(), config=AgentConfig(max_steps=steps, mode="tools")).run(task)
 
 
 def test_a_code_block_is_applied_then_the_tests_run_green(llm, llm_model, project):

@@ -81,7 +81,7 @@ def test_agent_on_a_tiny_task(coder_api, tmp_path):
     llm = LLM(LLMConfig(endpoint=f"{coder_api.base}/v1", max_tokens=300))
     store = SessionStore(tmp_path)
     agent = Agent(llm, tmp_path, policy=CommandPolicy(timeout_s=60), store=store,
-                  config=AgentConfig(max_steps=6, max_wall_s=600))
+                  config=AgentConfig(max_steps=6, max_wall_s=600, mode="tools"))
     report = agent.run("Add a function square(x) to mathx.py that returns x * x. Run the tests with run_tests.")
     print(report.to_text())
     for event in store.events(agent.session_id):

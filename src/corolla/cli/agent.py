@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 
+from corolla.assistant.agent.modes import DEFAULT_MODE, MODES, MODES_HELP
 from corolla.cli.assistant import add_endpoint, print_diff, workspace_of
 from corolla.shutdown import STOP, kill_descendants, on_stop_signals
 
@@ -32,10 +33,7 @@ def register(sub) -> None:
     s.add_argument("--auto-approve", action="append", default=[], metavar="PREFIX",
                    help="also run commands starting with PREFIX without asking (repeatable); others outside "
                         "the read-only/test list are refused")
-    s.add_argument("--mode", choices=("auto", "tools", "blocks"), default="auto",
-                   help="tools: the model drives with tool calls; blocks: the files the task names are shown, the "
-                        "model answers with code blocks and the tests run after each change (what small models "
-                        "do well); auto (default): blocks when the task names a file")
+    s.add_argument("--mode", choices=MODES, default=DEFAULT_MODE, help=MODES_HELP)
     add_endpoint(s)
     s.set_defaults(func=run_start)
 

@@ -294,7 +294,7 @@ def run_until_green(args) -> int:
     assistant = make_assistant(args)
     path, _ = parse_file(args.file, assistant.root)
     report = tests_until_green(assistant.llm, assistant.root, path, rounds=args.rounds, policy=command_policy(args),
-                               store=assistant.store, config=AgentConfig(max_steps=args.max_steps),
+                               store=assistant.store, config=AgentConfig(max_steps=args.max_steps, mode="tools"),
                                on_event=print_step)
     print(report.to_text())
     return 0 if report.status == "green" else 1
@@ -306,7 +306,8 @@ def run_refactor(args) -> int:
 
     assistant = make_assistant(args)
     report = refactor(assistant.llm, assistant.root, args.request, policy=command_policy(args), store=assistant.store,
-                      config=AgentConfig(max_steps=args.max_steps), fix_rounds=args.fix_rounds, on_event=print_step)
+                      config=AgentConfig(max_steps=args.max_steps, mode="tools"), fix_rounds=args.fix_rounds,
+                      on_event=print_step)
     print(report.to_text())
     return 0 if report.status in ("green", "untested") else 1
 

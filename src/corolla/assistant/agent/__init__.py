@@ -9,11 +9,27 @@ truncated output and, where possible, no network. :mod:`.loop` is the tool loop 
 
 from __future__ import annotations
 
-from corolla.assistant.agent.loop import Agent, AgentConfig, AgentReport
-from corolla.assistant.agent.policy import DEFAULT_ALLOW, CommandPolicy, CommandResult, Decision
-from corolla.assistant.agent.tools import (TOOLS, Tool, ToolContext, ToolResult, detect_test_command, openai_tools,
-                                          run_tool)
-from corolla.assistant.agent.workflows import WorkflowReport, refactor, tests_until_green
+import importlib
+
+# public name -> the module that defines it; imported on first use, so that importing a light module of
+# this package (the CLI reads :mod:`.modes` to build its flags) does not load the loop and its tools
+_WHERE = {
+    "Agent": "loop", "AgentConfig": "loop", "AgentReport": "loop",
+    "CommandPolicy": "policy", "CommandResult": "policy", "DEFAULT_ALLOW": "policy", "Decision": "policy",
+    "TOOLS": "tools", "Tool": "tools", "ToolContext": "tools", "ToolResult": "tools",
+    "detect_test_command": "tools", "openai_tools": "tools", "run_tool": "tools",
+    "WorkflowReport": "workflows", "refactor": "workflows", "tests_until_green": "workflows",
+}
+
+
+def __getattr__(name: str):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Agent",

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from corolla.assistant.agent import prompts
+from corolla.assistant.agent.modes import DEFAULT_MODE, Mode, check_mode
 from corolla.assistant.agent.policy import CommandPolicy
 from corolla.assistant.agent.toolcalls import parse_arguments, parse_text_calls
 from corolla.assistant.agent.testing import detect_test_command
@@ -43,7 +44,6 @@ from corolla.assistant.sessions import SessionStore, title_from
 logger = logging.getLogger(__name__)
 
 STATUSES = ("done", "step_cap", "time_cap", "stopped", "error")
-MODES = ("tools", "blocks", "auto")
 MAX_SHOWN_FILE_CHARS = 12_000  # a file the task names is put in the first message (blocks mode) up to this
 _CUT_NOTE = "\n[... older output cut to save room; call the tool again if you need it]"
 
@@ -56,10 +56,7 @@ class AgentConfig:
     native_tools: bool | None = None  # None: try native tool calling; fall back to the prompt format
     tools: tuple[str, ...] = ("read_file", "list_dir", "search", "edit", "write_file", "run_command", "run_tests")
     history_chars: int = 24000  # older tool results are cut when the conversation grows past this
-    # "tools": the model drives with tool calls; "blocks": for small models, the files the task names are
-    # in the first message, the model answers with code blocks, the tests run after each change (tool calls
-    # in the text still work); "auto": blocks when the task names a file of the workspace, else tools
-    mode: str = "tools"
+    mode: Mode = DEFAULT_MODE  # see :mod:`.modes`
 
 
 @dataclasses.dataclass
@@ -352,9 +349,7 @@ class Agent:
         return {"tests": tests, "summary": "The tests pass." if tests and tests["passed"] else ""}
 
     def _blocks_mode(self, task: str) -> bool:
-        mode = self.config.mode
-        if mode not in MODES:
-            raise AssistantError(f"unknown agent mode {mode!r}; choose one of {', '.join(MODES)}")
+        mode = check_mode(self.config.mode)
         return mode == "blocks" or (mode == "auto" and bool(mentioned_files(self.root, task)))
 
     def _first(self, task: str) -> str:

@@ -14,7 +14,6 @@ state (apply while running, stop after it finished) or a diff that conflicts wit
 from __future__ import annotations
 
 import json
-from typing import Literal
 
 import anyio
 from fastapi import FastAPI, Query, Request
@@ -23,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from corolla.assistant import errors
 from corolla.assistant.agent.background import ACTIVE, AgentManager, agent_json
+from corolla.assistant.agent.modes import DEFAULT_MODE, Mode
 from corolla.assistant.agent.runner import RunOptions
 from corolla.sse import SSEResponse
 
@@ -36,7 +36,7 @@ class StartAgent(BaseModel):
     background: bool = True
     max_steps: int | None = Field(default=None, ge=1, le=500)
     auto_approve: list[str] = Field(default_factory=list, max_length=50)
-    mode: Literal["auto", "tools", "blocks"] = "auto"
+    mode: Mode = DEFAULT_MODE
 
 
 def _error(status: int, e: errors.AssistantError) -> JSONResponse:

@@ -31,6 +31,7 @@ import threading
 import time
 from pathlib import Path
 
+from corolla.assistant.agent.modes import DEFAULT_MODE, MODES, Mode
 from corolla.assistant.errors import AssistantError
 from corolla.assistant.sessions import SessionStore
 from corolla.shutdown import on_stop_signals
@@ -52,7 +53,7 @@ class RunOptions:
     max_wall_s: float = 900.0
     max_tokens: int = 1024
     auto_approve: tuple[str, ...] = ()
-    mode: str = "auto"  # AgentConfig.mode: blocks when the task names a file (small models do far better)
+    mode: Mode = DEFAULT_MODE  # AgentConfig.mode
 
     def to_json(self) -> dict:
         return {**dataclasses.asdict(self), "auto_approve": list(self.auto_approve)}
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-wall-s", type=float, default=900.0)
     parser.add_argument("--max-tokens", type=int, default=1024)
     parser.add_argument("--auto-approve", action="append", default=[])
-    parser.add_argument("--mode", choices=("auto", "tools", "blocks"), default="auto")
+    parser.add_argument("--mode", choices=MODES, default=DEFAULT_MODE)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpx2", "openai"):  # one line per model request would drown the agent's own

@@ -212,8 +212,8 @@ class _Run:
             session_id = store.create(title, kind="workflow", meta={"workflow": name}).id
         self.ctx = ToolContext(root=self.root, policy=policy)
         self.agent = Agent(llm, self.root, policy=policy, store=store, session_id=session_id,
-                           config=config or AgentConfig(max_steps=12), stop=stop, clock=clock, ctx=self.ctx,
-                           on_event=on_event)
+                           config=config or AgentConfig(max_steps=12, mode="tools"), stop=stop, clock=clock,
+                           ctx=self.ctx, on_event=on_event)
         self.snapshot = snapshot_tests(self.root)
         self.results: list[dict] = []
         self.refused: list[str] = []
