@@ -161,7 +161,7 @@ def test_edit_refusals_leave_files_alone(ctx):
     res = call(ctx, "edit", path="../evil.py", search="", replace="x")
     assert not res.ok and "leaves the workspace" in res.output
     res = call(ctx, "edit", path="calc.py", search="    return a + b\n", replace="    return a + b\n")
-    assert not res.ok and "change nothing" in res.output
+    assert not res.ok and res.unchanged and "change nothing" in res.output
     assert (ctx.root / "calc.py").read_text() == CALC and ctx.applied == []
     assert not (ctx.root.parent / "evil.py").exists()
 

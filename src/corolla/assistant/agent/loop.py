@@ -324,7 +324,7 @@ class Agent:
                                                                    "how": [w.how for w in writes]}})
             before = len(self.ctx.applied)
             result = apply_edits(self.ctx, "write", [w.edit for w in writes])
-            if not result.ok and "would change nothing" in result.output:
+            if result.unchanged:
                 self.event("tool_result", {"name": "write", "ok": True, "output": "no change", "data": {}})
                 if not self._blocks or not self._has_tests:
                     return None  # the code already in the files: a summary that shows it

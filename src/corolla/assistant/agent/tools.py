@@ -44,11 +44,13 @@ MAX_DEPTH = 6
 
 @dataclass(frozen=True)
 class ToolResult:
-    """What a tool call gave: ``output`` is what the model sees; ``data`` the facts for reports and tests."""
+    """What a tool call gave: ``output`` is what the model sees; ``data`` the facts for reports and tests;
+    ``unchanged``: an edit that was refused only because it would change nothing (the code is already there)."""
 
     ok: bool
     output: str
     data: dict = field(default_factory=dict)
+    unchanged: bool = False
 
 
 @dataclass
@@ -272,7 +274,8 @@ def _apply_edit(ctx: ToolContext, tool: str, *edits: Edit) -> ToolResult:
     try:
         proposal = propose(ctx.root, list(edits), allow=ctx.allow)
         if not proposal.changes:
-            return _fail(f"{tool}: the edit would change nothing (the new text equals the old)")
+            return ToolResult(False, f"{tool}: the edit would change nothing (the new text equals the old)",
+                              unchanged=True)
         apply(ctx.root, proposal)
     except EditError as e:
         hint = next((h for cls, h in _EDIT_HINTS if isinstance(e, cls)), "")
