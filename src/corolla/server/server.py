@@ -12,11 +12,12 @@ import time
 import torch
 from hivemind.proto import runtime_pb2
 
-import corolla
+from corolla import __version__
+from corolla.cache import cache_root
 from corolla.errors import CorollaError
 from corolla.models.loading import block_bytes, load_config, load_span, parse_dtype
 from corolla.models.quant import check_dtype, check_quant, quantize_span
-from corolla.models.resolve import cache_root, resolve_model
+from corolla.models.resolve import resolve_model
 from corolla.protocol.messages import ServerInfo, ServerState, encode_meta
 from corolla.protocol.rpc import NAMESPACE, BlockRPC, stub_for
 from corolla.server import placement
@@ -53,7 +54,7 @@ class Server:
             state=state or self.state,
             start_block=start,
             end_block=end,
-            version=corolla.__version__,
+            version=__version__,
             dtype=self.config.dtype,
             quant=self.config.quant,
             inference_rps=round(self.throughput.inference_rps, 3),
