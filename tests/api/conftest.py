@@ -62,10 +62,12 @@ class FakeEngine:
 
 
 @pytest.fixture(scope="session")
-def tokenizer(smollm2_dir):
-    from transformers import AutoTokenizer
+def tokenizer():
+    """A ChatML tokenizer built here (tests/offline_tokenizer.py), like SmolLM2's: a template that does not
+    know tools (the API describes them in the system prompt) and no fill-in-the-middle tokens."""
+    from tests.offline_tokenizer import chatml_tokenizer
 
-    return AutoTokenizer.from_pretrained(smollm2_dir)
+    return chatml_tokenizer(tools=False, fim=False)
 
 
 def http_get(url_: str) -> tuple[int, str]:

@@ -199,7 +199,7 @@ def test_render_chat_keeps_the_system_prompt_and_describes_tools(tokenizer):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     plain = prompts.render_chat(tokenizer, messages)
     assert "Be brief." in plain and plain.endswith("<|im_start|>assistant\n")
-    assert not prompts.template_knows_tools(tokenizer)  # SmolLM2: tools go in the system prompt
+    assert not prompts.template_knows_tools(tokenizer)  # as SmolLM2's: tools go in the system prompt
     with_tools = prompts.render_chat(tokenizer, messages, [WEATHER], "get_weather")
     assert "Be brief." in with_tools and '"get_weather"' in with_tools
     assert with_tools.endswith(call_prefill("get_weather"))

@@ -1,8 +1,10 @@
 """A scripted model behind corolla's real OpenAI-compatible API, for the assistant's tests.
 
 :class:`ScriptedModel` is an engine for :func:`corolla.api.app.create_app`: the HTTP layer, chat
-templates (Qwen2.5-Coder's, so native tool calls work), streaming, stop sequences and tool-call
-parsing are the real ones; only the text of each reply comes from a script:
+templates (transformers' renderer over a ChatML template that knows tools, as Qwen2.5-Coder's does, so
+native tool calls work), streaming, stop sequences and tool-call parsing are the real ones; only the text
+of each reply comes from a script. Its tokenizer is built at test time (:mod:`tests.offline_tokenizer`,
+with fill-in-the-middle tokens): nothing is fetched.
 
 * a FIFO queue (:meth:`ScriptedModel.queue`), consumed first;
 * then rules ``(match, reply)`` in order, the first that matches wins. ``match`` is a substring
@@ -34,7 +36,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import functools
 import json
 import re
 import signal
@@ -45,7 +46,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Union
 
-TOKENIZER_MODEL = "qwen2.5-coder-0.5b"
+from tests.offline_tokenizer import chatml_tokenizer
+
 MODEL_ID = "scripted"
 CONTEXT = 32768
 
@@ -56,19 +58,9 @@ _LAST_TURN = re.compile(r"<\|im_start\|>(user|tool)\n(.*?)(?:<\|im_end\|>|$)", r
 _PIECES = re.compile(r"\s*\S+|\s+")
 
 
-@functools.lru_cache(maxsize=1)
-def qwen_tokenizer():
-    """The Qwen2.5-Coder tokenizer (loaded once per process; the model is fetched on first use)."""
-    from transformers import AutoTokenizer
-
-    from corolla.models.resolve import resolve_model
-
-    return AutoTokenizer.from_pretrained(resolve_model(TOKENIZER_MODEL, progress=False).path)
-
-
 def last_message(prompt: str) -> str:
     """The last user or tool message of a rendered chat prompt (a tool result comes back in a
-    user turn in Qwen's template); the whole prompt when it is not a chat (``/v1/completions``)."""
+    user turn, as in Qwen's template); the whole prompt when it is not a chat (``/v1/completions``)."""
     turns = _LAST_TURN.findall(prompt)
     return turns[-1][1] if turns else prompt
 
@@ -105,7 +97,7 @@ class ScriptedModel:
     def __init__(self, rules: list | tuple = (), *, model_id: str = MODEL_ID, context: int = CONTEXT,
                  tokenizer=None, on_request: Callable[[ScriptedRequest], None] | None = None):
         self.model_id = model_id
-        self.tokenizer = tokenizer if tokenizer is not None else qwen_tokenizer()
+        self.tokenizer = tokenizer if tokenizer is not None else chatml_tokenizer(tools=True, fim=True)
         self.context = context
         self.rules: list[Rule] = []
         self.requests: list[ScriptedRequest] = []
