@@ -8,8 +8,10 @@ from pathlib import Path
 
 from corolla.assistant.agent.loop import AgentConfig
 from corolla.assistant.agent.policy import CommandPolicy
-from corolla.assistant.agent import workflows
-from corolla.assistant.agent.workflows import WorkflowReport, check_tests, refactor, snapshot_tests
+from corolla.assistant.agent import guard, workflows
+from corolla.assistant.agent.guard import check_tests, snapshot_tests
+from corolla.assistant.agent.report import WorkflowReport
+from corolla.assistant.agent.workflows import refactor
 from corolla.assistant.sessions import SessionStore
 from tests.assistant.conftest import git
 
@@ -80,10 +82,10 @@ class TestC(unittest.TestCase):
 def helper():
     assert 1
 '''
-    found = workflows.tests_in_source(source)
+    found = guard.tests_in_source(source)
     assert {k: (v.asserts, v.skipped) for k, v in found.items()} == {
         "test_a": (2, False), "test_b": (1, True), "TestC.test_d": (2, False)}
-    assert workflows.tests_in_source("def test_x(:\n") is None
+    assert guard.tests_in_source("def test_x(:\n") is None
 
 
 def test_removed_weakened_or_skipped_tests_are_violations(tmp_path):

@@ -31,6 +31,7 @@ from typing import Any
 from corolla.assistant.agent import prompts
 from corolla.assistant.agent.modes import DEFAULT_MODE, Mode, check_mode
 from corolla.assistant.agent.policy import CommandPolicy
+from corolla.assistant.agent.report import AgentReport
 from corolla.assistant.agent.toolcalls import parse_arguments, parse_text_calls
 from corolla.assistant.agent.testing import detect_test_command
 from corolla.assistant.agent.tools import ToolContext, ToolResult, apply_edits, openai_tools, run_tool
@@ -43,7 +44,6 @@ from corolla.assistant.sessions import SessionStore, title_from
 
 logger = logging.getLogger(__name__)
 
-STATUSES = ("done", "step_cap", "time_cap", "stopped", "error")
 MAX_SHOWN_FILE_CHARS = 12_000  # a file the task names is put in the first message (blocks mode) up to this
 _CUT_NOTE = "\n[... older output cut to save room; call the tool again if you need it]"
 
@@ -57,77 +57,6 @@ class AgentConfig:
     tools: tuple[str, ...] = ("read_file", "list_dir", "search", "edit", "write_file", "run_command", "run_tests")
     history_chars: int = 24000  # older tool results are cut when the conversation grows past this
     mode: Mode = DEFAULT_MODE  # see :mod:`.modes`
-
-
-@dataclasses.dataclass
-class AgentReport:
-    status: str  # one of STATUSES
-    summary: str  # the model's final answer
-    changed_files: list[str]
-    commands: list[dict]  # {"command", "exit_code", "timed_out", "duration_s", ...} in the order they ran
-    steps: int
-    tests: dict | None  # the last run_tests: {"command", "exit_code", "passed", "stale"}
-    diff: str = ""  # the net change of the run
-    error: str = ""  # why the run ended early (status "error", caps)
-    session_id: str | None = None
-
-    def diffstat(self) -> list[tuple[str, int, int]]:
-        """(path, lines added, lines removed) per changed file, from :attr:`diff`."""
-        return diffstat(self.diff)
-
-    def left(self) -> list[str]:
-        """What is left to do or check, in words."""
-        out = []
-        if self.status == "step_cap":
-            out.append(f"the step cap was reached after {self.steps} model replies: the task may be unfinished")
-        elif self.status == "time_cap":
-            out.append("the time cap was reached: the task may be unfinished")
-        elif self.status == "stopped":
-            out.append("the run was stopped on request: the task may be unfinished")
-        elif self.status == "error":
-            out.append(f"the run ended with an error: {self.error}")
-        if self.tests is None:
-            if self.changed_files:
-                out.append("the tests were not run after the changes")
-        elif not self.tests.get("passed"):
-            out.append(f"the tests fail (`{self.tests.get('command')}` exited {self.tests.get('exit_code')})")
-        elif self.tests.get("stale"):
-            out.append("files changed after the last test run: run the tests again")
-        refused = [c["command"] for c in self.commands if c.get("refused")]
-        if refused:
-            out.append("refused commands (run them yourself if they are needed): " + ", ".join(refused))
-        return out
-
-    def to_text(self) -> str:
-        lines = [f"Agent {self.status} after {self.steps} step{'s' if self.steps != 1 else ''}."]
-        if self.summary.strip():
-            lines += ["", self.summary.strip()]
-        stat = self.diffstat()
-        lines.append("")
-        if stat:
-            width = max(len(p) for p, _, _ in stat)
-            lines.append(f"Changed {len(stat)} file{'s' if len(stat) != 1 else ''}:")
-            lines += [f"  {p.ljust(width)} | +{a} -{r}" for p, a, r in stat]
-        else:
-            lines.append("Changed no files.")
-        if self.commands:
-            lines.append("Ran:")
-            for c in self.commands:
-                how = ("refused" if c.get("refused") else "timed out" if c.get("timed_out")
-                       else f"exit {c.get('exit_code')}")
-                lines.append(f"  {c.get('command')}  -> {how}")
-        if self.tests is not None:
-            verdict = "pass" if self.tests.get("passed") else "FAIL"
-            lines.append(f"Tests: {verdict} (`{self.tests.get('command')}`, exit {self.tests.get('exit_code')})")
-        else:
-            lines.append("Tests: not run")
-        left = self.left()
-        lines.append("Left: " + ("nothing" if not left else ""))
-        lines += [f"  - {item}" for item in left]
-        return "\n".join(lines).rstrip() + "\n"
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 class Agent:
@@ -416,22 +345,6 @@ def net_changes(root: Path, applied) -> list[FileChange]:
         if now != before:
             out.append(FileChange(path, before, now or ""))
     return out
-
-
-def diffstat(diff: str) -> list[tuple[str, int, int]]:
-    stats: dict[str, list[int]] = {}
-    current = None
-    for line in diff.splitlines():
-        if line.startswith("+++ "):
-            current = line[4:].removeprefix("b/")
-            stats.setdefault(current, [0, 0])
-        elif line.startswith("--- ") or current is None:
-            continue
-        elif line.startswith("+"):
-            stats[current][0] += 1
-        elif line.startswith("-"):
-            stats[current][1] += 1
-    return [(p, a, r) for p, (a, r) in stats.items()]
 
 
 def _shrink(messages: list[dict], limit: int) -> None:

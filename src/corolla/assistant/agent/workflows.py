@@ -1,10 +1,10 @@
 """Two workflows built on the agent: tests until green, and a refactor that keeps the tests green.
 
-Both guard the project's existing tests: before anything runs, the test functions of every Python
-test file that exists are snapshotted (names and assert counts, by ``ast``); after every round,
-a test that disappeared, lost asserts or became skipped is a violation, and the test file is put
-back as it was at the start of the round (applied as an edit, so a later revert stays exact).
-An agent that "fixes" failing tests by deleting them gets nowhere.
+Both guard the project's existing tests (:mod:`.guard`): before anything runs, the test functions of
+every Python test file that exists are snapshotted; after every round, a test that disappeared, lost
+asserts or became skipped is a violation, and the test file is put back as it was at the start of the
+round (applied as an edit, so a later revert stays exact). An agent that "fixes" failing tests by
+deleting them gets nowhere.
 
 ``refactor`` runs the tests before and after; if they were green and are red, the agent gets a
 bounded number of fix rounds, and if the tests are still red everything it changed is reverted.
@@ -12,8 +12,6 @@ bounded number of fix rounds, and if the tests are still red everything it chang
 
 from __future__ import annotations
 
-import ast
-import dataclasses
 import shlex
 import threading
 import time
@@ -23,10 +21,12 @@ from typing import Any
 
 from corolla.assistant import commands
 from corolla.assistant.agent import prompts
-from corolla.assistant.agent.loop import Agent, AgentConfig, diffstat, net_changes
+from corolla.assistant.agent.guard import check_tests, snapshot_tests
+from corolla.assistant.agent.loop import Agent, AgentConfig, net_changes
 from corolla.assistant.agent.policy import CommandPolicy
+from corolla.assistant.agent.report import WorkflowReport
 from corolla.assistant.agent.tools import ToolContext, detect_test_command
-from corolla.assistant.context import find_instructions, list_files
+from corolla.assistant.context import find_instructions
 from corolla.assistant.edits import (Edit, FileChange, Proposal, Target, apply, format_instructions, parse_reply,
                                      propose, read_text, revert, unified_diff)
 from corolla.assistant.errors import AssistantError, EditError
@@ -34,100 +34,6 @@ from corolla.assistant.llm import LLM
 from corolla.assistant.sessions import SessionStore
 
 OUTPUT_CHARS = 3000  # the tail of a test run shown to the model and kept per round
-
-
-# --- the guard over existing tests ----------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class GuardedTest:
-    asserts: int  # assert statements, unittest self.assert*/fail* calls, pytest.raises/warns blocks
-    skipped: bool  # a skip/xfail decorator or a pytest.skip() call
-
-
-def is_test_file(path: str) -> bool:
-    name = path.rsplit("/", 1)[-1]
-    return name.endswith(".py") and (name.startswith("test_") or name.endswith("_test.py"))
-
-
-def tests_in_source(source: str) -> dict[str, GuardedTest] | None:
-    """The tests in a Python file, by qualified name (``Class.test_x``); None if it does not parse."""
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
-        return None
-    found: dict[str, GuardedTest] = {}
-
-    def visit(body: list[ast.stmt], prefix: str) -> None:
-        for node in body:
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test"):
-                found[prefix + node.name] = GuardedTest(_count_asserts(node), _skipped(node))
-            elif isinstance(node, ast.ClassDef):
-                visit(node.body, f"{prefix}{node.name}.")
-
-    visit(tree.body, "")
-    return found
-
-
-def _count_asserts(fn: ast.AST) -> int:
-    count = 0
-    for node in ast.walk(fn):
-        if isinstance(node, ast.Assert):
-            count += 1
-        elif isinstance(node, ast.Call):
-            name = _call_name(node.func)
-            if name.startswith(("assert", "fail")) or name in ("raises", "warns", "deprecated_call"):
-                count += 1
-    return count
-
-
-def _skipped(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
-    names = [_call_name(d.func if isinstance(d, ast.Call) else d) for d in fn.decorator_list]
-    calls = [_call_name(n.func) for n in ast.walk(fn) if isinstance(n, ast.Call)]
-    return any(n in ("skip", "skipif", "xfail", "skipIf", "skipUnless") for n in names + calls)
-
-
-def _call_name(func: ast.AST) -> str:
-    if isinstance(func, ast.Attribute):
-        return func.attr
-    if isinstance(func, ast.Name):
-        return func.id
-    return ""
-
-
-def snapshot_tests(root: Path) -> dict[str, dict[str, GuardedTest]]:
-    """The tests of every Python test file in the workspace (files that do not parse are left out)."""
-    out = {}
-    for path in list_files(Path(root)):
-        if is_test_file(path):
-            text = read_text(Path(root), path)
-            tests = tests_in_source(text) if text is not None else None
-            if tests is not None:
-                out[path] = tests
-    return out
-
-
-def check_tests(root: Path, snapshot: dict[str, dict[str, GuardedTest]]) -> dict[str, list[str]]:
-    """What happened to the snapshotted tests: ``{path: [violation, ...]}`` for the files that broke the rule."""
-    problems: dict[str, list[str]] = {}
-    for path, before in snapshot.items():
-        text = read_text(Path(root), path)
-        if text is None:
-            problems[path] = [f"{path} was deleted"]
-            continue
-        now = tests_in_source(text)
-        if now is None:
-            problems[path] = [f"{path} no longer parses, so its tests cannot be checked"]
-            continue
-        found = []
-        for name, info in before.items():
-            if name not in now:
-                found.append(f"{name} was removed")
-            elif now[name].asserts < info.asserts:
-                found.append(f"{name} lost asserts ({info.asserts} -> {now[name].asserts})")
-            elif now[name].skipped and not info.skipped:
-                found.append(f"{name} was marked skipped")
-        if found:
-            problems[path] = [f"{path}: {f}" for f in found]
-    return problems
 
 
 def _restore(root: Path, ctx: ToolContext, texts: dict[str, str]) -> None:
@@ -155,45 +61,6 @@ def revert_all(root: Path, applied: list[Proposal]) -> list[str]:
             (root / c.path).parent.mkdir(parents=True, exist_ok=True)
             (root / c.path).write_text(c.before)
     return [c.path for c in changes + missing]
-
-
-# --- reports ---------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class WorkflowReport:
-    status: str  # "green" | "red" | "reverted" | "untested" | "error"
-    rounds: int
-    report: str  # the agent's reports, round by round
-    changed_files: list[str]
-    test_results: list[dict]  # per test run: {"round", "command", "exit_code", "passed", "output"}
-    refused: list[str] = dataclasses.field(default_factory=list)  # changes to existing tests that were reverted
-    diff: str = ""
-    workflow: str = ""
-    error: str = ""
-    session_id: str | None = None
-
-    def to_text(self) -> str:
-        rounds = f"{self.rounds} round{'s' if self.rounds != 1 else ''}"
-        lines = [f"{self.workflow or 'workflow'}: {self.status} after {rounds}."]
-        if self.error:
-            lines.append(self.error)
-        for r in self.test_results:
-            verdict = "pass" if r["passed"] else "FAIL"
-            lines.append(f"  {r['round']}: tests {verdict} (`{r['command']}`, exit {r['exit_code']})")
-        if self.refused:
-            lines.append("Refused and reverted (existing tests must not be deleted or weakened):")
-            lines += [f"  - {v}" for v in self.refused]
-        stat = diffstat(self.diff)
-        if stat:
-            lines.append("Changed files:")
-            lines += [f"  {p} | +{a} -{r}" for p, a, r in stat]
-        else:
-            lines.append("Changed no files.")
-        if self.report.strip():
-            lines += ["", self.report.strip()]
-        return "\n".join(lines) + "\n"
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 # --- shared machinery ------------------------------------------------------------------------------
