@@ -61,8 +61,7 @@ class ScriptEngine:
 
     def stream(self, ids, options):
         try:
-            for t in self.tokens[: options.max_tokens]:
-                yield t
+            yield from self.tokens[: options.max_tokens]
             if self.error:
                 raise self.error
         finally:
@@ -101,8 +100,7 @@ def test_slots_queue_generations_and_a_cancelled_waiter_never_starts():
                 running[0] += 1
                 peak[0] = max(peak[0], running[0])
             try:
-                for t in ["a", "b", "c"]:
-                    yield t
+                yield from ["a", "b", "c"]
             finally:
                 with lock:
                     running[0] -= 1

@@ -44,15 +44,15 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from tests.offline_tokenizer import chatml_tokenizer
 
 MODEL_ID = "scripted"
 CONTEXT = 32768
 
-Match = Union[str, "re.Pattern[str]", Callable[[str], bool]]
-Reply = Union[str, Callable[[str], str]]
+Match = str | re.Pattern[str] | Callable[[str], bool]
+Reply = str | Callable[[str], str]
 
 _LAST_TURN = re.compile(r"<\|im_start\|>(user|tool)\n(.*?)(?:<\|im_end\|>|$)", re.DOTALL)
 _PIECES = re.compile(r"\s*\S+|\s+")
