@@ -17,6 +17,7 @@ import pytest
 
 from corolla.assistant.core import Assistant
 from corolla.assistant.llm import LLM, LLMConfig
+from corolla.models.resolve import local_tokenizer
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +43,7 @@ def project(tmp_path):
 
 def test_explain_returns_an_explanation(coder_api, project):
     llm = LLM(LLMConfig(endpoint=f"{coder_api.base}/v1", max_tokens=120))
-    assistant = Assistant(llm, project)
+    assistant = Assistant(llm, project, find_tokenizer=local_tokenizer)  # as the CLI builds it
     assert assistant.count_tokens.exact  # the model's own tokenizer counts the context
     events = list(assistant.respond("/explain", assistant.state(current_file="words.py", selection=(1, 5))))
     text = "".join(e["text"] for e in events if e["type"] == "delta")

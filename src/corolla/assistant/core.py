@@ -50,17 +50,22 @@ class EditOutcome:
 
 class Assistant:
     def __init__(self, llm: LLM, root: Path, store: SessionStore | None = None,
-                 config: AssistantConfig | None = None, counter: TokenCounter | None = None):
+                 config: AssistantConfig | None = None, counter: TokenCounter | None = None,
+                 find_tokenizer: Callable[[str], Path | None] | None = None):
+        """``counter`` counts tokens for the budgets; without one, ``find_tokenizer`` (the model's name
+        -> its ``tokenizer.json``, or None) gives the model's own tokenizer, else they are estimated."""
         self.llm = llm
         self.root = Path(root).resolve()
         self.store = store or SessionStore(self.root)
         self.config = config or AssistantConfig()
         self._counter = counter
+        self._find_tokenizer = find_tokenizer
 
     @property
     def count_tokens(self) -> TokenCounter:
         if self._counter is None:
-            self._counter = token_counter(self.llm.model)
+            file = self._find_tokenizer(self.llm.model) if self._find_tokenizer is not None else None
+            self._counter = token_counter(file)
         return self._counter
 
     # --- context -------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
-"""Token counting for context budgets: the model's own tokenizer when corolla has its files, else an estimate.
+"""Token counting for context budgets: the model's own tokenizer when its file is at hand, else an estimate.
 
-The assistant only talks to an OpenAI-compatible endpoint, so it cannot ask the model to count. For the
-models corolla serves it finds the tokenizer in its own cache (packaged names, converted folders); any
-other name falls back to :func:`approx_tokens` (about 3.5 characters a token for code, rounded up),
-and says so through :attr:`TokenCounter.exact`.
+The assistant only talks to an OpenAI-compatible endpoint, so it cannot ask the model to count, and it
+does not know where anyone keeps model files: its caller says where the model's ``tokenizer.json`` is
+(the CLI looks in corolla's model cache; see ``Assistant(find_tokenizer=...)``). Without one it falls
+back to :func:`approx_tokens` (about 3.5 characters a token for code, rounded up), and says so through
+:attr:`TokenCounter.exact`.
 """
 
 from __future__ import annotations
@@ -29,27 +30,17 @@ class TokenCounter:
         return self.count(text)
 
 
-def _tokenizer_file(model: str) -> Path | None:
-    from corolla.cache import model_dir
-    from corolla.models.packaged import PACKAGED
-
-    candidates = []
-    path = Path(model).expanduser()
-    if path.is_dir():
-        candidates.append(path / "tokenizer.json")
-    if model in PACKAGED:
-        candidates.append(model_dir(model) / "hf" / "tokenizer.json")
-    return next((c for c in candidates if c.is_file()), None)
+ESTIMATE = TokenCounter(approx_tokens, exact=False, source="estimate")
 
 
 @functools.lru_cache(maxsize=8)
-def token_counter(model: str | None) -> TokenCounter:
-    """The counter for ``model`` (a packaged name like ``qwen2.5-coder-0.5b`` or a model folder)."""
-    file = _tokenizer_file(model) if model else None
-    if file is None:
-        return TokenCounter(approx_tokens, exact=False, source="estimate")
+def token_counter(tokenizer_file: Path | None) -> TokenCounter:
+    """The counter of the tokenizer in ``tokenizer_file`` (a ``tokenizer.json``), or :data:`ESTIMATE`
+    when there is none."""
+    if tokenizer_file is None or not Path(tokenizer_file).is_file():
+        return ESTIMATE
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(file))
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
     return TokenCounter(lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids),
-                        exact=True, source=str(file))
+                        exact=True, source=str(tokenizer_file))

@@ -167,6 +167,7 @@ def workspace_of(args) -> Path:
 def make_assistant(args):
     from corolla.assistant.core import Assistant, AssistantConfig
     from corolla.assistant.llm import LLM, LLMConfig
+    from corolla.models.resolve import local_tokenizer
 
     config = LLMConfig(max_tokens=args.max_tokens)
     for name in ("endpoint", "model", "api_key"):
@@ -175,7 +176,7 @@ def make_assistant(args):
     assistant_config = AssistantConfig(context_tokens=args.context_tokens)
     if getattr(args, "format", None):
         assistant_config.edit_format = args.format
-    return Assistant(LLM(config), workspace_of(args), config=assistant_config)
+    return Assistant(LLM(config), workspace_of(args), config=assistant_config, find_tokenizer=local_tokenizer)
 
 
 def parse_file(spec: str, root: Path, lines: str | None = None) -> tuple[str, tuple[int, int] | None]:
