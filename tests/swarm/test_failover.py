@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from corolla.errors import NoRouteError
+from corolla.protocol.messages import ServerState
 from corolla.swarm.local import LocalSwarm
 from tests.swarm.conftest import local_greedy
 from tests.tiny_models import save_tiny_model
@@ -138,7 +139,7 @@ def test_servers_place_themselves_and_rebalance_when_one_leaves(swarm):
     swarm.stop_server(alone)
 
     def covered_by_the_rest():
-        online = [r for r in swarm.state().servers if r.info.state.value == "online" and r.peer_id != alone.peer_id]
+        online = [r for r in swarm.state().servers if r.info.state is ServerState.ONLINE and r.peer_id != alone.peer_id]
         blocks = [0] * 6
         for r in online:
             for b in range(r.start, r.end):

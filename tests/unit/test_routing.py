@@ -8,6 +8,7 @@ import random
 import pytest
 
 from corolla.errors import NoRouteError
+from corolla.protocol.messages import ServerState
 from corolla.swarm.discovery import SwarmState
 from corolla.swarm.routing import DEFAULT_HOP_S, MIN_RPS, Hop, missing_spans, plan_chain, step_cost_s
 from tests.unit.synthetic import server, swarm
@@ -265,7 +266,7 @@ def _optimum(state: SwarmState, start: int, end: int, rtt_s: dict[str, float]) -
     best[end] = 0.0
     for pos in range(end - 1, start - 1, -1):
         for s in state.servers:
-            if s.info.state.value == "online" and s.start <= pos < s.end:
+            if s.info.state is ServerState.ONLINE and s.start <= pos < s.end:
                 nxt = min(s.end, end)
                 best[pos] = min(best[pos], step_cost_s(s, pos, nxt, rtt_s.get(s.peer_id, DEFAULT_HOP_S)) + best[nxt])
     return best[start]
@@ -294,7 +295,7 @@ def test_random_swarms_get_a_valid_optimal_chain_or_a_correct_error():
         rtt = {s.peer_id: rng.choice([0.001, 0.01, 0.1]) for s in servers if rng.random() < 0.5}
         start = rng.randrange(n)
         end = rng.randint(start + 1, n)
-        online = [s for s in st.servers if s.info.state.value == "online"]
+        online = [s for s in st.servers if s.info.state is ServerState.ONLINE]
         try:
             chain = plan_chain(st, start, end, rtt_s=rtt)
         except NoRouteError as e:
@@ -308,7 +309,7 @@ def test_random_swarms_get_a_valid_optimal_chain_or_a_correct_error():
             assert prev.end == nxt.start
         for hop in chain:
             s = by_id[hop.peer_id]
-            assert s.info.state.value == "online"
+            assert s.info.state is ServerState.ONLINE
             assert s.start <= hop.start < hop.end <= s.end
         assert chain_cost(st, chain, rtt) == pytest.approx(_optimum(st, start, end, rtt), rel=1e-9)
     assert routed > 50 and failed > 20  # the generator exercises both outcomes
@@ -323,7 +324,7 @@ def _optimum_with_hops(
     best[end] = (0.0, 0)
     for pos in range(end - 1, start - 1, -1):
         for s in state.servers:
-            if s.info.state.value == "online" and s.start <= pos < s.end:
+            if s.info.state is ServerState.ONLINE and s.start <= pos < s.end:
                 nxt = min(s.end, end)
                 cost = step_cost_s(s, pos, nxt, rtt_s.get(s.peer_id, DEFAULT_HOP_S)) + best[nxt][0]
                 best[pos] = min(best[pos], (cost, best[nxt][1] + sign))

@@ -8,9 +8,10 @@ was covered).
 
 from __future__ import annotations
 
+from corolla.protocol.messages import ServerState
 from corolla.swarm.discovery import SwarmState
 
-SERVING = ("online", "joining")
+SERVING = (ServerState.ONLINE, ServerState.JOINING)
 
 
 def block_throughput(state: SwarmState, exclude: str | None = None) -> list[float]:
@@ -18,7 +19,7 @@ def block_throughput(state: SwarmState, exclude: str | None = None) -> list[floa
 
     A server still joining has not measured its speed yet: it counts as a typical server.
     """
-    serving = [s for s in state.servers if s.peer_id != exclude and s.info.state.value in SERVING]
+    serving = [s for s in state.servers if s.peer_id != exclude and s.info.state in SERVING]
     known = sorted(s.info.inference_rps * (s.end - s.start) for s in serving if s.info.inference_rps > 0)
     typical = known[len(known) // 2] if known else 1.0
     total = [0.0] * state.num_blocks

@@ -205,7 +205,7 @@ class Server:
         state = await loop.run_in_executor(None, fetch_swarm_state, self.dht, self.model_id, self.total)
         pings = {}
         for s in state.servers:
-            if s.peer_id == self.peer_id or not s.start <= self.end < s.end or s.info.state.value != "online":
+            if s.peer_id == self.peer_id or not s.start <= self.end < s.end or s.info.state is not ServerState.ONLINE:
                 continue
             t0 = time.perf_counter()
             try:

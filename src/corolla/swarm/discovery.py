@@ -8,7 +8,7 @@ import logging
 
 from pydantic import ValidationError
 
-from corolla.protocol.messages import ServerInfo, block_key
+from corolla.protocol.messages import ServerInfo, ServerState, block_key
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +37,14 @@ class SwarmState:
         """Number of servers holding each block."""
         counts = [0] * self.num_blocks
         for s in self.servers:
-            if online_only and s.info.state.value != "online":
+            if online_only and s.info.state is not ServerState.ONLINE:
                 continue
             for b in range(s.start, min(s.end, self.num_blocks)):
                 counts[b] += 1
         return counts
 
 
-_RANK = {"online": 2, "joining": 1, "offline": 0}
+_RANK = {ServerState.ONLINE: 2, ServerState.JOINING: 1, ServerState.OFFLINE: 0}
 
 
 def fetch_swarm_state(dht, model_id: str, num_blocks: int) -> SwarmState:
@@ -87,7 +87,7 @@ def parse_swarm_state(model_id: str, num_blocks: int, raw: dict) -> SwarmState:
                 continue
             # (records of one peer may disagree on the span: it moved; each record's own span is checked)
             # a server that moved still has records of its old span until they expire: prefer the live one
-            if peer_id not in seen or _RANK[info.state.value] > _RANK[seen[peer_id].state.value]:
+            if peer_id not in seen or _RANK[info.state] > _RANK[seen[peer_id].state]:
                 seen[peer_id] = info
     servers = tuple(ServerRecord(p, i) for p, i in sorted(seen.items()) if p not in bad)
     return SwarmState(model_id, num_blocks, servers)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from corolla.errors import CorollaError
+from corolla.protocol.messages import ServerState
 from corolla.swarm.dht import start_dht, visible_maddrs
 from corolla.swarm.discovery import SwarmState, fetch_swarm_state
 
@@ -128,7 +129,7 @@ class LocalSwarm:
                 if s.process.poll() is not None:
                     raise CorollaError(f"server {s.log_path.name} exited with {s.process.returncode}:\n{s.log_tail()}")
             if all(s.poll_ready() for s in servers):
-                online = {r.peer_id for r in self.state().servers if r.info.state.value == "online"}
+                online = {r.peer_id for r in self.state().servers if r.info.state is ServerState.ONLINE}
                 if all(s.peer_id in online for s in servers):
                     return
             if time.monotonic() > deadline:

@@ -14,6 +14,7 @@ import heapq
 from collections.abc import Collection, Mapping
 
 from corolla.errors import NoRouteError
+from corolla.protocol.messages import ServerState
 from corolla.swarm.discovery import ServerRecord, SwarmState
 
 DEFAULT_HOP_S = 0.005  # assumed round trip to a server we have not measured yet
@@ -44,7 +45,7 @@ def usable(state: SwarmState, banned: Collection[str] = (), allowed: Collection[
     servers = [
         s
         for s in state.servers
-        if s.info.state.value == "online"
+        if s.info.state is ServerState.ONLINE
         and s.peer_id not in banned
         and (allowed is None or s.peer_id in allowed)
     ]
