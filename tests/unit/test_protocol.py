@@ -326,7 +326,8 @@ def test_zero_sized_tensor_decodes():
 
 
 # --- codecs of hidden states ------------------------------------------------------------------------
-from corolla.protocol.tensors import CODECS, decode, encode  # noqa: E402
+from corolla.protocol.codecs import CODECS  # noqa: E402
+from corolla.protocol.tensors import decode, encode  # noqa: E402
 
 
 @pytest.mark.parametrize("codec,tolerance,ratio", [("none", 0.0, 1.0), ("fp16", 1e-3, 0.5), ("bf16", 8e-3, 0.5),
@@ -345,6 +346,26 @@ def test_codecs_round_trip_within_their_precision_and_size(codec, tolerance, rat
 
 def test_every_codec_is_covered():
     assert set(CODECS) == {"none", "fp16", "bf16", "int8"}
+
+
+def test_codecs_are_spelled_once():
+    """Messages, the client's config and the CLI's choices all take their codecs from protocol.codecs."""
+    import argparse
+
+    from corolla.cli.common import add_compression
+    from corolla.client.config import ClientConfig
+
+    for codec in CODECS:
+        assert ForwardMeta(model_id="m", start_block=0, end_block=1, compression=codec).compression == codec
+        assert ClientConfig(compression=codec).compression == codec
+    with pytest.raises(BadRequestError):
+        decode_meta(msgpack.packb({"model_id": "m", "start_block": 0, "end_block": 1, "compression": "zstd"}), ForwardMeta)
+    with pytest.raises(ValueError):
+        ClientConfig(compression="zstd")
+    parser = argparse.ArgumentParser()
+    add_compression(parser)
+    (action,) = [a for a in parser._actions if a.dest == "compression"]
+    assert tuple(action.choices) == CODECS
 
 
 @pytest.mark.parametrize("codec", ["none", "bf16", "int8"])

@@ -13,7 +13,9 @@ def add_peers(parser: argparse.ArgumentParser) -> None:
 
 
 def add_compression(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--compression", default="none", choices=["none", "fp16", "bf16", "int8"],
+    from corolla.protocol.codecs import CODECS
+
+    parser.add_argument("--compression", default="none", choices=CODECS,
                         help="how hidden states travel between this client and the servers (default none: float32)")
 
 

@@ -18,13 +18,13 @@ class ClientConfig:
     max_chunk_tokens: int = 1024  # prefill is sent in chunks of at most this many tokens (x batch)
     max_retries: int = 5  # failed steps re-routed before giving up
     ban_s: float = 15.0  # first ban of a failing server; doubles on repeat
-    compression: str = "none"  # hidden states on the wire: none | fp16 | bf16 | int8 (see protocol.tensors)
+    compression: str = "none"  # hidden states on the wire: one of protocol.codecs.CODECS (see protocol.tensors)
     push: bool = True  # servers push each step's output straight to the next server (see InferenceSession)
     cohort_wait_s: float = 0.01  # the LM head waits up to this long for the rest of a cohort (see HeadBatcher)
     state_max_age_s: float = 5.0  # new sessions reuse a DHT read this recent (a failure re-reads at once)
 
     def __post_init__(self):
-        from corolla.protocol.tensors import CODECS
+        from corolla.protocol.codecs import CODECS
 
         if self.compression not in CODECS:
             raise ValueError(f"compression must be one of {', '.join(CODECS)}, not {self.compression!r}")

@@ -8,12 +8,13 @@ Metadata travels as msgpack (never pickle).
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, TypeVar
 
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from corolla.errors import BadRequestError
+from corolla.protocol.codecs import Codec
 
 PROTOCOL_VERSION = 1
 MAX_META_BYTES = 64 * 1024
@@ -21,7 +22,6 @@ MAX_META_BYTES = 64 * 1024
 ModelId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")]
 SessionId = Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")]
 BlockIndex = Annotated[int, Field(ge=0, le=100_000)]
-Codec = Literal["none", "fp16", "bf16", "int8"]  # see corolla.protocol.tensors
 PeerIdStr = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[1-9A-HJ-NP-Za-km-z]+$")]  # base58
 
 

@@ -1,6 +1,6 @@
 """Tensors on the wire: hivemind.compression, with every decode failure a BadRequestError.
 
-Hidden states travel in one of four codecs, chosen per request by the client (servers answer
+Hidden states travel in one of four codecs (their names: :mod:`corolla.protocol.codecs`), chosen per request by the client (servers answer
 and push in the same one):
 
 - ``none``: float32;
@@ -17,6 +17,7 @@ from hivemind.compression import deserialize_torch_tensor, serialize_torch_tenso
 from hivemind.proto import runtime_pb2
 
 from corolla.errors import BadRequestError
+from corolla.protocol.codecs import CODECS
 
 MAX_TENSOR_ELEMENTS = 64 * 1024 * 1024
 
@@ -37,8 +38,6 @@ def from_wire(proto: runtime_pb2.Tensor) -> torch.Tensor:
         raise BadRequestError(f"could not decode tensor: {type(e).__name__}: {e}") from None
     return tensor
 
-
-CODECS = ("none", "fp16", "bf16", "int8")
 
 
 def encode(tensor: torch.Tensor, codec: str | None = None) -> list[runtime_pb2.Tensor]:
