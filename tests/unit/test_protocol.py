@@ -383,3 +383,17 @@ def test_malformed_codec_payloads_are_bad_requests(codec):
             decode([values, encode(torch.ones(1, 2, 1), "none")[0]], "int8")
     with pytest.raises(BadRequestError, match="unknown codec"):
         decode(encode(hidden), "zstd")
+
+
+# --- transport failures ------------------------------------------------------------------------------
+def test_remote_call_turns_transport_failures_into_remote_call_errors():
+    from corolla.errors import RemoteCallError, SessionClosedError
+    from corolla.protocol.rpc import StreamClosedError, remote_call
+
+    with pytest.raises(RemoteCallError, match="^call to peer failed: StreamClosedError: gone$") as info:
+        with remote_call("call to peer"):
+            raise StreamClosedError("gone")
+    assert isinstance(info.value.__cause__, StreamClosedError)
+    with pytest.raises(SessionClosedError):  # not a transport failure: unchanged
+        with remote_call("call to peer"):
+            raise SessionClosedError("closed")

@@ -23,7 +23,7 @@ from corolla.errors import (
     error_from_wire,
 )
 from corolla.protocol.messages import ForwardMeta, ResponseMeta, ServerState, decode_meta, encode_meta
-from corolla.protocol.rpc import TRANSPORT_ERRORS, stub_for
+from corolla.protocol.rpc import remote_call, stub_for
 from corolla.protocol.tensors import decode, encode
 from corolla.swarm.dht import start_dht
 from corolla.swarm.discovery import SwarmState, fetch_swarm_state
@@ -138,22 +138,22 @@ class SwarmClient:
         deadline = loop.time() + cfg.request_timeout_s
         task = asyncio.ensure_future(receive)
         try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=max(0.0, min(cfg.liveness_period_s, deadline - loop.time())))
-                if done:
-                    return task.result()
-                if loop.time() >= deadline:
-                    raise PeerUnresponsiveError(f"server {peer_id} did not answer within {cfg.request_timeout_s:g} s")
-                probe = asyncio.ensure_future(self._ping(peer_id, cfg.liveness_timeout_s))
-                done, _ = await asyncio.wait({task, probe}, return_when=asyncio.FIRST_COMPLETED)
-                if task in done:
-                    probe.cancel()
-                    return task.result()
-                if await probe is None:
-                    raise PeerUnresponsiveError(f"server {peer_id} did not answer a liveness probe within "
-                                          f"{cfg.liveness_timeout_s:g} s")
-        except TRANSPORT_ERRORS as e:
-            raise RemoteCallError(f"call to {peer_id} failed: {type(e).__name__}: {e}") from e
+            with remote_call(f"call to {peer_id}"):
+                while True:
+                    wait_s = max(0.0, min(cfg.liveness_period_s, deadline - loop.time()))
+                    done, _ = await asyncio.wait({task}, timeout=wait_s)
+                    if done:
+                        return task.result()
+                    if loop.time() >= deadline:
+                        raise PeerUnresponsiveError(f"server {peer_id} did not answer within {cfg.request_timeout_s:g} s")
+                    probe = asyncio.ensure_future(self._ping(peer_id, cfg.liveness_timeout_s))
+                    done, _ = await asyncio.wait({task, probe}, return_when=asyncio.FIRST_COMPLETED)
+                    if task in done:
+                        probe.cancel()
+                        return task.result()
+                    if await probe is None:
+                        raise PeerUnresponsiveError(f"server {peer_id} did not answer a liveness probe within "
+                                                    f"{cfg.liveness_timeout_s:g} s")
         finally:
             task.cancel()  # a no-op once it finished; a read abandoned mid-message leaves the stream unusable
 
@@ -175,12 +175,12 @@ class SwarmClient:
         meta = ForwardMeta(model_id=self.model_id, start_block=hop.start, end_block=hop.end,
                            compression=None if codec == "none" else codec)
         request = runtime_pb2.ExpertRequest(uid=self.model_id, tensors=encode(hidden, codec), metadata=encode_meta(meta))
-        try:
-            response = await stub_for(self.p2p, hop.peer_id).rpc_forward(request, timeout=self.config.request_timeout_s)
-        except asyncio.TimeoutError:
-            raise PeerUnresponsiveError(f"{hop.peer_id} did not answer within {self.config.request_timeout_s} s") from None
-        except TRANSPORT_ERRORS as e:
-            raise RemoteCallError(f"forward to {hop.peer_id} failed: {type(e).__name__}: {e}") from e
+        timeout_s = self.config.request_timeout_s
+        with remote_call(f"forward to {hop.peer_id}"):
+            try:
+                response = await stub_for(self.p2p, hop.peer_id).rpc_forward(request, timeout=timeout_s)
+            except asyncio.TimeoutError:  # an OSError too: told apart before remote_call sees it
+                raise PeerUnresponsiveError(f"{hop.peer_id} did not answer within {timeout_s} s") from None
         return parse_response(response, codec)[1]
 
     def close(self, timeout_s: float = 6.0) -> None:

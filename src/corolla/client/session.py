@@ -26,7 +26,7 @@ from corolla.errors import (
     SessionEvictedError,
 )
 from corolla.protocol.messages import Cohort, ErrorInfo, InferenceMeta, PushTarget, SessionOpen, encode_meta
-from corolla.protocol.rpc import TRANSPORT_ERRORS, RpcStream, StreamClosedError
+from corolla.protocol.rpc import RpcStream, StreamClosedError, remote_call
 from corolla.protocol.tensors import encode
 from corolla.swarm.routing import Hop
 
@@ -68,7 +68,7 @@ class _HopStream:
                              cohort=cohort)
         request = runtime_pb2.ExpertRequest(uid=self.client.model_id, tensors=encode(hidden, codec),
                                             metadata=encode_meta(meta))
-        try:
+        with remote_call(f"call to {self.hop.peer_id}"):
             if self._stream is None:
                 stream = await RpcStream.open(self.client.p2p, self.hop.peer_id, "rpc_inference",
                                               self.client.config.connect_timeout_s)
@@ -78,8 +78,6 @@ class _HopStream:
             if self._closed:
                 raise StreamClosedError(f"the session stream to {self.hop.peer_id} was closed by this client")
             await self._stream.send(request)
-        except TRANSPORT_ERRORS as e:
-            raise RemoteCallError(f"call to {self.hop.peer_id} failed: {type(e).__name__}: {e}") from e
 
     async def receive(self) -> StepAnswer:
         """The next step's answer. A server that dies meanwhile is noticed through its closed

@@ -15,10 +15,14 @@ the receiver parses with a model from :mod:`corolla.protocol.messages`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from typing import AsyncIterator  # hivemind detects streams by typing.AsyncIterator
 
 from hivemind.p2p import P2PContext, P2PDaemonError, P2PHandlerError, ServicerBase
 from hivemind.proto import runtime_pb2
+
+from corolla.errors import RemoteCallError
 
 NAMESPACE = "corolla"
 
@@ -49,6 +53,16 @@ class BlockRPC(ServicerBase):
 
 # what a broken connection or a dead peer raises inside hivemind's transport (StreamClosedError is a ConnectionError)
 TRANSPORT_ERRORS = (P2PDaemonError, P2PHandlerError, ConnectionError, OSError, EOFError, asyncio.IncompleteReadError)
+
+
+@contextlib.contextmanager
+def remote_call(what: str) -> Iterator[None]:
+    """A transport failure inside becomes a RemoteCallError ``"{what} failed: {type}: {message}"``
+    (chained to it); errors of other kinds pass unchanged."""
+    try:
+        yield
+    except TRANSPORT_ERRORS as e:
+        raise RemoteCallError(f"{what} failed: {type(e).__name__}: {e}") from e
 
 
 def stub_for(p2p, peer_id: str):
