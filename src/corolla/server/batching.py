@@ -24,12 +24,11 @@ from corolla.errors import CorollaError, ServerBusyError, SessionEvictedError, S
 from corolla.models.registry import Span
 from corolla.protocol.cohorts import CohortGate, next_cohorts
 from corolla.protocol.messages import Cohort
+from corolla.server.config import CACHE_POLICIES, ServerConfig
 from corolla.server.kv import CacheBudget, SessionKV
 from corolla.server.sessions import Session, SessionTable
 
 log = logging.getLogger(__name__)
-
-POLICIES = ("wait", "evict-lru")
 
 
 @dataclasses.dataclass
@@ -49,31 +48,30 @@ class StepRequest:
 
 
 class Batcher:
+    """Schedules the steps of a server's sessions; its limits and policy come from the server's
+    config (``max_batch_tokens``, ``cache_policy``, ``cache_wait_s``, ``batch_window_ms``,
+    ``max_cache_bytes_per_peer``, ``cohort_wait_ms``)."""
+
     def __init__(
         self,
+        config: ServerConfig,
         *,
         span_getter: Callable[[], Span],
         executor: Executor,
         sessions: SessionTable,
         budget: CacheBudget,
         dtype: torch.dtype,
-        max_batch_tokens: int,
-        policy: str,
-        wait_timeout_s: float,
-        window_s: float,
-        max_cache_bytes_per_peer: int,
         generation_getter: Callable[[], int],
-        cohort_wait_s: float = 0.0,
     ):
-        if policy not in POLICIES:
-            raise ValueError(f"cache policy must be one of {', '.join(POLICIES)}, not {policy!r}")
+        if config.cache_policy not in CACHE_POLICIES:
+            raise ValueError(f"cache policy must be one of {', '.join(CACHE_POLICIES)}, not {config.cache_policy!r}")
         self._span, self._generation = span_getter, generation_getter
         self.executor, self.sessions, self.budget, self.dtype = executor, sessions, budget, dtype
-        self.max_batch_tokens, self.policy = max_batch_tokens, policy
-        self.wait_timeout_s, self.window_s = wait_timeout_s, window_s
-        self.max_cache_bytes_per_peer = max_cache_bytes_per_peer
+        self.max_batch_tokens, self.policy = config.max_batch_tokens, config.cache_policy
+        self.wait_timeout_s, self.window_s = config.cache_wait_s, config.batch_window_ms / 1000
+        self.max_cache_bytes_per_peer = config.max_cache_bytes_per_peer or budget.total  # default: the whole budget
         self.queue: list[StepRequest] = []
-        self.cohorts = CohortGate(cohort_wait_s)
+        self.cohorts = CohortGate(config.cohort_wait_ms / 1000)
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._computing: set[str] = set()  # sessions whose step is being computed now

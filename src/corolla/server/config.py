@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+CACHE_POLICIES = ("wait", "evict-lru")  # see corolla.server.batching
+
 
 @dataclasses.dataclass(frozen=True)
 class ServerConfig:
@@ -31,7 +33,7 @@ class ServerConfig:
     # KV cache and batching
     cache_bytes: int = 2 * 1024**3  # KV cache budget for all sessions together
     cache_tokens: int | None = None  # the budget in tokens of this span instead (overrides cache_bytes)
-    cache_policy: str = "wait"  # when it is full: "wait" (then ServerBusy) or "evict-lru"
+    cache_policy: str = "wait"  # one of CACHE_POLICIES; when it is full: "wait" (then ServerBusy) or "evict-lru"
     cache_wait_s: float = 5.0  # "wait": how long a step may wait for room before ServerBusy
     max_cache_bytes_per_peer: int | None = None  # default: the whole budget
     max_batch_tokens: int = 2048  # tokens of all sessions in one batched forward

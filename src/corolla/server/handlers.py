@@ -109,12 +109,8 @@ class BlockHandlers:
         token_bytes = self.span.kv_layout(dtype).token_bytes
         self.budget = CacheBudget(config.cache_tokens * token_bytes if config.cache_tokens else config.cache_bytes)
         self.batcher = Batcher(
-            span_getter=lambda: self.span, executor=self.compute, sessions=self.sessions, budget=self.budget,
-            dtype=dtype,
-            max_batch_tokens=config.max_batch_tokens, policy=config.cache_policy,
-            wait_timeout_s=config.cache_wait_s, window_s=config.batch_window_ms / 1000,
-            max_cache_bytes_per_peer=config.max_cache_bytes_per_peer or self.budget.total,
-            generation_getter=lambda: self.generation, cohort_wait_s=config.cohort_wait_ms / 1000,
+            config, span_getter=lambda: self.span, executor=self.compute, sessions=self.sessions, budget=self.budget,
+            dtype=dtype, generation_getter=lambda: self.generation,
         )
 
     def swap_span(self, span: Span, start: int, end: int) -> None:
