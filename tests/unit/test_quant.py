@@ -51,3 +51,26 @@ def test_fast_small_batch_linear_is_the_same_math(rows):
     x = torch.randn(rows, 64)
     assert torch.allclose(linear(layer, x), layer(x), atol=1e-5)
     assert linear(layer, x).is_contiguous()
+
+
+def test_the_cli_offers_the_precisions_and_policies_the_server_knows():
+    """`corolla server` / `swarm up` choices are the definitions, not copies of them."""
+    import argparse
+
+    from corolla.cli import server as server_cli
+    from corolla.cli import swarm as swarm_cli
+    from corolla.models.loading import parse_dtype
+    from corolla.models.precision import DTYPES, QUANTS
+    from corolla.server.config import CACHE_POLICIES
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    server_cli.register(sub)
+    swarm_cli.register(sub)
+    choices = {}
+    for action in parser._subparsers._group_actions[0].choices["server"]._actions:
+        choices[action.dest] = action.choices
+    assert (choices["dtype"], choices["quant"], choices["cache_policy"]) == (DTYPES, QUANTS, CACHE_POLICIES)
+    up = parser._subparsers._group_actions[0].choices["swarm"]._subparsers._group_actions[0].choices["up"]
+    assert next(a.choices for a in up._actions if a.dest == "dtype") == DTYPES
+    assert [parse_dtype(name) for name in DTYPES] == [torch.float32, torch.bfloat16, torch.float16]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from corolla.cli.common import add_peers
+from corolla.models.precision import DTYPES, QUANTS
+from corolla.server.config import CACHE_POLICIES
 
 
 def _blocks(text: str) -> tuple[int, int]:
@@ -27,8 +29,8 @@ def register(sub) -> None:
                       help="serve N blocks where the swarm needs them most (default: as many as fit in memory)")
     add_peers(p)
     p.add_argument("--new-swarm", action="store_true", help="start a new swarm instead of joining one")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="compute dtype")
-    p.add_argument("--quant", default="none", choices=["none", "int8", "bnb-int8", "nf4"],
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="compute dtype")
+    p.add_argument("--quant", default="none", choices=QUANTS,
                    help="weight quantization: int8 = PyTorch dynamic int8 on CPU (with --dtype float32); "
                         "bnb-int8 / nf4 need CUDA and bitsandbytes (default none)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all interfaces)")
@@ -48,7 +50,7 @@ def register(sub) -> None:
                         help="KV cache budget of all sessions together, allocated as they grow (default 2 GiB)")
     budget.add_argument("--cache-tokens", type=int, default=None,
                         help="the budget in tokens of this server's span instead of bytes")
-    c.add_argument("--cache-policy", default="wait", choices=["wait", "evict-lru"],
+    c.add_argument("--cache-policy", default="wait", choices=CACHE_POLICIES,
                    help="when the cache is full: wait for room (then answer 'busy' so the client re-routes), or "
                         "evict the least recently used idle session (its client replays it) (default wait)")
     c.add_argument("--cache-wait-s", type=float, default=5.0, help="longest wait for room with --cache-policy wait")

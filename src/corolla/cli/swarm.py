@@ -8,6 +8,7 @@ import json
 import sys
 
 from corolla.cli.common import add_peers, add_sampling
+from corolla.models.precision import DTYPES
 
 
 def register(sub) -> None:
@@ -20,7 +21,7 @@ def register(sub) -> None:
                                   "blocks; print the multiaddr others join with. Ctrl-C stops everything.")
     up.add_argument("model", help="packaged name, local HF folder, GGUF file or Hub repo id")
     up.add_argument("--servers", type=int, default=3, help="number of server processes (default 3)")
-    up.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    up.add_argument("--dtype", default="float32", choices=DTYPES)
     up.add_argument("--chat", action="store_true", help="once ready, chat in this terminal (stdin); stop at EOF")
     up.add_argument("--system", default=None, help="system prompt for --chat")
     up.add_argument("--api-port", type=int, default=None,

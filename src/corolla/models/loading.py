@@ -13,16 +13,14 @@ from typing import Any
 import torch
 
 from corolla.errors import ModelError
+from corolla.models.precision import DTYPES
 from corolla.models.registry import family_for
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def parse_dtype(name: str) -> torch.dtype:
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise ModelError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}") from None
+    if name not in DTYPES:
+        raise ModelError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
+    return getattr(torch, name)
 
 
 def load_config(folder: Path) -> Any:

@@ -17,8 +17,7 @@ import torch
 from torch import nn
 
 from corolla.errors import ModelError
-
-QUANTS = ("none", "int8", "bnb-int8", "nf4")
+from corolla.models.precision import QUANTS
 
 
 def check_dtype(dtype: torch.dtype, device: str = "cpu") -> None:
