@@ -17,6 +17,8 @@ from corolla.protocol.messages import ServerInfo, decode_meta
 from corolla.protocol.rpc import stub_for
 from tests.api.conftest import http_get, openai_client, served
 
+pytestmark = pytest.mark.slow  # a real pretrained model on real server processes
+
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Get the weather in a city",
                                             "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
                                                            "required": ["city"]}}}
