@@ -36,10 +36,15 @@ ESTIMATE = TokenCounter(approx_tokens, exact=False, source="estimate")
 @functools.lru_cache(maxsize=8)
 def token_counter(tokenizer_file: Path | None) -> TokenCounter:
     """The counter of the tokenizer in ``tokenizer_file`` (a ``tokenizer.json``), or :data:`ESTIMATE`
-    when there is none."""
+    when there is none, or when the ``tokenizers`` library is not installed (``corolla[assistant]``
+    alone does not bring it)."""
     if tokenizer_file is None or not Path(tokenizer_file).is_file():
         return ESTIMATE
-    from tokenizers import Tokenizer
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        logger.debug("the tokenizers library is not installed: token counts are estimated")
+        return ESTIMATE
 
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
     return TokenCounter(lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids),
