@@ -9,8 +9,8 @@ import threading
 import pytest
 
 from corolla.assistant.agent.loop import Agent, AgentConfig
-from corolla.assistant.agent.report import AgentReport, diffstat
 from corolla.assistant.agent.policy import CommandPolicy
+from corolla.assistant.agent.report import AgentReport, diffstat
 from corolla.assistant.agent.toolcalls import parse_arguments, parse_text_calls
 from corolla.assistant.errors import EndpointError
 from corolla.assistant.sessions import SessionStore

@@ -81,7 +81,7 @@ def test_read_file_caps_lines_and_says_how_to_read_on(ctx):
 
 @pytest.mark.parametrize("path, words", [
     ("missing.py", "does not exist"), ("tests", "is a directory"), ("../outside.txt", "outside the workspace"),
-    ("/etc/passwd", "outside the workspace"), (".git/config", ".git"),
+    ("/etc/passwd", "outside the workspace"), (".git/config", ".git"), (".Git/config", ".git"),
 ])
 def test_read_file_refusals(ctx, path, words):
     res = call(ctx, "read_file", path=path)
@@ -159,7 +159,7 @@ def test_edit_refusals_leave_files_alone(ctx):
     res = call(ctx, "edit", path=".git/config", search="", replace="x")
     assert not res.ok and ".git" in res.output
     res = call(ctx, "edit", path="../evil.py", search="", replace="x")
-    assert not res.ok and "leaves the workspace" in res.output
+    assert not res.ok and "outside the workspace" in res.output
     res = call(ctx, "edit", path="calc.py", search="    return a + b\n", replace="    return a + b\n")
     assert not res.ok and res.unchanged and "change nothing" in res.output
     assert (ctx.root / "calc.py").read_text() == CALC and ctx.applied == []

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from corolla.assistant.agent.loop import AgentConfig
-from corolla.assistant.agent.policy import CommandPolicy
 from corolla.assistant.agent import guard, workflows
 from corolla.assistant.agent.guard import check_tests, snapshot_tests
+from corolla.assistant.agent.loop import AgentConfig
+from corolla.assistant.agent.policy import CommandPolicy
 from corolla.assistant.agent.report import WorkflowReport
 from corolla.assistant.agent.workflows import refactor
 from corolla.assistant.sessions import SessionStore

@@ -22,8 +22,9 @@ from pathlib import Path
 from corolla.assistant.agent.shell import CommandResult, run_shell
 from corolla.assistant.context import EditorState
 from corolla.assistant.core import Assistant, EditOutcome
-from corolla.assistant.edits import FileChange, Proposal, apply, read_text, revert
+from corolla.assistant.edits import FileChange, Proposal, apply, revert
 from corolla.assistant.errors import CheckFailedError, StaleFileError
+from corolla.assistant.workspace import read_text
 
 
 @dataclasses.dataclass(frozen=True)

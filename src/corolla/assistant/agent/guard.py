@@ -14,7 +14,7 @@ import dataclasses
 from pathlib import Path
 
 from corolla.assistant.context import list_files
-from corolla.assistant.edits import read_text
+from corolla.assistant.workspace import read_text
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,15 +32,16 @@ from corolla.assistant.agent import prompts
 from corolla.assistant.agent.modes import DEFAULT_MODE, Mode, check_mode
 from corolla.assistant.agent.policy import CommandPolicy
 from corolla.assistant.agent.report import AgentReport
-from corolla.assistant.agent.toolcalls import parse_arguments, parse_text_calls
 from corolla.assistant.agent.testing import detect_test_command
+from corolla.assistant.agent.toolcalls import parse_arguments, parse_text_calls
 from corolla.assistant.agent.tools import ToolContext, ToolResult, apply_edits, openai_tools, run_tool
 from corolla.assistant.agent.writes import WriteError, find_writes, mentioned_files
 from corolla.assistant.context import find_instructions, list_files
-from corolla.assistant.edits import Allowance, FileChange, read_text, unified_diff
+from corolla.assistant.edits import Allowance, FileChange, unified_diff
 from corolla.assistant.errors import AssistantError, EndpointError
 from corolla.assistant.llm import LLM
 from corolla.assistant.sessions import SessionStore, title_from
+from corolla.assistant.workspace import read_text
 
 logger = logging.getLogger(__name__)
 

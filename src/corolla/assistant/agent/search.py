@@ -14,8 +14,8 @@ from pathlib import Path
 import pathspec
 
 from corolla.assistant.context import list_files
-from corolla.assistant.context.files import read_text
 from corolla.assistant.context.symbols import file_symbols, language_of
+from corolla.assistant.workspace import show_text
 
 MAX_HITS = 50
 MAX_COUNTED = 1000  # beyond this the total is given as "more than"
@@ -75,7 +75,7 @@ def search_text(root: Path, query: str, glob: str | None = None, max_hits: int =
 def _scan(root: Path, files: list[str], match, max_hits: int) -> SearchResult:
     result = SearchResult()
     for rel in files:
-        text, _ = read_text(root, rel)
+        text, _ = show_text(root, rel)
         if text is None:
             continue
         for n, line in enumerate(text.splitlines(), 1):

@@ -26,10 +26,18 @@ from corolla.assistant.agent.schema import check_args
 from corolla.assistant.agent.shell import CommandResult, truncate_middle
 from corolla.assistant.agent.testing import detect_test_command, summarise_tests
 from corolla.assistant.context import list_files
-from corolla.assistant.context.files import normalize, read_text
 from corolla.assistant.edits import Allowance, Edit, Proposal, apply, propose, revert
-from corolla.assistant.errors import (AmbiguousMatchError, AssistantError, EditError, NoMatchError, PlaceholderError,
-                                      StaleFileError, StructureBreakError, SyntaxBreakError)
+from corolla.assistant.errors import (
+    AmbiguousMatchError,
+    AssistantError,
+    EditError,
+    NoMatchError,
+    PlaceholderError,
+    StaleFileError,
+    StructureBreakError,
+    SyntaxBreakError,
+)
+from corolla.assistant.workspace import normalize, show_text
 
 __all__ = ["TOOLS", "Tool", "ToolContext", "ToolResult", "apply_edits", "detect_test_command", "openai_tools",
            "run_tool"]
@@ -129,12 +137,10 @@ def openai_tools(names=None) -> list[dict]:
 # --- paths -------------------------------------------------------------------------------------
 def _workspace_path(ctx: ToolContext, path: str, *, allow_root: bool = False) -> tuple[str | None, str]:
     """``path`` relative to the workspace ("" for the root when ``allow_root``), or (None, why)."""
-    if allow_root and path.strip() in ("", ".", "./", "/"):
+    if allow_root and path.strip() in ("", "/"):
         return "", ""
-    rel, why = normalize(ctx.root, path)
+    rel, why = normalize(ctx.root, path, allow_root=allow_root)
     if rel is None:
-        if allow_root and why.endswith("is not a file of the workspace") and ".git" not in path.split("/"):
-            return "", ""
         return None, f"{why}; use a path relative to the workspace root, outside .git/"
     return rel, ""
 
@@ -149,7 +155,7 @@ def _read_file(ctx: ToolContext, args: dict) -> ToolResult:
         return _fail(f"read_file: {rel} is a directory; use list_dir(path={rel!r})")
     if not full.exists():
         return _fail(f"read_file: {rel} does not exist; use list_dir or search to find the right path")
-    text, why = read_text(ctx.root, rel)
+    text, why = show_text(ctx.root, rel)
     if text is None:
         return _fail(f"read_file: {why}")
     lines = text.splitlines()
@@ -292,7 +298,7 @@ def _existing_text(ctx: ToolContext, path: str) -> tuple[str | None, str | None]
     rel, _ = normalize(ctx.root, path)
     if rel is None:
         return None, None
-    text, _ = read_text(ctx.root, rel)
+    text, _ = show_text(ctx.root, rel)
     return rel, text if (text and text.strip()) else None
 
 

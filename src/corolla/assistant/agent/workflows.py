@@ -27,11 +27,22 @@ from corolla.assistant.agent.policy import CommandPolicy
 from corolla.assistant.agent.report import WorkflowReport
 from corolla.assistant.agent.tools import ToolContext, detect_test_command
 from corolla.assistant.context import find_instructions
-from corolla.assistant.edits import (Edit, FileChange, Proposal, Target, apply, format_instructions, parse_reply,
-                                     propose, read_text, revert, unified_diff)
+from corolla.assistant.edits import (
+    Edit,
+    FileChange,
+    Proposal,
+    Target,
+    apply,
+    format_instructions,
+    parse_reply,
+    propose,
+    revert,
+    unified_diff,
+)
 from corolla.assistant.errors import AssistantError, EditError
 from corolla.assistant.llm import LLM
 from corolla.assistant.sessions import SessionStore
+from corolla.assistant.workspace import read_text
 
 OUTPUT_CHARS = 3000  # the tail of a test run shown to the model and kept per round
 

@@ -26,10 +26,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from corolla.assistant.context.files import normalize, read_text
 from corolla.assistant.edits import Edit, Target
 from corolla.assistant.edits.whole import fenced_blocks, resolve_whole
 from corolla.assistant.errors import AssistantError, MalformedReplyError
+from corolla.assistant.workspace import normalize, show_text
 
 __all__ = ["Write", "WriteError", "default_file", "find_writes", "mentioned_files"]
 
@@ -141,7 +141,7 @@ def _existing(root: Path, path: str) -> str | None:
 
 
 def _write(root: Path, rel: str, body: list[str]) -> Write:
-    source, _ = read_text(root, rel)
+    source, _ = show_text(root, rel)
     source = source or ""
     code = list(body)
     while code and not code[0].strip():

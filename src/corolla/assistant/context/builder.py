@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from corolla.assistant.context.budget import Counter, approx_tokens, code_block, fit_window, with_markers
-from corolla.assistant.context.files import list_files, normalize, read_text
+from corolla.assistant.context.files import list_files
 from corolla.assistant.context.instructions import find_instructions
 from corolla.assistant.context.ranking import Signals, identifiers, import_fragments, imported_files
 from corolla.assistant.context.references import parse_references
 from corolla.assistant.context.repomap import file_tree, rank_files, repo_map
 from corolla.assistant.context.types import SEPARATOR, Context, ContextPart, EditorState, Reference
+from corolla.assistant.workspace import normalize, show_text
 
 CURRENT_FILE_SHARE = 0.6  # of the budget left when its turn comes, if anything follows it
 OPEN_FILE_SHARE = 0.5
@@ -74,7 +75,7 @@ def _request(state: EditorState, query: str, count: Counter) -> _Request:
     current, note = normalize(root, state.current_file) if state.current_file else (None, "")
     text = None
     if current is not None:
-        text, note = read_text(root, current, buffers)
+        text, note = show_text(root, current, buffers)
     selection = center = None
     if text is not None:
         n = max(len(text.splitlines()), 1)
@@ -162,7 +163,7 @@ def _reference_slots(req: _Request) -> list[_Slot]:
         rel, why = normalize(req.root, ref.path or "")
         text = None
         if rel is not None:
-            text, why = read_text(req.root, rel, req.buffers)
+            text, why = show_text(req.root, rel, req.buffers)
         if text is None:
             slots.append(_note_slot(ref.raw, f"{ref.raw} was not included: {why}", req.count))
             continue
@@ -220,7 +221,7 @@ def _file_slots(req: _Request, tail: bool) -> list[_Slot]:
             share = CURRENT_FILE_SHARE if (tail or req.open_files) else 1.0
             slots.append(_file_slot(req, "current_file", req.current, req.current_text, share, req.center))
     for rel in (f for f in req.open_files if f not in shown):
-        text, _ = read_text(req.root, rel, req.buffers)
+        text, _ = show_text(req.root, rel, req.buffers)
         if text is not None:
             slots.append(_file_slot(req, "open_file", rel, text, OPEN_FILE_SHARE if tail else 1.0, None))
     return slots

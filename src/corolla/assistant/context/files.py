@@ -1,4 +1,5 @@
-"""The workspace's files: which exist (honouring .gitignore), which paths are safe, what they contain.
+"""The workspace's files: which exist (honouring .gitignore). Which paths are safe and what a file
+contains: :mod:`corolla.assistant.workspace`.
 
 In a git work tree the list comes from ``git ls-files`` (git already knows every ignore rule, and is
 fast); elsewhere a walk applies each directory's ``.gitignore`` with pathspec's gitwildmatch, deeper
@@ -8,16 +9,12 @@ files overriding shallower ones as git does. ``.git/`` and ``.corolla/`` are nev
 from __future__ import annotations
 
 import os
-import posixpath
 import subprocess
-from collections.abc import Mapping
 from pathlib import Path
 
 import pathspec
 
 SKIP_DIRS = frozenset({".git", ".corolla"})
-MAX_CONTENT_BYTES = 1_000_000  # larger files are not shown as content
-BINARY_SNIFF_BYTES = 8192
 
 
 def list_files(root: Path) -> list[str]:
@@ -25,7 +22,7 @@ def list_files(root: Path) -> list[str]:
     files = _git_files(root)
     if files is None:
         files = walk_files(root)
-    return sorted({f for f in files if not (SKIP_DIRS & set(f.split("/")[:-1]))})
+    return sorted({f for f in files if not (SKIP_DIRS & {d.lower() for d in f.split("/")[:-1]})})
 
 
 def _inside_git_work_tree(root: Path) -> bool:
@@ -90,58 +87,9 @@ def walk_files(root: Path) -> list[str]:
                 continue  # may lead outside the workspace, or in circles
             rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
             if e.is_dir():
-                if e.name not in SKIP_DIRS and not _ignored(rel + "/", specs):
+                if e.name.lower() not in SKIP_DIRS and not _ignored(rel + "/", specs):
                     subdirs.append((rel, specs))
             elif e.is_file() and not _ignored(rel, specs):
                 out.append(rel)
         stack.extend(reversed(subdirs))
     return out
-
-
-def normalize(root: Path, path: str) -> tuple[str | None, str]:
-    """``path`` as a workspace-relative POSIX path, or ``(None, why)`` when it is refused.
-
-    Refused: paths outside the workspace (``..``, absolute paths elsewhere, symlinks that lead out)
-    and paths inside ``.git/``.
-    """
-    raw = path.strip().replace("\\", "/")
-    if not raw:
-        return None, "empty path"
-    if posixpath.isabs(raw):
-        try:
-            raw = Path(raw).resolve().relative_to(root.resolve()).as_posix()
-        except (ValueError, OSError):
-            return None, f"{path} is outside the workspace"
-    rel = posixpath.normpath(raw)
-    if rel == ".." or rel.startswith("../"):
-        return None, f"{path} is outside the workspace"
-    if rel == "." or ".git" in rel.split("/"):
-        return None, f"{path} is not a file of the workspace"
-    try:
-        real = (root / rel).resolve()
-        real.relative_to(root.resolve())
-    except (ValueError, OSError):
-        return None, f"{path} leads outside the workspace"
-    return rel, ""
-
-
-def read_text(root: Path, rel: str, buffers: Mapping[str, str] | None = None,
-              max_bytes: int = MAX_CONTENT_BYTES) -> tuple[str | None, str]:
-    """The text of ``rel`` (the editor's unsaved buffer first), or ``(None, why)``."""
-    if buffers and rel in buffers:
-        return buffers[rel], ""
-    path = root / rel
-    try:
-        size = path.stat().st_size
-        if not path.is_file():
-            return None, f"{rel} is not a file"
-        if size > max_bytes:
-            return None, f"{rel} is too large to show ({size} bytes)"
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None, f"{rel} does not exist"
-    except OSError as exc:
-        return None, f"{rel} cannot be read ({exc.strerror or exc})"
-    if b"\0" in data[:BINARY_SNIFF_BYTES]:
-        return None, f"{rel} is a binary file"
-    return data.decode("utf-8", "replace"), ""

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from corolla.assistant.context.files import read_text
+from corolla.assistant.workspace import show_text
 
 COPILOT = ".github/copilot-instructions.md"
 AGENTS = "AGENTS.md"
@@ -155,7 +155,7 @@ def find_instructions(root: Path, current_file: str | None, open_files: Iterable
 
     def add(rel: str, body: str | None = None) -> None:
         if body is None:
-            text, _ = read_text(root, rel, buffers)
+            text, _ = show_text(root, rel, buffers)
             if text is None:
                 return
             body = text.strip("\n")
@@ -167,7 +167,7 @@ def find_instructions(root: Path, current_file: str | None, open_files: Iterable
     names = sorted(p.name for p in folder.glob("*" + SUFFIX)) if folder.is_dir() else []
     for name in names:
         rel = f"{INSTRUCTIONS_DIR}/{name}"
-        text, _ = read_text(root, rel, buffers)
+        text, _ = show_text(root, rel, buffers)
         if text is None:
             continue
         fields, body = split_front_matter(text)

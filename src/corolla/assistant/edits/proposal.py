@@ -25,38 +25,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corolla.assistant.edits.matching import DEFAULT_THRESHOLD, replace_once
-from corolla.assistant.edits.paths import resolve, safe_relpath
 from corolla.assistant.edits.placeholders import check_placeholders
 from corolla.assistant.edits.structure import NOTHING, Allowance, check_structure
 from corolla.assistant.edits.syntax import check_syntax
 from corolla.assistant.edits.types import Edit, FileChange, Proposal
 from corolla.assistant.edits.whole import resolve_whole
 from corolla.assistant.errors import EditError, NoMatchError, StaleFileError
+from corolla.assistant.workspace import read_text, resolve, safe_relpath
 
 logger = logging.getLogger(__name__)
 
 _NEW_FILE_MODE = 0o644
 JSON_VERSION = 1
-
-
-def read_text(root: Path, path: str, buffers: Mapping[str, str] | None = None) -> str | None:
-    """The current text of workspace file ``path`` (its buffer if open, else the disk; None if missing)."""
-    rel = safe_relpath(path)
-    if buffers:
-        for key in (path, rel):
-            if key in buffers:
-                return buffers[key]
-    file = resolve(root, rel)
-    try:
-        data = file.read_bytes()
-    except FileNotFoundError:
-        return None
-    except IsADirectoryError:
-        raise EditError(f"{rel} is a directory, not a file") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise EditError(f"{rel} is not a UTF-8 text file; it is not edited") from None
 
 
 def propose(root: Path, edits: list[Edit], *, buffers: Mapping[str, str] | None = None,
@@ -155,7 +135,7 @@ def _step(root: Path, path: str, expected: str | None, content: str | None) -> _
 def _transact(root: Path, steps: list[_Step], what: str) -> None:
     modes: dict[Path, int] = {}
     for step in steps:  # 1. everything is as the proposal expects
-        now = _read_exact(step.file)
+        now = _read_exact(root, step.path)
         if now != step.expected:
             state = "does not exist" if now is None else "was changed"
             since = "since the edit was proposed" if what == "apply" else "since the edit was applied"
@@ -219,15 +199,11 @@ def _rollback(done: list[_Step], modes: dict[Path, int]) -> list[str]:
     return problems
 
 
-def _read_exact(file: Path) -> str | None:
+def _read_exact(root: Path, path: str) -> str | None:
     try:
-        data = file.read_bytes()
-    except FileNotFoundError:
-        return None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return "\0<not utf-8>"  # never equal to a proposal's text: stale
+        return read_text(root, path)
+    except EditError:  # not UTF-8 text (or no longer a file): never equal to a proposal's text, so stale
+        return "\0<not utf-8>"
 
 
 def _make_parents(directory: Path) -> list[Path]:
