@@ -1,5 +1,6 @@
 # Two commands: `make run` (set up + chat with the packaged default model on a local swarm)
-# and `make test` (the whole suite). Everything else is an implementation detail.
+# and `make test` (the whole suite); `make check` is the quick offline gate before it (lint, unit
+# tests, the API and the assistant over a scripted model). Everything else is an implementation detail.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,7 +14,7 @@ API_PORT ?= 8000
 EDITOR_HOME := $(or $(COROLLA_HOME),$(HOME)/.cache/corolla)/editor
 CODE_SERVER_STAMP := $(EDITOR_HOME)/.stamp
 
-.PHONY: run test install clean bench code-server
+.PHONY: run test check install clean bench code-server
 .DEFAULT_GOAL := install
 
 # the VS Code extension: npm ci (when its lock file changes), build, unit tests, corolla.vsix
@@ -23,7 +24,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[all,dev]"
 	touch $(STAMP)
 
 # Debian's Chromium for the browser tests (Playwright drives it; no browser download)
@@ -43,6 +44,16 @@ $(CODE_SERVER_STAMP): scripts/install-code-server.sh
 	touch $@
 
 code-server: $(CODE_SERVER_STAMP)
+
+# lint, then the unit tests and the scripted-model API and assistant tests (tests/assistant/test_light_install.py
+# included) on two workers, offline: an empty model cache and no package index, so a test that needs a real
+# model (those are marked slow and run in `make test`) fails instead of fetching one
+CHECK_TESTS := tests/unit tests/api tests/assistant
+check: $(STAMP)
+	$(BIN)/ruff check .
+	home=$$(mktemp -d) && trap 'rm -rf "$$home"' EXIT && \
+	COROLLA_HOME=$$home PIP_NO_INDEX=1 PIP_FIND_LINKS= HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+	$(BIN)/python -m pytest -m "not slow" -n 2 -q $(CHECK_TESTS)
 
 test: $(STAMP) $(CHROMIUM) vscode $(CODE_SERVER_STAMP)
 	$(BIN)/python -m pytest

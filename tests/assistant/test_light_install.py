@@ -3,7 +3,7 @@ or any other package of the swarm extra, ``corolla ask``, ``edit``, ``agent`` an
 work against an OpenAI-compatible endpoint (here the scripted model).
 
 Each command runs as a real process whose imports of those packages fail: a ``sitecustomize`` on
-``PYTHONPATH`` puts a finder first on ``sys.meta_path`` that raises ImportError for them (as on a
+``PYTHONPATH`` puts a finder first on ``sys.meta_path`` that raises ModuleNotFoundError for them (as on a
 machine where they are not installed) and logs every attempt, so the test also sees an import that
 was tried and survived: none is, but for the token counter's ``tokenizers`` when it has a model's
 tokenizer file (it then estimates).
@@ -47,7 +47,7 @@ class _NotInstalled:
         if _LOG:
             with open(_LOG, "a") as f:
                 f.write(f"{{os.getpid()}} {{name}}\\n")
-        raise ImportError(f"No module named {{top!r}} (blocked: a light install)", name=top)
+        raise ModuleNotFoundError(f"No module named {{top!r}} (blocked: a light install)", name=top)
 
 
 sys.meta_path.insert(0, _NotInstalled())
@@ -148,3 +148,9 @@ def test_the_token_counter_estimates_without_tokenizers(light, tmp_path):
     assert [line.split()[1] for line in light.blocked()] == ["tokenizers"]
     full_run = subprocess.run([sys.executable, "-c", code, str(file)], capture_output=True, text=True)
     assert full_run.stdout.split()[:2] == [str(file), "True"]  # with tokenizers installed: the file's own counts
+
+
+def test_a_swarm_command_says_which_extra_it_needs(light, tmp_path):
+    done = light.run(tmp_path, "dht")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "`corolla dht` needs the swarm's packages" in done.stderr and "pip install 'corolla[swarm]'" in done.stderr

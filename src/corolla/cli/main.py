@@ -9,6 +9,10 @@ import sys
 from corolla import __version__
 from corolla.errors import CorollaError
 
+# what the `swarm` extra installs (pyproject.toml): the assistant's commands need none of it
+SWARM_PACKAGES = frozenset({"torch", "hivemind", "transformers", "tokenizers", "safetensors", "gguf", "msgpack",
+                            "numpy", "huggingface_hub"})
+
 
 def build_parser() -> argparse.ArgumentParser:
     from corolla.cli import agent, api, assistant, dht, generate, models, server, swarm
@@ -41,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         code = int(args.func(args) or 0)
     except CorollaError as e:
         print(f"error: {e}", file=sys.stderr)
+        code = 1
+    except ModuleNotFoundError as e:
+        if (e.name or "").partition(".")[0] not in SWARM_PACKAGES:
+            raise
+        print(f"error: `corolla {args.command}` needs the swarm's packages ({e.name} is not installed): "
+              "pip install 'corolla[swarm]'", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:
         pass
