@@ -43,8 +43,8 @@ ANY_NEUTRAL = frozenset(NEUTRAL)
 #: what each layer may import besides its own modules, and why
 MAY_IMPORT: dict[str, tuple[frozenset[str], str]] = {
     "protocol": (frozenset({"corolla.errors"}),
-                 "wire types are the bottom layer together with errors: every peer parses them, so they must not "
-                 "pull in models, the swarm, a server or even the other neutral modules"),
+                 "wire types are the bottom layer together with errors: every peer (and any tool reading the DHT) "
+                 "parses them, so they depend on nothing else of corolla, not even the other neutral modules"),
     "models": (frozenset({"protocol"}) | ANY_NEUTRAL,
                "model families, loading and the model cache serve servers and clients alike; they know nothing of "
                "the network (swarm) or of who runs them"),
