@@ -13,9 +13,11 @@ Per run it measures
 
 The machine is small and shared, so the local baseline is measured *interleaved* with the swarm
 runs (local, swarm, local, swarm, ... while the swarm is up and idle between its runs): each
-swarm size's ratio is against the local runs taken at the same time. Before every run the
-script waits (up to ``--quiet-wait-s``) until the CPUs are mostly idle, and records how idle
-they were. Results: a rich table and ``benchmarks/out/decode.json``.
+swarm size's ratio is against the local runs taken at the same time. Every run goes through the
+benchmarks' shared quiet-machine runner (``_common.QuietRunner``: wait up to ``--quiet-wait-s``
+until the CPUs are mostly idle, repeat a run during which other jobs took CPU) and records how
+idle the machine was and how much CPU others took. Results: a rich table and
+``benchmarks/out/decode.json``.
 
     .venv/bin/python benchmarks/decode.py [--runs 5] [--new-tokens 64] [--servers 1 2 3]
 """
@@ -24,10 +26,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
-import logging
 import os
-import platform
 import statistics
 import sys
 import time
@@ -35,9 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import CpuWatch, add_quiet_args, wait_quiet  # benchmarks/ is on sys.path when a script in it runs
 
-OUT_DIR = Path(__file__).resolve().parent / "out"
+import _common  # benchmarks/ is on sys.path when a script in it runs
+
+OUT_DIR = _common.OUT_DIR
 MESSAGES = [
     {"role": "system", "content": "Be brief."},
     {"role": "user", "content": "Tell me about the Moon."},
@@ -51,8 +53,8 @@ class Run:
     total_s: float
     tokens: list[int]
     step_times_s: list[float]  # gaps between consecutive new tokens (decode steps)
-    idle_before: float  # fraction of CPU time idle just before the run (1.0 = quiet machine)
-    foreign_cpu: float = 0.0  # CPU time used by processes outside this benchmark during the run / its wall time
+    idle_before: float = 1.0  # fraction of CPU time idle just before the run (1.0 = quiet machine)
+    foreign_cpu: float = 0.0  # CPUs that processes outside this benchmark used, on average, during the run
 
     @property
     def tok_s(self) -> float:
@@ -76,8 +78,7 @@ class Run:
 class _Clock:
     """Records when each new token arrives (HF streamer protocol, or ``token()`` directly)."""
 
-    def __init__(self, idle_before: float):
-        self.idle_before = idle_before
+    def __init__(self):
         self.times: list[float] = []
         self.tokens: list[int] = []
         self._prompt_seen = False
@@ -100,11 +101,11 @@ class _Clock:
     def run(self) -> Run:
         end = time.perf_counter()
         steps = [b - a for a, b in zip(self.times, self.times[1:])]
-        return Run(self.times[0] - self.start, end - self.start, self.tokens, steps, self.idle_before)
+        return Run(self.times[0] - self.start, end - self.start, self.tokens, steps)
 
 
-def local_run(model, ids: torch.Tensor, generation_config, idle: float) -> Run:
-    clock = _Clock(idle)
+def local_run(model, ids: torch.Tensor, generation_config) -> Run:
+    clock = _Clock()
     with torch.inference_mode():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=generation_config,
                              streamer=clock)
@@ -114,11 +115,18 @@ def local_run(model, ids: torch.Tensor, generation_config, idle: float) -> Run:
     return run
 
 
-def swarm_run(model, ids: torch.Tensor, new_tokens: int, idle: float) -> Run:
-    clock = _Clock(idle)
+def swarm_run(model, ids: torch.Tensor, new_tokens: int) -> Run:
+    clock = _Clock()
     for tokens in model.stream(ids, max_new_tokens=new_tokens, eos_token_id=[]):  # [B] each step
         clock.token(int(tokens[0]))
     return clock.run()
+
+
+def measured(quiet: _common.QuietRunner, fn) -> Run:
+    """``fn()`` through the shared quiet-machine runner; the run records how quiet the machine was."""
+    run, m = quiet(fn)
+    run.idle_before, run.foreign_cpu = m.idle_before, m.foreign_cpu
+    return run
 
 
 def medians(runs: list[Run]) -> dict[str, float]:
@@ -149,35 +157,29 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the client relays every hop's output itself instead of servers pushing it to the next one")
     p.add_argument("--server-env", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra environment for the server processes, e.g. OMP_WAIT_POLICY=PASSIVE")
-    add_quiet_args(p)
+    _common.add_quiet_args(p)
     p.add_argument("--out", type=Path, default=OUT_DIR / "decode.json", help="JSON results file")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    for noisy in ("hivemind", "transformers", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    _common.quiet_logs()
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-    from transformers.utils import logging as hf_logging
 
     from corolla.client.model import DistributedModelForCausalLM
     from corolla.models.resolve import resolve_model
     from corolla.swarm.local import LocalSwarm, even_spans
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     console = Console(width=max(Console().width, 160))
     ref = resolve_model(args.model)
     path, model_id = ref.path, ref.model_id
     tokenizer = AutoTokenizer.from_pretrained(path)
-    text = tokenizer.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
-    ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]], dtype=torch.long)  # [1, T]
+    ids = _common.chat_ids(tokenizer, MESSAGES)  # [1, T]
     console.print(f"[bold]{model_id}[/] fp32 greedy, prompt {ids.shape[1]} tokens, {args.new_tokens} new tokens, "
                   f"{args.runs} runs after {args.warmup} warm-up; torch {torch.__version__}, "
                   f"{torch.get_num_threads()} threads, {os.cpu_count()} cpus")
@@ -190,31 +192,17 @@ def main(argv=None) -> int:
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
     )
 
-    discarded = {"count": 0}
-
-    def measured(fn) -> Run:
-        """One run on a quiet machine; repeated while other jobs took CPU during it."""
-        for attempt in range(args.max_retries + 1):
-            idle = wait_quiet(args.quiet_idle, args.quiet_wait_s) if args.quiet_idle > 0 else 1.0
-            watch = CpuWatch()
-            run = fn(idle)
-            run.foreign_cpu = watch.stop().foreign_cpu_s() / run.total_s
-            if run.foreign_cpu <= args.max_foreign_cpu:
-                break
-            discarded["count"] += 1
-            if attempt < args.max_retries:
-                time.sleep(5.0 * (attempt + 1))  # let the other job finish
-        return run
-
+    quiet = _common.quiet_runner(args)
+    run_local = functools.partial(local_run, local, ids, gen_config)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console, transient=True)
     with progress:
         task = progress.add_task("local warm-up", total=args.warmup)
         for _ in range(args.warmup):
-            reference = local_run(local, ids, gen_config, 1.0).tokens
+            reference = run_local().tokens
             progress.advance(task)
     if not args.warmup:
-        reference = local_run(local, ids, gen_config, 1.0).tokens
+        reference = run_local().tokens
 
     setups: list[dict[str, Any]] = []
     for n in args.servers:
@@ -233,15 +221,16 @@ def main(argv=None) -> int:
                 client = DistributedModelForCausalLM.from_pretrained(
                     path, initial_peers=swarm.initial_peers, model_id=model_id, push=not args.no_push,
                     compression=args.compression)
+            run_swarm = functools.partial(swarm_run, client, ids, args.new_tokens)
             try:
                 with progress:
                     task = progress.add_task(f"swarm of {n} (interleaved with local)", total=args.warmup + args.runs)
                     for i in range(args.warmup + args.runs):
                         if i < args.warmup:
-                            swarm_run(client, ids, args.new_tokens, 1.0)
+                            run_swarm()
                         else:
-                            local_runs.append(measured(lambda idle: local_run(local, ids, gen_config, idle)))
-                            swarm_runs.append(measured(lambda idle: swarm_run(client, ids, args.new_tokens, idle)))
+                            local_runs.append(measured(quiet, run_local))
+                            swarm_runs.append(measured(quiet, run_swarm))
                         progress.advance(task)
             finally:
                 client.close()
@@ -292,17 +281,15 @@ def main(argv=None) -> int:
         }
     console.print(table)
     console.print(f"foreign cpu = the most CPUs that other jobs on the machine used during one kept run "
-                  f"(runs above {args.max_foreign_cpu} were repeated; {discarded['count']} discarded)")
+                  f"(runs above {args.max_foreign_cpu} were repeated; {quiet.discarded} discarded)")
     console.print("text: " + repr(tokenizer.decode(reference, skip_special_tokens=False)[:160]))
 
     results["config"] = {
         "model": model_id, "path": str(path), "dtype": "float32", "prompt_tokens": ids.shape[1],
         "new_tokens": args.new_tokens, "runs": args.runs, "warmup": args.warmup, "servers": args.servers,
-        "server_threads": args.server_threads, "push": not args.no_push, "compression": args.compression, "server_env": args.server_env, "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(), "machine": platform.machine(), "python": sys.version.split()[0],
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv,
+        "server_threads": args.server_threads, "push": not args.no_push, "compression": args.compression,
+        "server_env": args.server_env, **_common.environment(), "discarded_runs": quiet.discarded,
     }
-    results["config"]["discarded_runs"] = discarded["count"]
     results["local_tokens"] = reference
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
