@@ -15,12 +15,30 @@ from pathlib import Path
 from corolla.assistant import commands, git
 from corolla.assistant.commands import Command
 from corolla.assistant.context import Context, EditorState, build_context
-from corolla.assistant.edits import (Allowance, Proposal, Target, apply, format_instructions, parse_reply, propose,
-                                     proposal_from_json, proposal_to_json, revert)
-from corolla.assistant.errors import AssistantError, CheckFailedError, EditError, NoChangeError, StaleFileError
+from corolla.assistant.edits import (
+    Allowance,
+    Proposal,
+    Target,
+    apply,
+    format_instructions,
+    parse_reply,
+    proposal_from_json,
+    proposal_to_json,
+    propose,
+    revert,
+)
+from corolla.assistant.errors import (
+    AssistantError,
+    CheckFailedError,
+    EditError,
+    NoChangeError,
+    StaleFileError,
+    UnsafePathError,
+)
 from corolla.assistant.llm import LLM
 from corolla.assistant.sessions import SessionStore
 from corolla.assistant.tokens import TokenCounter, token_counter
+from corolla.assistant.workspace import normalize, read_text
 
 logger = logging.getLogger(__name__)
 
@@ -195,13 +213,13 @@ class Assistant:
     def _read(self, path: str, state: EditorState) -> str:
         if path in state.buffers:
             return state.buffers[path]
-        file = (self.root / path).resolve()
-        if not file.is_relative_to(self.root):
-            raise AssistantError(f"{path} is outside the workspace {self.root}")
-        try:
-            return file.read_text()
-        except FileNotFoundError:
-            raise AssistantError(f"no file {path} in the workspace {self.root}") from None
+        rel, why = normalize(self.root, path)  # an editor may send the absolute path
+        if rel is None:
+            raise UnsafePathError(why)
+        text = read_text(self.root, rel, state.buffers)
+        if text is None:
+            raise AssistantError(f"no file {path} in the workspace {self.root}")
+        return text
 
     # --- edits ---------------------------------------------------------------------------------
     def _parse(self, reply: str, target: Target, state: EditorState, allow: Allowance) -> Proposal:
