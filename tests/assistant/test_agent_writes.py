@@ -47,6 +47,15 @@ def test_the_path_on_the_line_before_the_block(workspace, heading):
     assert applied(workspace, writes) == {"calc.py": CALC_FIXED}
 
 
+def test_a_dunder_file_named_before_the_block(workspace):
+    (workspace / "pkg").mkdir()
+    (workspace / "pkg" / "__init__.py").write_text("def version():\n    return 1\n")
+    block = fenced("def version():\n    return 2")
+    for heading in ("pkg/__init__.py", "**pkg/__init__.py**"):
+        writes = find_writes(f"{heading}\n{block}", workspace, [])
+        assert applied(workspace, writes) == {"pkg/__init__.py": "def version():\n    return 2\n"}
+
+
 def test_the_path_in_the_info_string(workspace):
     writes = find_writes(f"```python calc.py\n{CALC_FIXED}```", workspace, [])
     assert applied(workspace, writes) == {"calc.py": CALC_FIXED}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from corolla.assistant.edits import FORMATS, Edit, Target, format_instructions, parse_reply
+from corolla.assistant.edits.fences import named_path, path_words
 from corolla.assistant.errors import MalformedReplyError
 
 SOURCE = "import os\n\n\nclass A:\n    def f(self):\n        return 1\n\n    def g(self):\n        return 2\n"
@@ -35,6 +36,23 @@ def test_search_replace_path_in_fence_info_prose_and_default_path():
     assert parse_reply("search_replace", reply, target=Target("t.py", 1, 2))[0].path == "t.py"
     with pytest.raises(MalformedReplyError, match="no file path"):
         parse_reply("search_replace", reply)
+
+
+@pytest.mark.parametrize("line, path", [
+    ("src/a.py", "src/a.py"), ("**src/a.py**", "src/a.py"), ("`src/a.py`", "src/a.py"), ("src/a.py:", "src/a.py"),
+    ("# File: src/a.py", "src/a.py"), ("### src/a.py", "src/a.py"), ("- src/a.py", "src/a.py"),
+    ("**File: src/a.py**", "src/a.py"), ("pkg/__init__.py", "pkg/__init__.py"), ("__init__.py", "__init__.py"),
+    ("Change `src/a.py` like this:", "src/a.py"), ("Change it like this:", None), ("# Notes", None),
+])
+def test_the_path_written_before_a_block(line, path):
+    """One reading of the path line for every format that names files (search_replace here, agent code blocks)."""
+    assert named_path(line) == path
+
+
+def test_search_replace_path_in_an_info_string_with_a_language():
+    reply = "```python src/c.py\n<<<<<<< SEARCH\na\n=======\nb\n>>>>>>> REPLACE\n```"
+    assert parse_reply("search_replace", reply)[0].path == "src/c.py"
+    assert path_words("python src/c.py") == ["src/c.py"] and path_words("python") == []
 
 
 def test_search_replace_empty_search_creates():

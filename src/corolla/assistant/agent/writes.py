@@ -10,9 +10,10 @@ code for a file of the workspace is taken as an edit of that file:
         ...
     ```
 
-The file is named on the line before the fence (``calc.py``, ``**calc.py**``, ``# File: calc.py``),
-in the fence's info string (``python calc.py``), or, for a single block, is the one file the run is
-about (named in the task or read by the agent). The block is either the whole new file, or whole
+The file is named on the line before the fence (``calc.py``, ``**calc.py**``, ``# File: calc.py``) or
+in the fence's info string (``python calc.py``), both read by :mod:`corolla.assistant.edits.fences`,
+or, for a single block, is the one file the run is about (named in the task or read by the agent).
+The block is either the whole new file, or whole
 definitions: a block whose first line is a line of the file (``def mean(values):``) replaces the
 definition starting there, up to the next line indented as little as it (a closing brace included),
 unless it also holds most of the lines outside that definition (then it is the whole file).
@@ -27,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corolla.assistant.edits import Edit, Target
-from corolla.assistant.edits.whole import fenced_blocks, resolve_whole
+from corolla.assistant.edits.fences import fenced_blocks, named_path, path_words
+from corolla.assistant.edits.whole import resolve_whole
 from corolla.assistant.errors import AssistantError, MalformedReplyError
 from corolla.assistant.workspace import normalize, show_text
 
@@ -35,8 +37,6 @@ __all__ = ["Write", "WriteError", "default_file", "find_writes", "mentioned_file
 
 WHOLE_FILE_SHARE = 0.6  # a block with this share of the file's lines is the whole new file...
 WHOLE_FILE_OUTSIDE = 0.6  # ...or with this share of the lines outside the definition its first line starts
-_DECORATION = re.compile(r"^\s*(?:#+\s*|//\s*|[-*]\s+)?(?:file(?:name)?\s*:\s*)?[*_`'\"]*(?P<path>[^*_`'\"\s]+?)"
-                         r"[*_`'\"]*\s*:?\s*$", re.IGNORECASE)
 _PATHLIKE = re.compile(r"[\w./-]+\.\w+")
 _TEST_NAME = re.compile(r"^test_|_test\.|\.(test|spec)\.|^conftest\.py$")
 
@@ -87,7 +87,7 @@ def find_writes(reply: str, root: Path, default_files: list[str]) -> list[Write]
         return []  # an unclosed fence: a cut-off answer, not an edit
     named: list[tuple[str, list[str]]] = []
     for heading, info, body in blocks:
-        rel = _path_in(root, info) or _path_in(root, heading)
+        rel = _named_file(root, info) or _named_file(root, heading)
         if rel is None and len(blocks) == 1:
             rel = default_file(default_files)
         if rel is not None and any(x.strip() for x in body):
@@ -104,27 +104,20 @@ def find_writes(reply: str, root: Path, default_files: list[str]) -> list[Write]
 
 def _blocks_with_heading(reply: str) -> list[tuple[str, str, list[str]]]:
     """(the last non-blank line before the fence within two lines, info string, body) per block."""
-    blocks = fenced_blocks(reply)
     lines = reply.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    out, i = [], 0
-    for info, body in blocks:
-        while i < len(lines) and not (lines[i].lstrip().startswith(("```", "~~~"))):
-            i += 1
+    out = []
+    for block in fenced_blocks(reply):
+        i = block.line
         heading = next((lines[j] for j in range(i - 1, max(i - 3, -1), -1) if lines[j].strip()), "")
-        out.append((heading, info, body))
-        i += len(body) + 2  # past the closing fence
+        out.append((heading, block.info, block.body))
     return out
 
 
-def _path_in(root: Path, text: str) -> str | None:
-    text = text.strip()
-    if not text:
-        return None
-    m = _DECORATION.match(text)
-    candidates = [m.group("path")] if m else []
-    candidates += text.split()  # the info string: "python calc.py"
-    for word in candidates:
-        rel = _existing(root, word.strip("`*_'\":"))
+def _named_file(root: Path, text: str) -> str | None:
+    """The workspace file that a heading or an info string names: the path it is written as, or else
+    the first of its words that is a file of the workspace ("Here is the new calc.py:")."""
+    for word in [named_path(text) or "", *path_words(text)]:
+        rel = _existing(root, word)
         if rel:
             return rel
     return None

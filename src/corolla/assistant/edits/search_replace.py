@@ -19,16 +19,13 @@ from __future__ import annotations
 
 import re
 
+from corolla.assistant.edits.fences import OPEN, named_path, path_words
 from corolla.assistant.edits.types import Edit, Target
 from corolla.assistant.errors import MalformedReplyError
 
 _HEAD = re.compile(r"^\s*<{5,9}\s*SEARCH\b\s*>?\s*:?\s*$", re.IGNORECASE)
 _DIVIDER = re.compile(r"^\s*={5,9}\s*$")
 _TAIL = re.compile(r"^\s*>{5,9}\s*REPLACE\b\s*<?\s*$", re.IGNORECASE)
-_FENCE = re.compile(r"^\s*(`{3,}|~{3,})\s*(?P<info>[^`\s]*)\s*$")
-_PATH_CHARS = re.compile(r"^[\w.\-/\\@+~%=,]+$")
-_QUOTED = re.compile(r"`([^`\s]+)`")
-_PATH_NOISE = "`*'\":#> \t"
 
 
 def parse_search_replace(reply: str, *, default_path: str | None = None,
@@ -98,40 +95,16 @@ def _block_follows_divider(lines: list[str], i: int) -> bool:
 
 
 def _path_before(lines: list[str], head: int) -> str | None:
-    """The file path written just before the SEARCH line (skipping blank and fence lines)."""
-    j = head - 1
-    while j >= 0:
-        line = lines[j]
-        fence = _FENCE.match(line)
+    """The file path written just before the SEARCH line (skipping blank lines and fences without a path)."""
+    for line in reversed(lines[:head]):
+        fence = OPEN.match(line)
         if fence:
-            info = fence.group("info")
-            if _looks_like_path(info):
-                return _clean_path(info)
-            j -= 1
-            continue
-        if not line.strip():
-            j -= 1
-            continue
-        candidate = _clean_path(line)
-        if _looks_like_path(candidate):
-            return candidate
-        quoted = [q for q in _QUOTED.findall(line) if _looks_like_path(q)]  # "Change `src/a.py`:"
-        return quoted[-1] if quoted else None
+            paths = path_words(fence.group("info"))
+            if paths:
+                return paths[0]
+        elif line.strip():
+            return named_path(line)
     return None
-
-
-def _clean_path(text: str) -> str:
-    text = text.strip().strip(_PATH_NOISE)
-    for prefix in ("file:", "filename:", "path:"):
-        if text.lower().startswith(prefix):
-            text = text[len(prefix):].strip().strip(_PATH_NOISE)
-    return text
-
-
-def _looks_like_path(text: str) -> bool:
-    """A path has no spaces and a dot or slash ("src/app.py", "Makefile" is not recognised alone)."""
-    return bool(text) and _PATH_CHARS.match(text) is not None and ("." in text or "/" in text) \
-        and not set(text) <= set(".")
 
 
 def _join(lines: list[str]) -> str:

@@ -13,39 +13,13 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+from corolla.assistant.edits.fences import Block, fenced_blocks
 from corolla.assistant.edits.matching import base_indent, reindent
 from corolla.assistant.edits.types import Edit, Target
 from corolla.assistant.errors import MalformedReplyError, NoMatchError
 
-_OPEN = re.compile(r"^\s*(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`]*?)\s*$")
 _CODE_PUNCTUATION = re.compile(r"[(){}\[\]=;:<>]")
 _PROSE = re.compile(r"^[A-Z][A-Za-z']*(?:,?\s+[\w'(),/-]+){2,}[.:!?]$")
-
-
-def fenced_blocks(reply: str) -> list[tuple[str, list[str]]]:
-    """The fenced code blocks of ``reply`` as (info string, lines); raises on an unclosed fence."""
-    lines = reply.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    blocks: list[tuple[str, list[str]]] = []
-    i = 0
-    while i < len(lines):
-        m = _OPEN.match(lines[i])
-        if not m:
-            i += 1
-            continue
-        fence, info = m.group("fence"), m.group("info")
-        close = re.compile(rf"^\s*{re.escape(fence[0])}{{{len(fence)},}}\s*$")
-        body: list[str] = []
-        i += 1
-        while i < len(lines) and not close.match(lines[i]):
-            body.append(lines[i])
-            i += 1
-        if i == len(lines):
-            raise MalformedReplyError(
-                "the code block is not closed with ``` (the reply may have been cut off); "
-                "reply with the complete code in one closed block")
-        blocks.append((info, body))
-        i += 1
-    return blocks
 
 
 def extract_code(reply: str, like: str = "") -> list[str]:
@@ -54,11 +28,11 @@ def extract_code(reply: str, like: str = "") -> list[str]:
     if blocks:
         want = Counter(x.strip() for x in like.splitlines() if x.strip())
 
-        def score(block: tuple[str, list[str]]) -> tuple[int, int]:
-            have = Counter(x.strip() for x in block[1] if x.strip())
-            return sum((have & want).values()), len(block[1])
+        def score(block: Block) -> tuple[int, int]:
+            have = Counter(x.strip() for x in block.body if x.strip())
+            return sum((have & want).values()), len(block.body)
 
-        return max(blocks, key=score)[1]  # max keeps the first of equals: deterministic
+        return max(blocks, key=score).body  # max keeps the first of equals: deterministic
     lines = reply.replace("\r\n", "\n").replace("\r", "\n").strip("\n").split("\n")
     if not reply.strip():
         raise MalformedReplyError("the reply is empty; reply with the new code in a fenced code block")
