@@ -40,6 +40,7 @@ def test_enough_tasks():
     assert sum(t.lines is None for t in TASKS) >= 4  # and some the whole file
 
 
+@pytest.mark.slow  # every task's check runs twice, each in its own pytest process (most of this file's time)
 @pytest.mark.parametrize("task", TASKS, ids=[t.name for t in TASKS])
 def test_task_is_honest(task, verified):
     if not _usable(task):
