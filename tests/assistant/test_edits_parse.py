@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from corolla.assistant.edits import FORMATS, Edit, Target, format_instructions, parse_reply
-from corolla.assistant.edits.fences import named_path, path_words
 from corolla.assistant.errors import MalformedReplyError
+from corolla.assistant.fences import named_path, path_words
 
 SOURCE = "import os\n\n\nclass A:\n    def f(self):\n        return 1\n\n    def g(self):\n        return 2\n"
 

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 from corolla.assistant.errors import UnknownCommandError
+from corolla.assistant.fences import code_block
 
 BASE_SYSTEM = ("You are corolla, a coding assistant inside the user's editor. Be correct and concise. "
                "Use markdown; put code in fenced blocks tagged with the language.")
@@ -80,16 +81,10 @@ def system_prompt(instructions: str, task: str = "", edit_format: str = "") -> s
 
 
 def fence(path: str, text: str, first_line: int | None = None) -> str:
-    lang = LANGUAGES.get(Path(path).suffix.lower(), "")
+    """``path`` (with its line range from ``first_line``) and then ``text`` in a fenced block."""
     last = (first_line or 1) + max(len(text.splitlines()), 1) - 1
     where = f"{path}" + (f" (lines {first_line}-{last})" if first_line else "")
-    ticks = "````" if "```" in text else "```"
-    return f"{where}\n{ticks}{lang}\n{text.rstrip(chr(10))}\n{ticks}"
-
-
-LANGUAGES = {".py": "python", ".js": "javascript", ".mjs": "javascript", ".ts": "typescript", ".tsx": "tsx",
-             ".jsx": "jsx", ".go": "go", ".rs": "rust", ".java": "java", ".c": "c", ".h": "c", ".cpp": "cpp",
-             ".rb": "ruby", ".sh": "bash", ".md": "markdown", ".json": "json", ".toml": "toml", ".yaml": "yaml"}
+    return code_block(where, text.rstrip("\n"), path)
 
 
 # --- tests: the project's framework and where its tests live ------------------------------------

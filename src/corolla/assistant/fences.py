@@ -1,4 +1,6 @@
-"""Fenced code blocks in a model's reply, and the file path a model writes for one.
+"""Markdown code fences, both ways: a file shown to the model in a fenced block (:func:`code_block`, with
+the language of :func:`fence_language`), and the fenced blocks of a model's reply with the file path
+written for each.
 
 Models name the file of a block on the line before it (or before a SEARCH/REPLACE block), or in the
 fence's info string, with all kinds of decoration: ``calc.py``, ``**calc.py**``, ```calc.py```,
@@ -10,6 +12,7 @@ code blocks) reads the path here, so they accept the same spellings.
 from __future__ import annotations
 
 import re
+from pathlib import PurePosixPath
 from typing import NamedTuple
 
 from corolla.assistant.errors import MalformedReplyError
@@ -87,3 +90,24 @@ def path_words(text: str) -> list[str]:
     """Every word of ``text`` that is a path once undecorated, in order (``python calc.py`` -> calc.py;
     ``Here is the new calc.py:`` -> calc.py)."""
     return [word for word in map(clean_path, text.split()) if looks_like_path(word)]
+
+
+# --- writing a fenced block ------------------------------------------------------------------------
+_LANGS = {".py": "python", ".pyi": "python", ".js": "javascript", ".jsx": "jsx", ".mjs": "javascript",
+          ".cjs": "javascript", ".ts": "typescript", ".tsx": "tsx", ".go": "go", ".rs": "rust",
+          ".java": "java", ".c": "c", ".h": "c", ".cpp": "cpp", ".hpp": "cpp", ".cc": "cpp", ".cs": "csharp",
+          ".rb": "ruby", ".php": "php", ".kt": "kotlin", ".swift": "swift", ".sh": "bash", ".md": "markdown",
+          ".json": "json", ".toml": "toml", ".yaml": "yaml", ".yml": "yaml", ".html": "html", ".css": "css",
+          ".sql": "sql"}
+
+
+def fence_language(path: str) -> str:
+    """The markdown fence language of a path ("" when unknown)."""
+    return _LANGS.get(PurePosixPath(path).suffix.lower(), "")
+
+
+def code_block(header: str, body: str, path: str = "") -> str:
+    """``header`` then ``body`` in a fence longer than any backtick run inside it."""
+    longest = max((len(m) for m in re.findall(r"`{3,}", body)), default=2)
+    fence = "`" * (longest + 1)
+    return f"{header}\n{fence}{fence_language(path)}\n{body}\n{fence}"

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 
+from corolla.assistant.fences import code_block, fence_language
+
 MAX_FILES_LISTED = 60
-FENCE_LANGUAGES = {"py": "python", "js": "javascript", "mjs": "javascript", "ts": "typescript", "tsx": "tsx",
-                   "go": "go", "rs": "rust", "java": "java", "c": "c", "cpp": "cpp", "rb": "ruby", "sh": "bash"}
 
 SYSTEM = """\
 You are corolla, a coding agent. You work in the project at {root} by calling tools.
@@ -66,7 +66,7 @@ def blocks_system_prompt(root: str, files: list[str], instructions: str = "", te
     """The system prompt of blocks mode (small models): code blocks instead of tool calls."""
     example = example_path(files)
     head = BLOCKS_SYSTEM.format(root=root, example=example, tests=BLOCKS_TESTS if tests else "",
-                                lang=FENCE_LANGUAGES.get(example.rsplit(".", 1)[-1], ""))
+                                lang=fence_language(example))
     return "\n\n".join([head, *_project_parts(files, instructions, more_hint="")])
 
 
@@ -84,15 +84,13 @@ def _project_parts(files: list[str], instructions: str, more_hint: str) -> list[
 
 def file_block(path: str, text: str) -> str:
     """A file as the model sees it in blocks mode: its path, then its text in a fenced block."""
-    fence = "````" if "```" in text else "```"
-    lang = FENCE_LANGUAGES.get(path.rsplit(".", 1)[-1], "")
-    return f"{path}\n{fence}{lang}\n{text.rstrip()}\n{fence}"
+    return code_block(path, text.rstrip(), path)
 
 
 def system_prompt(root: str, files: list[str], instructions: str = "", tools: list[dict] | None = None) -> str:
     """The system prompt; ``tools`` (OpenAI tool dicts) are described in it when the endpoint has no native tools."""
     example = example_path(files)
-    parts = [SYSTEM.format(root=root, example=example, lang=FENCE_LANGUAGES.get(example.rsplit(".", 1)[-1], "")),
+    parts = [SYSTEM.format(root=root, example=example, lang=fence_language(example)),
              *_project_parts(files, instructions, more_hint=" (list_dir to see them)")]
     if tools:
         parts.append(PROMPT_TOOLS.format(tools="\n".join(describe_tool(t) for t in tools),

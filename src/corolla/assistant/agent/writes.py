@@ -11,7 +11,7 @@ code for a file of the workspace is taken as an edit of that file:
     ```
 
 The file is named on the line before the fence (``calc.py``, ``**calc.py**``, ``# File: calc.py``) or
-in the fence's info string (``python calc.py``), both read by :mod:`corolla.assistant.edits.fences`,
+in the fence's info string (``python calc.py``), both read by :mod:`corolla.assistant.fences`,
 or, for a single block, is the one file the run is about (named in the task or read by the agent).
 The block is either the whole new file, or whole
 definitions: a block whose first line is a line of the file (``def mean(values):``) replaces the
@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corolla.assistant.edits import Edit, Target
-from corolla.assistant.edits.fences import fenced_blocks, named_path, path_words
 from corolla.assistant.edits.whole import resolve_whole
 from corolla.assistant.errors import AssistantError, MalformedReplyError
+from corolla.assistant.fences import fenced_blocks, named_path, path_words
 from corolla.assistant.workspace import normalize, show_text
 
 __all__ = ["Write", "WriteError", "default_file", "find_writes", "mentioned_files"]

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
-import re
 from collections.abc import Callable
-from pathlib import PurePosixPath
 
 Counter = Callable[[str], int]
 MAX_LINE_CHARS = 400  # longer lines (minified code, data) are cut in truncated views
@@ -21,26 +19,6 @@ CHARS_PER_TOKEN_MAX = 8  # no tokenizer packs more characters than this into a t
 def approx_tokens(text: str) -> int:
     """A cheap over-estimate for code and English: one token per 3.5 characters, rounded up."""
     return math.ceil(len(text) / 3.5)
-
-
-_LANGS = {".py": "python", ".pyi": "python", ".js": "javascript", ".jsx": "jsx", ".mjs": "javascript",
-          ".cjs": "javascript", ".ts": "typescript", ".tsx": "tsx", ".go": "go", ".rs": "rust",
-          ".java": "java", ".c": "c", ".h": "c", ".cpp": "cpp", ".hpp": "cpp", ".cc": "cpp", ".cs": "csharp",
-          ".rb": "ruby", ".php": "php", ".kt": "kotlin", ".swift": "swift", ".sh": "bash", ".md": "markdown",
-          ".json": "json", ".toml": "toml", ".yaml": "yaml", ".yml": "yaml", ".html": "html", ".css": "css",
-          ".sql": "sql"}
-
-
-def fence_language(path: str) -> str:
-    """The markdown fence language of a path ("" when unknown)."""
-    return _LANGS.get(PurePosixPath(path).suffix.lower(), "")
-
-
-def code_block(header: str, body: str, path: str = "") -> str:
-    """``header`` then ``body`` in a fence longer than any backtick run inside it."""
-    longest = max((len(m) for m in re.findall(r"`{3,}", body)), default=2)
-    fence = "`" * (longest + 1)
-    return f"{header}\n{fence}{fence_language(path)}\n{body}\n{fence}"
 
 
 def clip_line(line: str, limit: int = MAX_LINE_CHARS) -> str:

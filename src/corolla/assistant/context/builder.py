@@ -16,13 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from corolla.assistant.context.budget import Counter, approx_tokens, code_block, fit_window, with_markers
+from corolla.assistant.context.budget import Counter, approx_tokens, fit_window, with_markers
 from corolla.assistant.context.files import list_files
 from corolla.assistant.context.instructions import find_instructions
 from corolla.assistant.context.ranking import Signals, identifiers, import_fragments, imported_files
 from corolla.assistant.context.references import parse_references
 from corolla.assistant.context.repomap import file_tree, rank_files, repo_map
 from corolla.assistant.context.types import SEPARATOR, Context, ContextPart, EditorState, Reference
+from corolla.assistant.fences import code_block
 from corolla.assistant.workspace import normalize, show_text
 
 CURRENT_FILE_SHARE = 0.6  # of the budget left when its turn comes, if anything follows it

@@ -15,9 +15,10 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from corolla.assistant.context.budget import CHARS_PER_TOKEN_MAX, Counter, code_block, largest_fit
+from corolla.assistant.context.budget import CHARS_PER_TOKEN_MAX, Counter, largest_fit
 from corolla.assistant.context.ranking import Signals, cheap_scores, rank_key, symbol_score
 from corolla.assistant.context.symbols import Symbol, file_symbols, language_of
+from corolla.assistant.fences import code_block
 
 MAX_SYMBOLS_PER_FILE = 40
 MAX_NAMES_PER_FOLDER = 40

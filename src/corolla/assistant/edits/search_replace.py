@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import re
 
-from corolla.assistant.edits.fences import OPEN, named_path, path_words
 from corolla.assistant.edits.types import Edit, Target
 from corolla.assistant.errors import MalformedReplyError
+from corolla.assistant.fences import OPEN, named_path, path_words
 
 _HEAD = re.compile(r"^\s*<{5,9}\s*SEARCH\b\s*>?\s*:?\s*$", re.IGNORECASE)
 _DIVIDER = re.compile(r"^\s*={5,9}\s*$")

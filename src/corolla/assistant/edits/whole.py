@@ -13,10 +13,10 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from corolla.assistant.edits.fences import Block, fenced_blocks
 from corolla.assistant.edits.matching import base_indent, reindent
 from corolla.assistant.edits.types import Edit, Target
 from corolla.assistant.errors import MalformedReplyError, NoMatchError
+from corolla.assistant.fences import Block, fenced_blocks
 
 _CODE_PUNCTUATION = re.compile(r"[(){}\[\]=;:<>]")
 _PROSE = re.compile(r"^[A-Z][A-Za-z']*(?:,?\s+[\w'(),/-]+){2,}[.:!?]$")
