@@ -10,6 +10,7 @@ from pathlib import Path
 
 from corolla.assistant.errors import UnknownCommandError
 from corolla.assistant.fences import code_block
+from corolla.assistant.workspace import peek_text
 
 BASE_SYSTEM = ("You are corolla, a coding assistant inside the user's editor. Be correct and concise. "
                "Use markdown; put code in fenced blocks tagged with the language.")
@@ -92,17 +93,18 @@ def detect_test_framework(root: Path, path: str) -> str:
     """A description of the framework the project's own tests use, for ``path``'s language."""
     suffix = Path(path).suffix.lower()
     if suffix == ".py":
-        text = " ".join(_read(root / f) for f in ("pyproject.toml", "setup.cfg", "requirements-dev.txt",
+        text = " ".join(peek_text(root, f) for f in ("pyproject.toml", "setup.cfg", "requirements-dev.txt",
                                                    "requirements.txt", "tox.ini"))
         if "pytest" in text or (root / "conftest.py").exists() or (root / "tests" / "conftest.py").exists():
             return "pytest (plain test functions and assert)"
         tests = [p for d in ("tests", "test") if (root / d).is_dir() for p in sorted((root / d).glob("test_*.py"))]
-        if tests and "unittest" in _read(tests[0]) and "pytest" not in _read(tests[0]):
+        first = peek_text(root, tests[0].relative_to(root).as_posix()) if tests else ""
+        if "unittest" in first and "pytest" not in first:
             return "unittest (unittest.TestCase classes)"
         return "pytest (plain test functions and assert)"
     if suffix in (".js", ".mjs", ".ts", ".tsx", ".jsx"):
         try:
-            package = json.loads(_read(root / "package.json") or "{}")
+            package = json.loads(peek_text(root, "package.json") or "{}")
         except ValueError:
             package = {}
         deps = {**package.get("dependencies", {}), **package.get("devDependencies", {})}
@@ -140,10 +142,3 @@ def commit_message_from_reply(reply: str) -> str:
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'`":
         text = text[1:-1].strip()
     return text
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except OSError:
-        return ""

@@ -132,3 +132,9 @@ def show_text(root: Path, path: str, buffers: Mapping[str, str] | None = None) -
     except AssistantError as e:
         return None, str(e)
     return (text, "") if text is not None else (None, f"{path} does not exist")
+
+
+def peek_text(root: Path, path: str) -> str:
+    """A project file's text for a quick look (pyproject.toml, package.json, a test file): "" when it is
+    missing or cannot be shown."""
+    return show_text(root, path)[0] or ""

@@ -13,6 +13,7 @@ import ast
 import dataclasses
 from pathlib import Path
 
+from corolla.assistant.agent.testing import is_test_file
 from corolla.assistant.context import list_files
 from corolla.assistant.workspace import read_text
 
@@ -21,11 +22,6 @@ from corolla.assistant.workspace import read_text
 class GuardedTest:
     asserts: int  # assert statements, unittest self.assert*/fail* calls, pytest.raises/warns blocks
     skipped: bool  # a skip/xfail decorator or a pytest.skip() call
-
-
-def is_test_file(path: str) -> bool:
-    name = path.rsplit("/", 1)[-1]
-    return name.endswith(".py") and (name.startswith("test_") or name.endswith("_test.py"))
 
 
 def tests_in_source(source: str) -> dict[str, GuardedTest] | None:
@@ -77,7 +73,7 @@ def snapshot_tests(root: Path) -> dict[str, dict[str, GuardedTest]]:
     """The tests of every Python test file in the workspace (files that do not parse are left out)."""
     out = {}
     for path in list_files(Path(root)):
-        if is_test_file(path):
+        if path.endswith(".py") and is_test_file(path):
             text = read_text(Path(root), path)
             tests = tests_in_source(text) if text is not None else None
             if tests is not None:

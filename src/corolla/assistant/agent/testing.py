@@ -15,7 +15,10 @@ import re
 import sys
 from pathlib import Path
 
+from corolla.assistant.workspace import peek_text
+
 NPM_STUB = "no test specified"
+_TEST_NAME = re.compile(r"^test_|_test\.|\.(test|spec)\.")  # test_x.py, x_test.py, x_test.go, x.test.ts, x.spec.js
 _SUMMARY_PATTERNS = (
     re.compile(r"^=*\s*((?:\d+ (?:passed|failed|errors?|skipped|xfailed|xpassed|warnings?|deselected)"
                r"(?:, )?)+(?: in [\d.]+s(?: \([\d:]+\))?)?)\s*=*$"),          # pytest
@@ -27,13 +30,6 @@ _SUMMARY_PATTERNS = (
 )
 
 
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
 def _python(root: Path) -> str:
     venv = root.resolve() / ".venv" / "bin" / "python"
     return str(venv) if venv.is_file() else sys.executable
@@ -41,7 +37,7 @@ def _python(root: Path) -> str:
 
 def _npm_test(root: Path) -> bool:
     try:
-        data = json.loads(_read(root / "package.json") or "{}")
+        data = json.loads(peek_text(root, "package.json") or "{}")
     except ValueError:
         return False
     script = data.get("scripts", {}).get("test") if isinstance(data, dict) and isinstance(data.get("scripts"), dict) \
@@ -49,13 +45,18 @@ def _npm_test(root: Path) -> bool:
     return isinstance(script, str) and bool(script.strip()) and NPM_STUB not in script
 
 
+def is_test_file(path: str) -> bool:
+    """Whether ``path`` is named as a test file of its language."""
+    return _TEST_NAME.search(path.rsplit("/", 1)[-1]) is not None
+
+
 def detect_test_command(root: Path) -> list[str] | None:
     """The argv that runs ``root``'s tests, or None when no test setup is recognised."""
     root = Path(root)
     pytest_cmd = [_python(root), "-m", "pytest", "-q"]
     if ((root / "pytest.ini").is_file() or (root / "conftest.py").is_file()
-            or "[tool.pytest" in _read(root / "pyproject.toml") or "[tool:pytest]" in _read(root / "setup.cfg")
-            or "[pytest]" in _read(root / "tox.ini")):
+            or "[tool.pytest" in peek_text(root, "pyproject.toml") or "[tool:pytest]" in peek_text(root, "setup.cfg")
+            or "[pytest]" in peek_text(root, "tox.ini")):
         return pytest_cmd
     if _npm_test(root):
         return ["npm", "test"]

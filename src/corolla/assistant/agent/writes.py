@@ -27,6 +27,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from corolla.assistant.agent.testing import is_test_file
 from corolla.assistant.edits import Edit, Target
 from corolla.assistant.edits.whole import resolve_whole
 from corolla.assistant.errors import AssistantError, MalformedReplyError
@@ -38,7 +39,6 @@ __all__ = ["Write", "WriteError", "default_file", "find_writes", "mentioned_file
 WHOLE_FILE_SHARE = 0.6  # a block with this share of the file's lines is the whole new file...
 WHOLE_FILE_OUTSIDE = 0.6  # ...or with this share of the lines outside the definition its first line starts
 _PATHLIKE = re.compile(r"[\w./-]+\.\w+")
-_TEST_NAME = re.compile(r"^test_|_test\.|\.(test|spec)\.|^conftest\.py$")
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def default_file(files: list[str]) -> str | None:
     files = list(dict.fromkeys(files))
     if len(files) <= 1:
         return files[0] if files else None
-    sources = [f for f in files if not _TEST_NAME.search(f.rsplit("/", 1)[-1])]
+    sources = [f for f in files if not (is_test_file(f) or f.rsplit("/", 1)[-1] == "conftest.py")]
     return sources[0] if len(sources) == 1 else None
 
 
