@@ -6,14 +6,14 @@ import pytest
 
 from corolla.assistant.context import EditorState, build_context, extract_symbols
 from corolla.assistant.context.ranking import import_fragments, imported_files
-from corolla.assistant.context.symbols import language_of
+from corolla.assistant.context.symbols import symbol_language
 from tests.assistant.context_workspace import SAMPLES, write
 
 
 @pytest.mark.parametrize("path", sorted(SAMPLES))
 def test_symbols_per_language(path):
     source, expected = SAMPLES[path]
-    symbols = extract_symbols(source.encode(), language_of(path))
+    symbols = extract_symbols(source.encode(), symbol_language(path))
     assert {(s.name, s.kind) for s in symbols} == expected
     lines = source.splitlines()
     for s in symbols:

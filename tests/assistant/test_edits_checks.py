@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from corolla.assistant.edits import Edit, find_placeholder, first_error, language_for, propose
+from corolla.assistant.edits import Edit, find_placeholder, first_error, propose
 from corolla.assistant.errors import PlaceholderError, SyntaxBreakError, UnsafePathError
+from corolla.assistant.languages import language_of
 
 OLD = "def f(x):\n    y = x + 1\n    return y\n"
 
@@ -81,7 +82,7 @@ def test_syntax_guard_skips_files_already_broken_and_unknown_languages(tmp_path)
     assert p.changes[0].after == "def f(:\n    return 1\n"
     (tmp_path / "notes.md").write_text("# Title\n")
     assert propose(tmp_path, [Edit("notes.md", "# Title\n", "def f(:\n")]).changes
-    assert language_for("x.unknown") is None and first_error("x.unknown", "{{{") is None
+    assert language_of("x.unknown") is None and first_error("x.unknown", "{{{") is None
 
 
 def test_syntax_guard_checks_new_files(tmp_path):

@@ -1,5 +1,5 @@
 """Markdown code fences, both ways: a file shown to the model in a fenced block (:func:`code_block`, with
-the language of :func:`fence_language`), and the fenced blocks of a model's reply with the file path
+the language of :func:`corolla.assistant.languages.fence_language`), and the fenced blocks of a model's reply with the file path
 written for each.
 
 Models name the file of a block on the line before it (or before a SEARCH/REPLACE block), or in the
@@ -12,10 +12,10 @@ code blocks) reads the path here, so they accept the same spellings.
 from __future__ import annotations
 
 import re
-from pathlib import PurePosixPath
 from typing import NamedTuple
 
 from corolla.assistant.errors import MalformedReplyError
+from corolla.assistant.languages import fence_language
 
 OPEN = re.compile(r"^\s*(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`]*?)\s*$")  # an opening (or closing) fence line
 _PATH_CHARS = re.compile(r"^[\w.\-/\\@+~%=,]+$")
@@ -93,19 +93,6 @@ def path_words(text: str) -> list[str]:
 
 
 # --- writing a fenced block ------------------------------------------------------------------------
-_LANGS = {".py": "python", ".pyi": "python", ".js": "javascript", ".jsx": "jsx", ".mjs": "javascript",
-          ".cjs": "javascript", ".ts": "typescript", ".tsx": "tsx", ".go": "go", ".rs": "rust",
-          ".java": "java", ".c": "c", ".h": "c", ".cpp": "cpp", ".hpp": "cpp", ".cc": "cpp", ".cs": "csharp",
-          ".rb": "ruby", ".php": "php", ".kt": "kotlin", ".swift": "swift", ".sh": "bash", ".md": "markdown",
-          ".json": "json", ".toml": "toml", ".yaml": "yaml", ".yml": "yaml", ".html": "html", ".css": "css",
-          ".sql": "sql"}
-
-
-def fence_language(path: str) -> str:
-    """The markdown fence language of a path ("" when unknown)."""
-    return _LANGS.get(PurePosixPath(path).suffix.lower(), "")
-
-
 def code_block(header: str, body: str, path: str = "") -> str:
     """``header`` then ``body`` in a fence longer than any backtick run inside it."""
     longest = max((len(m) for m in re.findall(r"`{3,}", body)), default=2)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 
-from corolla.assistant.fences import code_block, fence_language
+from corolla.assistant.fences import code_block
+from corolla.assistant.languages import fence_language
 
 MAX_FILES_LISTED = 60
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pathspec
 
 from corolla.assistant.context import list_files
-from corolla.assistant.context.symbols import file_symbols, language_of
+from corolla.assistant.context.symbols import file_symbols, symbol_language
 from corolla.assistant.workspace import show_text
 
 MAX_HITS = 50
@@ -96,7 +96,7 @@ def search_symbols(root: Path, query: str, glob: str | None = None, max_hits: in
     exact: list[tuple[str, int, str]] = []
     partial: list[tuple[str, int, str]] = []
     for rel in _files(root, glob):
-        if language_of(rel) is None:
+        if symbol_language(rel) is None:
             continue
         for sym in file_symbols(root, rel):
             name = sym.name.lower()

@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from corolla.assistant.context.symbols import Symbol, language_of
+from corolla.assistant.context.symbols import Symbol, symbol_language
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
@@ -65,7 +65,7 @@ _JAVA_IMPORT = re.compile(r"^\s*import\s+(?:static\s+)?([\w.]+)(\.\*)?\s*;", re.
 
 def import_fragments(rel: str, text: str) -> list[str]:
     """Path fragments (no extension) of what ``rel`` imports; relative imports resolved against it."""
-    language, folder = language_of(rel), posixpath.dirname(rel)
+    language, folder = symbol_language(rel), posixpath.dirname(rel)
     out: list[str] = []
     if language == "python":
         for module, grouped, names in _PY_FROM.findall(text):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from corolla.assistant.context.budget import CHARS_PER_TOKEN_MAX, Counter, largest_fit
 from corolla.assistant.context.ranking import Signals, cheap_scores, rank_key, symbol_score
-from corolla.assistant.context.symbols import Symbol, file_symbols, language_of
+from corolla.assistant.context.symbols import Symbol, file_symbols, symbol_language
 from corolla.assistant.fences import code_block
 
 MAX_SYMBOLS_PER_FILE = 40
@@ -34,7 +34,7 @@ class RankedFile:
 def rank_files(root: Path, files: list[str], signals: Signals, buffers: Mapping[str, str],
                exclude: Collection[str] = (), max_parse: int = 200, deadline_s: float = 0.6) -> list[RankedFile]:
     """Source files with definitions, most relevant first (see :mod:`ranking`)."""
-    sources = [f for f in files if f not in exclude and language_of(f) is not None]
+    sources = [f for f in files if f not in exclude and symbol_language(f) is not None]
     cheap = cheap_scores(sources, signals)
     candidates = sorted(sources, key=lambda f: rank_key(f, cheap.get(f, 0.0)))[:max_parse]
     deadline = time.perf_counter() + deadline_s

@@ -9,16 +9,13 @@ cached in memory by path, mtime and size, so a warm request re-parses only files
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from corolla.assistant.languages import language_of, parser
+
 MAX_PARSE_BYTES = 256_000  # bigger files are usually generated or data; their symbols are not worth it
 MAX_SIGNATURE_CHARS = 160
-
-LANGUAGE_OF = {".py": "python", ".pyi": "python", ".js": "javascript", ".jsx": "javascript",
-               ".mjs": "javascript", ".cjs": "javascript", ".ts": "typescript", ".mts": "typescript",
-               ".cts": "typescript", ".tsx": "tsx", ".go": "go", ".rs": "rust", ".java": "java"}
 
 _JS_DEFS = {"class_declaration": ("class", True), "abstract_class_declaration": ("class", True),
             "function_declaration": ("function", False), "generator_function_declaration": ("function", False),
@@ -58,29 +55,16 @@ class Symbol:
     signature: str  # that source line, indentation kept
 
 
-def language_of(path: str) -> str | None:
-    dot = path.rfind(".")  # str operations: this runs for every file of the workspace
-    return LANGUAGE_OF.get(path[dot:].lower()) if dot > path.rfind("/") + 1 else None
-
-
-_local = threading.local()  # tree-sitter parsers are not thread-safe: one set per thread
-
-
-def _parser(language: str):
-    parsers = getattr(_local, "parsers", None)
-    if parsers is None:
-        parsers = _local.parsers = {}
-    if language not in parsers:
-        from tree_sitter_language_pack import get_parser
-
-        parsers[language] = get_parser(language)
-    return parsers[language]
+def symbol_language(path: str) -> str | None:
+    """The language of ``path`` when the index reads its definitions (a table for it below), else None."""
+    language = language_of(path)
+    return language if language in _TABLES else None
 
 
 def extract_symbols(source: bytes, language: str) -> list[Symbol]:
     """The definitions in ``source``, in line order."""
     defs, wrappers = _TABLES[language]
-    tree = _parser(language).parse(source)
+    tree = parser(language).parse(source)
     lines = source.split(b"\n")
     out: list[Symbol] = []
 
@@ -125,7 +109,7 @@ def clear_cache() -> None:
 
 def file_symbols(root: Path, rel: str, buffer: str | None = None) -> tuple[Symbol, ...]:
     """The symbols of one workspace file (its unsaved buffer when given); () if unparsable."""
-    language = language_of(rel)
+    language = symbol_language(rel)
     if language is None:
         return ()
     if buffer is not None:

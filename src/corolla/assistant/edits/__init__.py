@@ -17,13 +17,13 @@ from corolla.assistant.edits.placeholders import find_placeholder
 from corolla.assistant.edits.proposal import apply, proposal_from_json, proposal_to_json, propose, revert, unified_diff
 from corolla.assistant.edits.search_replace import parse_search_replace
 from corolla.assistant.edits.structure import Allowance, structural_changes
-from corolla.assistant.edits.syntax import first_error, language_for
+from corolla.assistant.edits.syntax import first_error
 from corolla.assistant.edits.types import FORMATS, Edit, FileChange, Proposal, Target
 from corolla.assistant.edits.whole import parse_whole
 
 __all__ = [
     "DEFAULT_THRESHOLD", "FORMATS", "Allowance", "Edit", "FileChange", "Proposal", "Target", "apply",
-    "find_placeholder", "first_error", "format_instructions", "language_for", "parse_reply", "parse_search_replace",
+    "find_placeholder", "first_error", "format_instructions", "parse_reply", "parse_search_replace",
     "parse_whole", "proposal_from_json", "proposal_to_json", "propose", "replace_once", "revert",
     "structural_changes", "unified_diff",
 ]

@@ -29,8 +29,8 @@ import re
 import warnings
 from dataclasses import dataclass, field
 
-from corolla.assistant.edits.syntax import language_for
 from corolla.assistant.errors import StructureBreakError
+from corolla.assistant.languages import language_of
 
 _VERBS = re.compile(r"\b(?:remov|delet|drop|renam|mov|nest|un-?nest|inlin|merg|combin|refactor|restructur|"
                     r"reorgani[sz])\w*", re.IGNORECASE)
@@ -211,7 +211,7 @@ def structural_changes(before: str, after: str) -> list[StructureChange]:
 def check_structure(path: str, before: str | None, after: str, allow: Allowance = NOTHING) -> None:
     """Raise :class:`StructureBreakError` if the edit of Python file ``path`` changes a used definition
     that ``allow`` does not cover."""
-    if before is None or language_for(path) != "python":
+    if before is None or language_of(path) != "python":
         return
     refused = [c for c in structural_changes(before, after) if not allow.allows(c)]
     if refused:

@@ -9,28 +9,15 @@ languages without a parser are never refused.
 from __future__ import annotations
 
 import ast
-import posixpath
 import warnings
 
 from corolla.assistant.errors import SyntaxBreakError
-
-LANGUAGES = {
-    ".py": "python", ".pyi": "python",
-    ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript", ".jsx": "javascript",
-    ".ts": "typescript", ".mts": "typescript", ".cts": "typescript", ".tsx": "tsx",
-    ".go": "go", ".rs": "rust", ".java": "java",
-    ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp", ".cxx": "cpp", ".hpp": "cpp", ".hh": "cpp",
-}
-
-
-def language_for(path: str) -> str | None:
-    """The parser name for ``path`` by its extension, or None when there is no check for it."""
-    return LANGUAGES.get(posixpath.splitext(path)[1].lower())
+from corolla.assistant.languages import language_of, parser
 
 
 def first_error(path: str, text: str) -> tuple[int, str] | None:
     """Where ``text`` (the content of ``path``) fails to parse: (1-based line, message); None if it parses."""
-    language = language_for(path)
+    language = language_of(path)
     if language is None:
         return None
     if language == "python":
@@ -48,7 +35,7 @@ def check_syntax(path: str, before: str | None, after: str) -> None:
     line, message = error
     shown = after.splitlines()[line - 1].strip() if 0 < line <= len(after.splitlines()) else ""
     raise SyntaxBreakError(
-        f"{path}: the edit would break the {language_for(path)} syntax at line {line} ({message})"
+        f"{path}: the edit would break the {language_of(path)} syntax at line {line} ({message})"
         + (f": {shown!r}" if shown else "") + "; the file parsed before the edit. Fix the new code")
 
 
@@ -64,19 +51,12 @@ def _python_error(path: str, text: str) -> tuple[int, str] | None:
     return None
 
 
-def _parser(language: str):  # noqa: ANN202 - a tree_sitter.Parser, imported lazily
-    # a fresh parser per call (it costs microseconds): parsers are not shared between threads
-    from tree_sitter_language_pack import get_parser
-
-    return get_parser(language)
-
-
 def _tree_sitter_error(language: str, text: str) -> tuple[int, str] | None:
     try:
-        parser = _parser(language)
+        parse = parser(language).parse
     except Exception:  # grammar missing from this build of the pack: no check rather than a refusal
         return None
-    root = parser.parse(text.encode("utf-8")).root_node
+    root = parse(text.encode("utf-8")).root_node
     if not root.has_error:
         return None
     # depth-first, in source order: the first ERROR or MISSING node is where a reader should look
