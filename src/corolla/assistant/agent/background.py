@@ -26,14 +26,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from corolla.assistant.agent import worktrees
-from corolla.assistant.agent.runner import FINAL_STATUSES, RunOptions, finish, run_agent
+from corolla.assistant.agent.runner import (
+    ACTIVE,
+    FINAL_STATUSES,
+    REVIEWED,
+    STATUSES,
+    RunOptions,
+    finish,
+    run_agent,
+)
 from corolla.assistant.errors import AgentNotFoundError, AgentStateError, AssistantError, SessionNotFoundError
 from corolla.assistant.sessions import Event, Session, SessionStore, title_from
 from corolla.shutdown import keep_on_exit
 
 KIND = "agent"
-STATUSES = ("queued", "running", "done", "failed", "stopped", "applied", "discarded")
-ACTIVE = ("queued", "running")
 STOP_WAIT_S = 15.0  # how long stop() waits for the runner to record "stopped" before killing it
 LOGS_DIR = Path(".corolla") / "agents"
 
@@ -105,11 +111,9 @@ class AgentManager:
 
     def wait(self, agent_id: str, timeout_s: float | None = None) -> Session:
         """Wait for an agent this manager started to finish; its session."""
-        with self._lock:
-            thread = self._threads.get(agent_id)
-            proc = self._procs.get(agent_id)
+        thread, proc = self._started(agent_id)
         if thread is not None:
-            thread[0].join(timeout_s)
+            thread.join(timeout_s)
         elif proc is not None:
             try:
                 proc.wait(timeout_s)
@@ -237,7 +241,7 @@ class AgentManager:
         status = meta.get("status")
         if status in ACTIVE:
             raise AgentStateError(f"agent {agent_id} is still {status}; wait for it or stop it, then apply")
-        if status in ("applied", "discarded"):
+        if status in REVIEWED:
             raise AgentStateError(f"agent {agent_id} was already {status}")
         diff = worktrees.branch_diff(self.root, meta["base"], meta["branch"])
         if not diff.strip():
@@ -253,7 +257,7 @@ class AgentManager:
         """Throw the agent's work away: stop it if it runs, remove its worktree and branch."""
         session = self.get(agent_id)
         status = session.meta.get("status")
-        if status in ("applied", "discarded"):
+        if status in REVIEWED:
             raise AgentStateError(f"agent {agent_id} was already {status}")
         if status in ACTIVE:
             session = self.stop(agent_id)
@@ -267,12 +271,16 @@ class AgentManager:
         if meta.get("worktree") and meta.get("branch"):
             worktrees.remove(self.root, Path(meta["worktree"]), meta["branch"])
 
-    def _alive(self, agent_id: str, meta: dict) -> bool:
+    def _started(self, agent_id: str) -> tuple[threading.Thread | None, subprocess.Popen | None]:
+        """The thread or the process running the agent, when this manager started it."""
         with self._lock:
-            thread = self._threads.get(agent_id)
-            proc = self._procs.get(agent_id)
+            entry = self._threads.get(agent_id)
+            return (entry[0] if entry else None), self._procs.get(agent_id)
+
+    def _alive(self, agent_id: str, meta: dict) -> bool:
+        thread, proc = self._started(agent_id)
         if thread is not None:
-            return thread[0].is_alive()
+            return thread.is_alive()
         if proc is not None:
             return proc.poll() is None
         pid = meta.get("pid")

@@ -40,7 +40,10 @@ log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 2.0  # after SIGTERM, how long the agent may take to notice before its commands are killed
 KILL_GRACE_S = 3.0  # after killing them, how long to wait for the worker before leaving it behind
-FINAL_STATUSES = ("done", "failed", "stopped", "applied", "discarded")
+STATUSES = ("queued", "running", "done", "failed", "stopped", "applied", "discarded")  # of an agent's session
+ACTIVE = ("queued", "running")
+REVIEWED = ("applied", "discarded")  # its work was taken into the working tree, or thrown away
+FINAL_STATUSES = tuple(s for s in STATUSES if s not in ACTIVE)
 
 
 @dataclasses.dataclass
