@@ -27,6 +27,7 @@ from corolla.assistant.edits import (
     propose,
     revert,
 )
+from corolla.assistant.edits.types import DEFAULT_FORMAT, EditFormat
 from corolla.assistant.errors import (
     AssistantError,
     CheckFailedError,
@@ -42,14 +43,12 @@ from corolla.assistant.workspace import normalize, read_text
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_EDIT_FORMAT = "whole"  # chosen by benchmarks/edits.py on qwen2.5-coder-0.5b (see README)
-
 
 @dataclasses.dataclass
 class AssistantConfig:
     context_tokens: int = 2000  # budget for the context the engine gathers (instructions, files, repo map)
     history_tokens: int = 1500  # earlier turns of the session sent along
-    edit_format: str = DEFAULT_EDIT_FORMAT
+    edit_format: EditFormat = DEFAULT_FORMAT
     edit_retries: int = 1  # a reply that cannot be applied is sent back once with the reason
 
 

@@ -35,7 +35,6 @@ import functools
 import json
 import threading
 from pathlib import Path
-from typing import Literal
 
 import anyio
 from fastapi import FastAPI, Request
@@ -46,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from corolla.assistant import errors
 from corolla.assistant.context import EditorState
 from corolla.assistant.core import Assistant
+from corolla.assistant.edits.types import EditFormat
 from corolla.sse import Closing, SSEResponse
 
 MAX_TEXT = 200_000
@@ -88,7 +88,7 @@ class EditRequest(Strict):
     instruction: str = Field(min_length=1, max_length=MAX_TEXT)
     editor: Editor
     session_id: str | None = None
-    format: Literal["whole", "search_replace"] | None = None
+    format: EditFormat | None = None
     allow_structure: bool = False  # as in MessageRequest
 
 

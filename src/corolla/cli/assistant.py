@@ -15,6 +15,7 @@ import re
 import sys
 from pathlib import Path
 
+from corolla.assistant.edits.types import FORMATS
 from corolla.assistant.errors import AssistantError, EditError
 
 FILE_SPEC = re.compile(r"^(?P<path>.+?)(?::(?P<a>\d+)(?:[-:](?P<b>\d+))?)?$")
@@ -35,7 +36,7 @@ def add_endpoint(p: argparse.ArgumentParser) -> None:
 
 
 def add_edit_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", default=None, choices=["whole", "search_replace"],
+    p.add_argument("--format", default=None, choices=FORMATS,
                    help="how the model writes edits (default: the format that scored best, see README)")
     p.add_argument("--yes", "-y", action="store_true", help="apply the proposed edit without asking")
 

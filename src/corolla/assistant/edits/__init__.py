@@ -11,22 +11,33 @@ an :class:`corolla.assistant.errors.EditError` whose message a user or a model c
 
 from __future__ import annotations
 
-from corolla.assistant.edits.instructions import format_instructions
-from corolla.assistant.edits.matching import DEFAULT_THRESHOLD, replace_once
-from corolla.assistant.edits.placeholders import find_placeholder
-from corolla.assistant.edits.proposal import apply, proposal_from_json, proposal_to_json, propose, revert, unified_diff
-from corolla.assistant.edits.search_replace import parse_search_replace
-from corolla.assistant.edits.structure import Allowance, structural_changes
-from corolla.assistant.edits.syntax import first_error
-from corolla.assistant.edits.types import FORMATS, Edit, FileChange, Proposal, Target
-from corolla.assistant.edits.whole import parse_whole
+import importlib
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "DEFAULT_THRESHOLD", "FORMATS", "Allowance", "Edit", "FileChange", "Proposal", "Target", "apply",
-    "find_placeholder", "first_error", "format_instructions", "parse_reply", "parse_search_replace",
-    "parse_whole", "proposal_from_json", "proposal_to_json", "propose", "replace_once", "revert",
-    "structural_changes", "unified_diff",
-]
+if TYPE_CHECKING:
+    from corolla.assistant.edits.types import Edit, Target
+
+# public name -> the module that defines it; imported on first use, so that a light module of this
+# package (the CLI reads the formats of :mod:`.types` to build its flags) does not load the others
+_WHERE = {
+    "format_instructions": "instructions", "DEFAULT_THRESHOLD": "matching", "replace_once": "matching",
+    "find_placeholder": "placeholders", "apply": "proposal", "proposal_from_json": "proposal",
+    "proposal_to_json": "proposal", "propose": "proposal", "revert": "proposal", "unified_diff": "proposal",
+    "parse_search_replace": "search_replace", "Allowance": "structure", "structural_changes": "structure",
+    "first_error": "syntax", "DEFAULT_FORMAT": "types", "FORMATS": "types", "EditFormat": "types", "Edit": "types",
+    "FileChange": "types", "Proposal": "types", "Target": "types", "parse_whole": "whole",
+}
+
+__all__ = sorted([*_WHERE, "parse_reply"])
+
+
+def __getattr__(name: str):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
 
 
 def parse_reply(fmt: str, reply: str, *, target: Target | None = None, default_path: str | None = None,
@@ -37,6 +48,10 @@ def parse_reply(fmt: str, reply: str, *, target: Target | None = None, default_p
     blocks); ``source`` is the target file's current text, if the caller has it (else
     :func:`propose` reads it). Raises :class:`MalformedReplyError` when the reply breaks the format.
     """
+    from corolla.assistant.edits.search_replace import parse_search_replace
+    from corolla.assistant.edits.types import FORMATS
+    from corolla.assistant.edits.whole import parse_whole
+
     if fmt == "whole":
         return parse_whole(reply, target, default_path=default_path, source=source)
     if fmt == "search_replace":

@@ -8,8 +8,11 @@ shown, stored as JSON, and applied or undone later.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
-FORMATS = ("whole", "search_replace")
+EditFormat = Literal["whole", "search_replace"]  # how a model writes an edit: see corolla.assistant.edits
+FORMATS: tuple[str, ...] = get_args(EditFormat)
+DEFAULT_FORMAT: EditFormat = "whole"  # chosen by benchmarks/edits.py on qwen2.5-coder-0.5b (see README)
 
 
 @dataclass(frozen=True)
