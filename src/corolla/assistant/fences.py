@@ -1,6 +1,6 @@
 """Markdown code fences, both ways: a file shown to the model in a fenced block (:func:`code_block`, with
-the language of :func:`corolla.assistant.languages.fence_language`), and the fenced blocks of a model's reply with the file path
-written for each.
+the language of :func:`corolla.assistant.languages.fence_language`), and the fenced blocks of a model's
+reply with the file path written for each.
 
 Models name the file of a block on the line before it (or before a SEARCH/REPLACE block), or in the
 fence's info string, with all kinds of decoration: ``calc.py``, ``**calc.py**``, ```calc.py```,
