@@ -14,8 +14,8 @@ import pytest
 from corolla.cache import cache_root
 from corolla.cli import models as models_cli
 from corolla.errors import ChecksumMismatchError, ModelError, UnknownModelError
-from corolla.models import packaged
 from corolla.models import fetch as fetching
+from corolla.models import packaged
 from corolla.models.convert import MARKER_NAME, ensure_converted
 from corolla.models.fetch import fetch, verify
 from corolla.models.packaged import PackagedModel, WheelPart

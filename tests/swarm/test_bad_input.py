@@ -62,7 +62,7 @@ class RawCaller:
                 writer.write(payload)
                 await writer.drain()
                 await asyncio.wait_for(reader.read(1024), 10)
-            except (asyncio.TimeoutError, ConnectionError):
+            except (TimeoutError, ConnectionError):
                 pass  # the server may hang up on garbage: that is fine, it must just keep serving others
             finally:
                 writer.close()

@@ -33,7 +33,8 @@ from tests.tiny_models import save_tiny_model
 TOKEN_BYTES = 1536
 COMMON = ["--torch-threads", "1", "--max-session-length", "256"]
 SERVERS = {
-    "evict": ["--cache-tokens", "100", "--cache-policy", "evict-lru", "--max-cache-bytes-per-peer", str(64 * TOKEN_BYTES)],
+    "evict": ["--cache-tokens", "100", "--cache-policy", "evict-lru",
+              "--max-cache-bytes-per-peer", str(64 * TOKEN_BYTES)],
     "wait": ["--cache-tokens", "100", "--cache-policy", "wait", "--cache-wait-s", "1"],
     "roomy": [],
 }

@@ -112,7 +112,7 @@ def test_kills_at_random_moments_lose_nothing_and_wait_for_no_timeout(swarm, tin
                 step = rng.randrange(2, NEW_TOKENS - 4)  # the decode step the killer waits for
                 trigger, killed = threading.Event(), {}
 
-                def hook(stream, position):
+                def hook(stream, position, trigger=trigger, phase=phase, step=step):
                     if trigger.is_set() or stream.hop.start != 0:
                         return
                     if phase in ("open", "prefill") or position == PROMPT_TOKENS + step:
@@ -125,7 +125,7 @@ def test_kills_at_random_moments_lose_nothing_and_wait_for_no_timeout(swarm, tin
                 else:
                     delay = rng.uniform(0.0, step_s)
                 with model.inference_session(max_length=PROMPT_TOKENS + NEW_TOKENS) as session:
-                    def killer():
+                    def killer(trigger=trigger, delay=delay, phase=phase, rng=rng, killed=killed):
                         trigger.wait(60)
                         time.sleep(delay)
                         chain = session.chain

@@ -80,7 +80,9 @@ def test_next_cohorts_split_into_micro_batches_of_at_least_two():
 def test_cohort_on_the_wire_is_validated():
     meta = InferenceMeta(position=3, cohort=Cohort(id="0f" * 8, size=4))
     assert decode_meta(encode_meta(meta), InferenceMeta) == meta
-    for bad in ({"id": "x!", "size": 2}, {"id": "ab", "size": 1}, {"id": "ab", "size": 10**6}, {"id": "a" * 33, "size": 2}):
+    bad_cohorts = ({"id": "x!", "size": 2}, {"id": "ab", "size": 1}, {"id": "ab", "size": 10**6},
+                   {"id": "a" * 33, "size": 2})
+    for bad in bad_cohorts:
         with pytest.raises(BadRequestError, match="cohort"):
             decode_meta(msgpack.packb({"position": 0, "cohort": bad}), InferenceMeta)
 

@@ -359,7 +359,8 @@ def test_codecs_are_spelled_once():
         assert ForwardMeta(model_id="m", start_block=0, end_block=1, compression=codec).compression == codec
         assert ClientConfig(compression=codec).compression == codec
     with pytest.raises(BadRequestError):
-        decode_meta(msgpack.packb({"model_id": "m", "start_block": 0, "end_block": 1, "compression": "zstd"}), ForwardMeta)
+        raw = {"model_id": "m", "start_block": 0, "end_block": 1, "compression": "zstd"}
+        decode_meta(msgpack.packb(raw), ForwardMeta)
     with pytest.raises(ValueError):
         ClientConfig(compression="zstd")
     parser = argparse.ArgumentParser()

@@ -170,7 +170,8 @@ class _Job:
     """One request's generation: prompt tokens, options, and its answer (whole or streamed)."""
 
     def __init__(self, engine: Engine, prompt: str, body, request: Request, closing: Closing,
-                 slots: threading.Semaphore | None = None, *, extra_stops: tuple[str, ...] = (), templated: bool = True):
+                 slots: threading.Semaphore | None = None, *, extra_stops: tuple[str, ...] = (),
+                 templated: bool = True):
         if closing.closed:
             raise shutting_down()
         self.engine, self.body, self.request, self.closing, self.slots = engine, body, request, closing, slots
@@ -264,7 +265,8 @@ class _Job:
 
     async def stream_chat(self) -> SSEResponse:
         gen, done, first = await self._started()
-        base = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.engine.model_id}
+        base = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.engine.model_id}
 
         def chunk(text: str | None, role: bool = False) -> dict:
             delta = {} if text is None else {"content": text}
@@ -281,7 +283,8 @@ class _Job:
 
     def replay_chat(self, message: dict, finish: str, used: dict) -> SSEResponse:
         """A finished chat answer (with tool calls) as a stream of one chunk."""
-        base = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.engine.model_id}
+        base = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.engine.model_id}
         delta = {"role": "assistant", "content": message.get("content")}
         if message.get("tool_calls"):
             delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]

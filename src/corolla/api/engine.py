@@ -29,7 +29,7 @@ class SwarmEngine:
     def __init__(self, model, *, state_max_age_s: float = 1.0):
         self.model = model
         self.model_id: str = model.model_id
-        model.tokenizer  # load it now, not in the first requests' threads at once
+        _ = model.tokenizer  # load it now, not in the first requests' threads at once
         self._tokenizer_lock = threading.Lock()  # HF fast tokenizers are not safe to share across threads
         self._state_lock = threading.Lock()
         self._state: tuple[float, dict] | None = None

@@ -20,7 +20,8 @@ class FimTokens:
 _FIM_STYLES = (
     FimTokens("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>",
               ("<|fim_pad|>", "<|file_sep|>", "<|repo_name|>", "<|fim_prefix|>", "<|endoftext|>")),  # Qwen2.5-Coder
-    FimTokens("<fim_prefix>", "<fim_suffix>", "<fim_middle>", ("<fim_pad>", "<file_sep>", "<|endoftext|>")),  # StarCoder
+    # StarCoder
+    FimTokens("<fim_prefix>", "<fim_suffix>", "<fim_middle>", ("<fim_pad>", "<file_sep>", "<|endoftext|>")),
 )
 
 

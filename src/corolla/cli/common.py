@@ -26,7 +26,8 @@ def add_sampling(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
     g.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep the smallest set with mass p")
     g.add_argument("--repetition-penalty", type=float, default=None, help="penalise tokens already present (>1)")
-    g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop when this text appears (repeatable)")
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop when this text appears (repeatable)")
     g.add_argument("--seed", type=int, default=None, help="random seed for sampling")
 
 

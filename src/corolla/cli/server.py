@@ -83,8 +83,9 @@ def run(args: argparse.Namespace) -> int:
     start, end = args.blocks if args.blocks else (None, None)
     config = ServerConfig(
         model=args.model, start_block=start, end_block=end, num_blocks=args.num_blocks, model_id=args.model_id,
-        dtype=args.dtype, quant=args.quant, initial_peers=tuple(args.initial_peers), new_swarm=args.new_swarm, host=args.host,
-        port=args.port, announce_host=args.announce_host, identity_path=args.identity, public_name=args.public_name,
+        dtype=args.dtype, quant=args.quant, initial_peers=tuple(args.initial_peers), new_swarm=args.new_swarm,
+        host=args.host, port=args.port, announce_host=args.announce_host, identity_path=args.identity,
+        public_name=args.public_name,
         max_session_length=args.max_session_length, max_sessions=args.max_sessions, torch_threads=args.torch_threads,
         max_sessions_per_peer=args.max_sessions_per_peer, session_idle_timeout_s=args.session_idle_timeout_s,
         cache_bytes=args.cache_bytes, cache_tokens=args.cache_tokens, cache_policy=args.cache_policy,

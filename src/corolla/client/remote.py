@@ -50,7 +50,9 @@ class SwarmClient:
     def __init__(self, model_id: str, num_blocks: int, hidden_size: int, config: ClientConfig, dht=None):
         self.model_id, self.num_blocks, self.hidden_size, self.config = model_id, num_blocks, hidden_size, config
         self._own_dht = dht is None
-        self.dht = dht if dht is not None else start_dht(config.initial_peers, client_mode=True, models={model_id: num_blocks})
+        if dht is None:
+            dht = start_dht(config.initial_peers, client_mode=True, models={model_id: num_blocks})
+        self.dht = dht
         self.loop = LoopThread()
         self.p2p = self.loop.run(self.dht.replicate_p2p())
         self._bans: dict[str, tuple[float, float]] = {}  # peer -> (banned until, last ban length)
@@ -145,7 +147,8 @@ class SwarmClient:
                     if done:
                         return task.result()
                     if loop.time() >= deadline:
-                        raise PeerUnresponsiveError(f"server {peer_id} did not answer within {cfg.request_timeout_s:g} s")
+                        raise PeerUnresponsiveError(
+                            f"server {peer_id} did not answer within {cfg.request_timeout_s:g} s")
                     probe = asyncio.ensure_future(self._ping(peer_id, cfg.liveness_timeout_s))
                     done, _ = await asyncio.wait({task, probe}, return_when=asyncio.FIRST_COMPLETED)
                     if task in done:
@@ -174,12 +177,13 @@ class SwarmClient:
         codec = self.config.compression
         meta = ForwardMeta(model_id=self.model_id, start_block=hop.start, end_block=hop.end,
                            compression=None if codec == "none" else codec)
-        request = runtime_pb2.ExpertRequest(uid=self.model_id, tensors=encode(hidden, codec), metadata=encode_meta(meta))
+        request = runtime_pb2.ExpertRequest(uid=self.model_id, tensors=encode(hidden, codec),
+                                            metadata=encode_meta(meta))
         timeout_s = self.config.request_timeout_s
         with remote_call(f"forward to {hop.peer_id}"):
             try:
                 response = await stub_for(self.p2p, hop.peer_id).rpc_forward(request, timeout=timeout_s)
-            except asyncio.TimeoutError:  # an OSError too: told apart before remote_call sees it
+            except TimeoutError:  # an OSError too: told apart before remote_call sees it
                 raise PeerUnresponsiveError(f"{hop.peer_id} did not answer within {timeout_s} s") from None
         return parse_response(response, codec)[1]
 

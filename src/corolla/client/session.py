@@ -177,7 +177,8 @@ class InferenceSession:
 
     def _step_chunk(self, hidden: torch.Tensor, cohort: Cohort | None = None) -> torch.Tensor:
         if not self._hops:
-            self._adopt(0, 0, [_HopState(_HopStream(self.client, hop, self.max_length)) for hop in self.client.plan(stop=self._closing)])
+            hops = self.client.plan(stop=self._closing)
+            self._adopt(0, 0, [_HopState(_HopStream(self.client, hop, self.max_length)) for hop in hops])
         failures = 0
         index, x = 0, hidden
         while True:
@@ -274,7 +275,8 @@ class InferenceSession:
         old = self._hops[index]
         self.client.loop.run(old.stream.close())
         start, end = self._span(index)
-        new = [_HopState(_HopStream(self.client, hop, self.max_length)) for hop in self.client.plan(start, end, stop=self._closing)]
+        hops = self.client.plan(start, end, stop=self._closing)
+        new = [_HopState(_HopStream(self.client, hop, self.max_length)) for hop in hops]
         try:
             self.client.loop.run(self._replay(new, old.inputs))
         except CorollaError:

@@ -104,7 +104,9 @@ class LlamaSpan(nn.Module):
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         return KVLayout(self.num_blocks, cfg.num_key_value_heads, head_dim, dtype)
 
-    def step(self, items: list[tuple[torch.Tensor, KVCache, int]], first: int = 0, last: int | None = None) -> list[torch.Tensor]:
+    def step(
+        self, items: list[tuple[torch.Tensor, KVCache, int]], first: int = 0, last: int | None = None
+    ) -> list[torch.Tensor]:
         """One inference step of several sessions as one batch through local blocks ``first:last``.
 
         ``items`` are ``(hidden [b, t, H], KVCache, position)``: any number of sessions, each

@@ -18,9 +18,15 @@ def progress_bar(enabled: bool = True, unit: str = "bytes") -> Iterator[Progress
     """
     from rich.console import Console
     from rich.progress import (
-        BarColumn, DownloadColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-        TimeElapsedColumn, TransferSpeedColumn,
-    )  # fmt: skip
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TransferSpeedColumn,
+    )
 
     columns: tuple[Any, ...] = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn())
     if unit == "bytes":

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
-from typing import AsyncIterator  # hivemind detects streams by typing.AsyncIterator
+from typing import AsyncIterator  # noqa: UP035  (hivemind detects streams by typing.AsyncIterator's _name)
 
 from hivemind.p2p import P2PContext, P2PDaemonError, P2PHandlerError, ServicerBase
 from hivemind.proto import runtime_pb2
@@ -99,7 +99,7 @@ class RpcStream:
         try:
             _, reader, writer = await asyncio.wait_for(
                 p2p.call_binary_stream_handler(PeerID.from_base58(peer_id), name), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise StreamClosedError(f"could not open a stream to {peer_id} within {timeout_s:g} s") from None
         return cls(peer_id, reader, writer)
 

@@ -1,7 +1,7 @@
 """Tensors on the wire: hivemind.compression, with every decode failure a BadRequestError.
 
-Hidden states travel in one of four codecs (their names: :mod:`corolla.protocol.codecs`), chosen per request by the client (servers answer
-and push in the same one):
+Hidden states travel in one of four codecs (their names: :mod:`corolla.protocol.codecs`), chosen per
+request by the client (servers answer and push in the same one):
 
 - ``none``: float32;
 - ``fp16``: hivemind's FLOAT16 (half the bytes);

@@ -259,7 +259,8 @@ class Batcher:
 
     def _evict_one(self, keep: set[str]) -> bool:
         """Drop the least recently used idle session's cache; False if none can go."""
-        idle = [s for s in self.sessions.all() if s.id not in keep and s.kv is not None and s.kv.capacity and not s.evicted]
+        idle = [s for s in self.sessions.all()
+                if s.id not in keep and s.kv is not None and s.kv.capacity and not s.evicted]
         if not idle:
             return False
         victim = min(idle, key=lambda s: s.last_used)

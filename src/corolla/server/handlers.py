@@ -37,8 +37,8 @@ from corolla.protocol.messages import (
     encode_meta,
 )
 from corolla.protocol.tensors import decode, encode
-from corolla.server.config import ServerConfig
 from corolla.server.batching import Batcher
+from corolla.server.config import ServerConfig
 from corolla.server.kv import CacheBudget
 from corolla.server.push import PushLinks
 from corolla.server.sessions import SessionTable, check_hidden, check_step
@@ -238,7 +238,7 @@ class BlockHandlers:
             while True:
                 try:
                     item = await asyncio.wait_for(inbox.get(), self.config.session_idle_timeout_s)
-                except asyncio.TimeoutError:  # the client left the stream idle for too long
+                except TimeoutError:  # the client left the stream idle for too long
                     if session is not None:
                         yield error_response(SessionEvictedError(
                             f"session {session.id} was idle for {self.config.session_idle_timeout_s:g} s and expired; "
@@ -257,10 +257,12 @@ class BlockHandlers:
                         meta = decode_meta(request.metadata, InferenceMeta)
                         if session is None:
                             if meta.open is None:
-                                raise UnknownSessionError("no session is open on this stream: the first step must open one")
+                                raise UnknownSessionError(
+                                    "no session is open on this stream: the first step must open one")
                             if not self.accepting:
                                 raise ServerBusyError("this server is shutting down; use another one")
-                            first, last = self._local_blocks(meta.open.model_id, meta.open.start_block, meta.open.end_block)
+                            opening = meta.open
+                            first, last = self._local_blocks(opening.model_id, opening.start_block, opening.end_block)
                             session = self.sessions.open(meta.open, peer, first, last, self.generation)
                             session.inbox = inbox
                         elif meta.open is not None:
@@ -269,7 +271,8 @@ class BlockHandlers:
                         if meta.position in session.pushed and meta.position < session.position:
                             continue  # a push that timed out for its sender still reached us: done already
                         codec = meta.compression
-                        hidden, position, route, cohort = self._hidden(request, codec), meta.position, meta.route, meta.cohort
+                        hidden = self._hidden(request, codec)
+                        position, route, cohort = meta.position, meta.route, meta.cohort
                     check_step(session, hidden, position)
                     push = bool(route) and self.pushes is not None
                     out, next_cohort = await self.batcher.submit(

@@ -161,7 +161,7 @@ class Server:
                 next_rebalance = time.monotonic() + self.config.rebalance_period_s * (1 + rng.random())
             try:
                 await asyncio.wait_for(stop.wait(), self.config.announce_period_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         await self._leave()
 

@@ -65,7 +65,8 @@ class SessionTable:
             if len(self._sessions) >= self.max_sessions:
                 raise ServerBusyError(f"server is at its limit of {self.max_sessions} sessions")
             if sum(s.peer == peer for s in self._sessions.values()) >= self.max_per_peer:
-                raise ServerBusyError(f"peer {peer} already holds {self.max_per_peer} sessions here (the per-peer limit)")
+                raise ServerBusyError(
+                    f"peer {peer} already holds {self.max_per_peer} sessions here (the per-peer limit)")
             session = Session(req.session_id, peer, first, last, req.max_length, generation=generation)
             self._sessions[req.session_id] = session
             return session
@@ -111,5 +112,6 @@ def check_step(session: Session, hidden: torch.Tensor, position: int) -> None:
         raise BadRequestError(f"batch size changed from {session.batch_size} to {batch} within a session")
     if session.position + tokens > session.max_length:
         raise SequenceTooLongError(
-            f"session {session.id} would reach {session.position + tokens} tokens, past its max_length {session.max_length}"
+            f"session {session.id} would reach {session.position + tokens} tokens, "
+            f"past its max_length {session.max_length}"
         )

@@ -58,7 +58,8 @@ def measure(span: Span, hidden_size: int, dtype: torch.dtype, steps: int = 5) ->
 def measure_cached(
     cache_file: Path, key_parts: dict, span: Span, hidden_size: int, dtype: torch.dtype
 ) -> Throughput:
-    key = json.dumps({**key_parts, "version": MEASURE_VERSION, "cpu": _cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__},
+    key = json.dumps({**key_parts, "version": MEASURE_VERSION, "cpu": _cpu_name(), "threads": torch.get_num_threads(),
+                      "torch": torch.__version__},
                      sort_keys=True)
     try:
         table = json.loads(cache_file.read_text())

@@ -133,7 +133,8 @@ class LocalSwarm:
                 if all(s.peer_id in online for s in servers):
                     return
             if time.monotonic() > deadline:
-                raise CorollaError("servers did not become ready in time:\n" + "\n".join(s.log_tail(10) for s in servers))
+                tails = "\n".join(s.log_tail(10) for s in servers)
+                raise CorollaError("servers did not become ready in time:\n" + tails)
             time.sleep(0.2)
 
     def state(self) -> SwarmState:

@@ -110,5 +110,6 @@ def plan_chain(
             c = cost + step_cost_s(s, pos, nxt, hop_rtt(prev, s), forward_tokens)
             if (c, hops + 1) < best.get((nxt, s.peer_id), (float("inf"), 0)):
                 best[(nxt, s.peer_id)] = (c, hops + 1)
-                heapq.heappush(heap, (c, hops + 1, ids + (s.peer_id,), nxt, s.peer_id, path + (Hop(s.peer_id, pos, nxt),)))
+                hop = Hop(s.peer_id, pos, nxt)
+                heapq.heappush(heap, (c, hops + 1, ids + (s.peer_id,), nxt, s.peer_id, path + (hop,)))
     raise NoRouteError(state.model_id, missing_spans(servers, start, end) or [(start, end)])
