@@ -60,7 +60,8 @@ def test_models_and_swarm_state(api_swarm, client):
     assert sorted((s["start_block"], s["end_block"]) for s in servers.values()) == [(0, 15), (15, 30)]
     for s in servers.values():
         assert s["state"] == "online" and s["inference_rps"] > 0 and s["cache_tokens_left"] > 0
-        assert {"forward_tps", "active_sessions", "queued_requests", "dtype", "quant", "public_name", "version"} <= set(s)
+        assert {"forward_tps", "active_sessions", "queued_requests", "dtype", "quant", "public_name",
+                "version"} <= set(s)
 
 
 def test_chat_streamed_equals_whole_and_stop_cuts(api_swarm, client):
@@ -139,7 +140,8 @@ def test_disconnect_mid_stream_closes_the_sessions(api_swarm, client):
         active = [server_info(api_swarm.model, peer).active_sessions for peer in api_swarm.peers]
         if api_swarm.engine.open_sessions == 0 and active == [0, 0]:
             break
-        assert time.monotonic() < deadline, f"sessions still open: engine {api_swarm.engine.open_sessions}, servers {active}"
+        assert time.monotonic() < deadline, \
+            f"sessions still open: engine {api_swarm.engine.open_sessions}, servers {active}"
         time.sleep(0.1)
 
 

@@ -16,7 +16,8 @@ from corolla.api.tools import call_prefill, history_for_template, parse_tool_cal
 from corolla.errors import BadRequestError, NoRouteError, SequenceTooLongError, ServerBusyError, UnknownModelError
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "weather in a city",
-                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+                                            "parameters": {"type": "object",
+                                                           "properties": {"city": {"type": "string"}}}}}
 
 
 # ---- stop sequences ------------------------------------------------------------------------------
@@ -152,7 +153,8 @@ def test_parse_several_calls_string_arguments_and_missing_close_tag():
 ])
 def test_a_reply_that_is_only_a_call_object_is_a_call(text):
     content, calls = parse_tool_calls(text, {"get_weather"})
-    assert content is None and [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", {"city": "Paris"})]
+    assert content is None
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", {"city": "Paris"})]
 
 
 @pytest.mark.parametrize("text", [
@@ -181,11 +183,13 @@ def test_history_without_native_tools_becomes_text():
     history = history_for_template([
         {"role": "user", "content": "weather?"},
         {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
         {"role": "tool", "content": "sunny", "tool_call_id": "call_1"},
     ], native=False)
     assert history[1] == {"role": "assistant",
-                          "content": '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'}
+                          "content": '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n'
+                                     '</tool_call>'}
     assert history[2] == {"role": "user", "content": "<tool_response>\nsunny\n</tool_response>"}
     native = history_for_template([{"role": "assistant", "content": "", "tool_calls": [
         {"function": {"name": "f", "arguments": '{"a": 1}'}}]}], native=True)
@@ -262,5 +266,6 @@ def test_cli_registers_api():
 
     args = build_parser().parse_args(["api", "smollm2-135m", "--port", "9000", "--api-key", "k",
                                       "--initial-peers", "/ip4/127.0.0.1/tcp/1/p2p/x"])
-    assert (args.model, args.host, args.port, args.api_key, args.model_id) == ("smollm2-135m", "127.0.0.1", 9000, "k", None)
+    assert (args.model, args.host, args.port, args.api_key, args.model_id) == ("smollm2-135m", "127.0.0.1", 9000, "k",
+                                                                              None)
     assert args.func.__name__ == "run_api" and args.max_concurrent == 16

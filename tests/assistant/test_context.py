@@ -8,8 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from corolla.assistant.context import (PRIORITY, Context, EditorState, approx_tokens, build_context, clear_cache,
-                                       find_instructions, list_files, parse_references)
+from corolla.assistant.context import (
+    PRIORITY,
+    Context,
+    EditorState,
+    approx_tokens,
+    build_context,
+    clear_cache,
+    find_instructions,
+    list_files,
+    parse_references,
+)
 from corolla.assistant.context.files import walk_files
 from corolla.assistant.context.instructions import applies, glob_regex, split_front_matter, split_globs
 from tests.assistant.context_workspace import git_init, has_git, write
@@ -205,7 +214,8 @@ def test_truncation_windows_the_current_file_around_the_cursor(tmp_path):
     assert part.truncated and "function_299" in part.text  # line 600 is in function_299
     lines = part.text.splitlines()
     assert re.match(r"### Current file: src/big\.py \(lines \d+-\d+ of 800\)", lines[0])
-    assert lines[2].startswith("… (lines 1-") and lines[-2].startswith("… (lines ") and lines[-2].endswith("800 omitted) …")
+    assert lines[2].startswith("… (lines 1-")
+    assert lines[-2].startswith("… (lines ") and lines[-2].endswith("800 omitted) …")
     assert "function_0(" not in part.text
 
 
