@@ -260,7 +260,8 @@ def add_quiet_args(p) -> None:
     p.add_argument("--max-foreign-cpu", type=float, default=0.1,
                    help="repeat a run when processes outside the benchmark used more than this many CPUs on "
                         "average during it (default 0.1)")
-    p.add_argument("--max-retries", type=int, default=5, help="repeats of a disturbed run before keeping it (default 5)")
+    p.add_argument("--max-retries", type=int, default=5,
+                   help="repeats of a disturbed run before keeping it (default 5)")
 
 
 def quiet_runner(args) -> QuietRunner:

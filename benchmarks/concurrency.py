@@ -238,9 +238,9 @@ def main(argv=None) -> int:
     env = dict(os.environ, **dict(kv.split("=", 1) for kv in args.server_env)) if args.server_env else None
     log_dir = OUT_DIR / "logs" / "concurrency"
     console.print(f"[bold]{model_id}[/] fp32 greedy, {args.servers} servers {spans}, prompts "
-                  f"{min(p.shape[1] for p in prompts)}-{max(p.shape[1] for p in prompts)} tokens, {args.new_tokens} new "
-                  f"tokens per session, sessions {args.sessions}, {args.runs} rounds; server args {server_args or '-'}; "
-                  f"torch {torch.__version__}, {os.cpu_count()} cpus")
+                  f"{min(p.shape[1] for p in prompts)}-{max(p.shape[1] for p in prompts)} tokens, "
+                  f"{args.new_tokens} new tokens per session, sessions {args.sessions}, {args.runs} rounds; "
+                  f"server args {server_args or '-'}; torch {torch.__version__}, {os.cpu_count()} cpus")
 
     quiet = _common.quiet_runner(args)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -269,7 +269,8 @@ def main(argv=None) -> int:
         rss_warm = sum(_common.rss_bytes(p) for p in servers)  # weights are paged in by the first steps
 
         with progress:
-            task = progress.add_task(f"{args.runs} rounds of levels {args.sessions}", total=args.runs * len(args.sessions))
+            task = progress.add_task(f"{args.runs} rounds of levels {args.sessions}",
+                                     total=args.runs * len(args.sessions))
             for _ in range(args.runs):
                 for n in args.sessions:
                     progress.update(task, description=f"{n} session(s) at once")
@@ -318,8 +319,9 @@ def main(argv=None) -> int:
                                      "ratio_decode_tok_s": m["decode_tok_s"] / base_decode,
                                      "runs": [r.summary() for r in runs[n]]}
     console.print(table)
-    console.print(f"servers' RSS when idle: {rss_started / MIB:.0f} MiB just after start, {rss_warm / MIB:.0f} MiB after "
-                  f"the solo runs; foreign cpu = the most CPUs other jobs used during one kept run "
+    console.print(f"servers' RSS when idle: {rss_started / MIB:.0f} MiB just after start, "
+                  f"{rss_warm / MIB:.0f} MiB after the solo runs; "
+                  f"foreign cpu = the most CPUs other jobs used during one kept run "
                   f"({quiet.discarded} disturbed runs repeated)")
     if TARGET_SESSIONS in med:
         ratio = med[TARGET_SESSIONS]["tok_s"] / base

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import _common
 from _common import OUT_DIR
-
 from corolla.assistant.context import EditorState, build_context, clear_cache, list_files
 
 TARGET_S = 1.0
@@ -77,8 +76,8 @@ def source(ext: str, rng: random.Random, stem: str) -> str:
             out += [f"type {cls} struct {{", "    Value int", "}", "", f"func (s *{cls}) {_camel(fn)}(arg int) int {{",
                     *body, "    return arg", "}", ""]
         elif ext == "rs":
-            out += [f"pub struct {cls} {{ value: i32 }}", "", f"impl {cls} {{", f"    pub fn {fn}(&self, arg: i32) -> i32 {{",
-                    *body, "        arg", "    }", "}", ""]
+            out += [f"pub struct {cls} {{ value: i32 }}", "", f"impl {cls} {{",
+                    f"    pub fn {fn}(&self, arg: i32) -> i32 {{", *body, "        arg", "    }", "}", ""]
         elif ext == "java":
             out += [f"class {cls} {{", f"    int {fn}(int arg) {{", *body, "        return arg;", "    }", "}", ""]
         elif ext == "md":
@@ -98,7 +97,7 @@ def generate(root: Path, n_files: int, n_ignored: int, seed: int = 0) -> dict:
     for i in range(n_files):
         ext = rng.choices(LANGS, WEIGHTS)[0]
         paths.append(f"{rng.choice(folders)}/{_name(rng)}_{i}.{ext}")
-    for i, rel in enumerate(paths):
+    for rel in paths:
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         stem = path.stem
@@ -185,8 +184,9 @@ def main() -> None:
 
     for mode, r in results.items():
         base = r["list_files"]["median_s"]
-        print(f"\n[{mode}] {r['listed']} files listed; list_files alone: median {base * 1000:.0f} ms"
-              + (f"; git ls-files alone: median {r['git_ls_files']['median_s'] * 1000:.0f} ms" if "git_ls_files" in r else ""))
+        git = (f"; git ls-files alone: median {r['git_ls_files']['median_s'] * 1000:.0f} ms"
+               if "git_ls_files" in r else "")
+        print(f"\n[{mode}] {r['listed']} files listed; list_files alone: median {base * 1000:.0f} ms" + git)
         for kind in ("cold", "warm"):
             s = r[kind]
             print(f"  build_context {kind}: median {s['median_s']:.3f} s, max {s['max_s']:.3f} s "

@@ -382,7 +382,8 @@ def main(argv=None) -> int:
                         r = run_edit(task, fmt, endpoint=endpoint, model=model_id, corolla=args.corolla,
                                      timeout_s=args.timeout_s)
                     results.append(r)
-                    console.print(f"{task.name:28} {fmt:15} {r['outcome']:9} {r['wall_s']:6.1f} s {' '.join(r['detail'].split())[:80]}",
+                    detail = " ".join(r["detail"].split())[:80]
+                    console.print(f"{task.name:28} {fmt:15} {r['outcome']:9} {r['wall_s']:6.1f} s {detail}",
                                   highlight=False, markup=False)
 
     colors = {"solved": "green", "unsolved": "yellow", "broken": "red", "refused": "magenta", "error": "red"}

@@ -139,7 +139,7 @@ def random_moments(folder, args, quiet: _common.QuietRunner, console) -> dict:
                 return row
 
             for run in range(args.random_runs):
-                row, measured = quiet(lambda: one_run(args.seed + run))
+                row, measured = quiet(lambda seed=args.seed + run: one_run(seed))
                 row["foreign_cpu"] = round(measured.foreign_cpu, 3)
                 runs.append(row)
                 gap = row["kill_to_next_token_s"]

@@ -151,7 +151,7 @@ def report(console, out: dict[str, Any]) -> None:
             table.add_row(name, args_cell, "[red]failed[/]", *[""] * 13)
             continue
         m, q = res["median"], res.get("quality")
-        ratio = (lambda k: f"{m[k] / base[k]:.2f}") if base else (lambda k: "-")
+        ratio = (lambda k, m=m: f"{m[k] / base[k]:.2f}") if base else (lambda k: "-")
         mismatch = res.get("first_token_mismatch", -1)
         foreign = max(r["foreign_cpu"] for r in res["runs"])
         table.add_row(
@@ -259,7 +259,7 @@ def main(argv=None) -> int:
                     res["rss_warm_mib"] = _common.rss_bytes(server.process.pid) / MIB
                     runs = []
                     for _ in range(args.runs):
-                        run, m = quiet(lambda: decode_run(model, ids, args.new_tokens))
+                        run, m = quiet(lambda model=model: decode_run(model, ids, args.new_tokens))
                         run.idle_before, run.foreign_cpu = m.idle_before, m.foreign_cpu
                         runs.append(run)
                 stage = "forward"
