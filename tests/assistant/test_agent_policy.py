@@ -85,7 +85,8 @@ def test_network_hosts_are_refused_even_when_approved(command, host):
                                      "npm ci", "cargo install ripgrep", "go get example.com/x", "git push",
                                      "git fetch origin", "git pull", "uv pip install x"])
 def test_downloads_and_remotes_are_refused(command):
-    decision = CommandPolicy(approve=yes, auto_approve=("pip", "python", "npm", "cargo", "go", "git", "uv")).decide(command)
+    auto = ("pip", "python", "npm", "cargo", "go", "git", "uv")
+    decision = CommandPolicy(approve=yes, auto_approve=auto).decide(command)
     assert decision.action == "refuse", decision
 
 

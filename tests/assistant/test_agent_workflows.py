@@ -51,7 +51,8 @@ def call(name: str, **arguments) -> str:
 def files(root: Path) -> dict[str, str]:
     """Every file of the project but git's and corolla's own, with its text."""
     return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("*"))
-            if p.is_file() and not {".git", ".corolla", "__pycache__", ".pytest_cache"} & set(p.relative_to(root).parts)}
+            if p.is_file()
+            and not {".git", ".corolla", "__pycache__", ".pytest_cache"} & set(p.relative_to(root).parts)}
 
 
 def commit_tests(root: Path, text: str) -> None:

@@ -148,7 +148,8 @@ def test_an_unnamed_block_edits_the_file_the_agent_read(llm, llm_model, project)
 
 def test_a_refused_block_goes_back_with_the_reason_and_the_file_stays(llm, llm_model, project):
     llm_model.queue("calc.py\n" + fenced("def mean(values):\n    ...  # existing code"),
-                    "calc.py\n" + fenced("def mean(values):\n    if not values\n        raise ValueError\n    return 0"),
+                    "calc.py\n"
+                    + fenced("def mean(values):\n    if not values\n        raise ValueError\n    return 0"),
                     "I could not do it.")
     report = run(llm, project, "Make mean() raise ValueError for an empty list.")
     assert report.status == "done" and report.changed_files == []
@@ -182,7 +183,8 @@ def test_the_whole_file_with_a_changed_function_after_a_module_docstring(workspa
                                          '    return sum(xs) / len(xs)\n\n\ndef passed(xs):\n'
                                          '    return [x for x in xs if x >= PASS]\n')
     new = ('"""Grades."""\n\nPASS = 50\n\n\ndef average(xs):\n    """Mean; 0.0 when empty."""\n'
-           '    return sum(xs) / len(xs) if xs else 0.0\n\n\ndef passed(xs):\n    return [x for x in xs if x >= PASS]\n')
+           '    return sum(xs) / len(xs) if xs else 0.0\n\n\n'
+           'def passed(xs):\n    return [x for x in xs if x >= PASS]\n')
     writes = find_writes("grades.py\n" + fenced(new.rstrip()), workspace, [])
     assert writes[0].how == "whole file" and applied(workspace, writes) == {"grades.py": new}
 

@@ -7,8 +7,7 @@ import threading
 import pytest
 
 from corolla.assistant.core import Assistant
-from corolla.assistant.errors import (AssistantError, EditError, EndpointError, PlaceholderError,
-                                      UnknownCommandError)
+from corolla.assistant.errors import AssistantError, EditError, EndpointError, PlaceholderError, UnknownCommandError
 from corolla.assistant.llm import LLM, LLMConfig
 from tests.assistant.conftest import CALC, git
 from tests.assistant.scripted import last_message
@@ -111,7 +110,8 @@ def test_tests_command_writes_a_new_test_file_in_the_projects_framework(assistan
     assert "def test_add" in (workspace / "tests" / "test_calc.py").read_text()
     # asked again, the new tests are added after the existing ones, never replacing them
     llm_model.reset()
-    llm_model.add("unit tests", "```python\nfrom calc import mean\n\n\ndef test_mean():\n    assert mean([2]) == 2\n```")
+    llm_model.add("unit tests",
+                  "```python\nfrom calc import mean\n\n\ndef test_mean():\n    assert mean([2]) == 2\n```")
     seen, _ = events_of(assistant, "/tests", assistant.state(current_file="calc.py"))
     assistant.accept(seen["edit"]["edit_id"])
     text = (workspace / "tests" / "test_calc.py").read_text()

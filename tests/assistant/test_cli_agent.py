@@ -25,7 +25,8 @@ def test_tests_until_green_writes_tests_that_pass(scripted, llm_model, workspace
 
 def test_refactor_that_breaks_the_tests_is_reverted(scripted, llm_model, workspace):
     _, base = scripted
-    (workspace / "tests" / "test_calc.py").write_text("from calc import add\n\n\ndef test_add():\n    assert add(1, 2) == 3\n")
+    (workspace / "tests" / "test_calc.py").write_text(
+        "from calc import add\n\n\ndef test_add():\n    assert add(1, 2) == 3\n")
     git(workspace, "add", "-A")
     git(workspace, "commit", "-q", "-m", "tests")
     llm_model.queue(call("edit", path="calc.py", search="def add(a, b):", replace="def plus(a, b):"),

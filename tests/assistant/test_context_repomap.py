@@ -38,7 +38,8 @@ def ranking_workspace(root):
                                  "def handler(req):\n    return compute_invoice_total(req.items)\n",
         "billing/api/schemas.py": "class InvoiceSchema:\n    pass\n",
         "shipping/rates.py": "def shipping_rate(weight):\n    return weight * 2\n",
-        "web/src/cart.ts": "import { price } from './price';\nexport function cartTotal(): number { return price(); }\n",
+        "web/src/cart.ts": "import { price } from './price';\n"
+                           "export function cartTotal(): number { return price(); }\n",
         "web/src/price.ts": "export function price(): number { return 1; }\n",
         "README.md": "# readme\n",
     })

@@ -84,7 +84,8 @@ def assistant(scripted, llm_model, project):
     from corolla.assistant.llm import LLM, LLMConfig
 
     _, base = scripted
-    return Assistant(LLM(LLMConfig(endpoint=base, model=None)), project.root, config=AssistantConfig(edit_format="whole"))
+    return Assistant(LLM(LLMConfig(endpoint=base, model=None)), project.root,
+                     config=AssistantConfig(edit_format="whole"))
 
 
 def test_the_lines_are_shorten_and_the_bug_shows(project):
@@ -103,7 +104,8 @@ def test_the_deeper_reply_is_reindented_and_fixes_shorten(assistant, llm_model, 
     assistant.accept(seen["edit"]["edit_id"])
     assert project.file.read_text() == project.original  # exactly the standard library's again
     module = load(project.file)
-    assert module.shorten("Hello  world!", width=12) == "Hello world!" and "shorten" not in module.fill.__code__.co_varnames
+    assert module.shorten("Hello  world!", width=12) == "Hello world!"
+    assert "shorten" not in module.fill.__code__.co_varnames
 
 
 def test_the_user_command_applies_the_deeper_reply_at_the_right_indentation(scripted, llm_model, project):
@@ -126,7 +128,8 @@ def test_nesting_shorten_inside_fill_is_refused_with_the_reason(assistant, llm_m
     from tests.assistant.test_assistant import events_of
 
     llm_model.add("Fix", nested_reply(project))
-    state = assistant.state(current_file="textwrap.py", selection=(project.fill_start, project.end), diagnostics=(ERROR,))
+    state = assistant.state(current_file="textwrap.py", selection=(project.fill_start, project.end),
+                            diagnostics=(ERROR,))
     seen, _ = events_of(assistant, "/fix", state)
     error = seen["edit_error"]["error"]
     assert error["type"] == "StructureBreakError"

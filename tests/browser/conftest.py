@@ -2,8 +2,8 @@
 
 ``web_app_url`` is the app of the ``api_swarm`` fixture (tests/conftest.py): SmolLM2-135M split
 over 2 real servers, one client model, and ``corolla.api``'s app (which serves ``corolla/web`` at
-"/") with uvicorn in a thread on a free port of 127.0.0.1, shared with tests/api. ``COROLLA_WEB_URL=http://host:port`` points the tests at an
-app that is already running instead (handy while working on the pages).
+"/") with uvicorn in a thread on a free port of 127.0.0.1, shared with tests/api.
+``COROLLA_WEB_URL=http://host:port`` points the tests at an app already running (handy while working on the pages).
 
 The browser is Debian's Chromium (``apt-get install chromium``; ``make install`` does it), driven by
 Python Playwright without ``playwright install``. ``COROLLA_CHROMIUM`` overrides its path. When a

@@ -375,7 +375,8 @@ def _review_scope(text: str) -> tuple[str, str | None]:
 
 def _without_target(context: Context, path: str | None) -> str:
     """The context rendered without the parts that repeat the code being changed (it is shown apart)."""
-    parts = [p for p in context.parts if not (p.kind in ("selection", "current_file") and p.label.split(":")[0] == path)]
+    parts = [p for p in context.parts
+             if not (p.kind in ("selection", "current_file") and p.label.split(":")[0] == path)]
     return dataclasses.replace(context, parts=parts).render()
 
 

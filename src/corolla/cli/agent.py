@@ -195,7 +195,8 @@ def format_event(event: dict) -> str:
         lines = str(data.get("output", "")).splitlines()
         shown = "\n".join("      " + line for line in lines[:OUTPUT_LINES])
         more = f"\n      [... {len(lines) - OUTPUT_LINES} more lines]" if len(lines) > OUTPUT_LINES else ""
-        return f"{seq} <- {data.get('name')} {'ok' if data.get('ok') else 'FAILED'}" + (f"\n{shown}{more}" if lines else "")
+        head = f"{seq} <- {data.get('name')} {'ok' if data.get('ok') else 'FAILED'}"
+        return head + (f"\n{shown}{more}" if lines else "")
     if kind == "edit":
         return f"{seq} edited {', '.join(data.get('files', []))}\n{data.get('diff', '').rstrip()}"
     if kind == "report":

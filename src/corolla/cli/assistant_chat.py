@@ -60,7 +60,8 @@ def run_assistant_chat(args) -> int:
                 print(f"[deleted {rest.strip()}]")
             elif word == "/file":
                 current = parse_file(rest.strip(), assistant.root)
-                print(f"[current file {current[0]}" + (f" lines {current[1][0]}-{current[1][1]}]" if current[1] else "]"))
+                lines = f" lines {current[1][0]}-{current[1][1]}]" if current[1] else "]"
+                print(f"[current file {current[0]}" + lines)
             elif word == "/files":
                 print(f"[current file: {current[0] if current else 'none'}]")
             elif word in ("/accept", "/reject"):
