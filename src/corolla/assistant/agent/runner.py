@@ -151,8 +151,10 @@ def finish(store: SessionStore, session_id: str, final: dict) -> dict:
     except (AssistantError, KeyError) as e:
         final.setdefault("error", f"could not commit the agent's changes: {e}")
     final["finished"] = time.time()
-    store.update_meta(session_id, final)
+    # the event first: a follower that reads the status and then the events (routes._follow) and sees
+    # the run finished must find its last event stored already
     store.add_event(session_id, "status", {"status": final["status"], "error": final.get("error")})
+    store.update_meta(session_id, final)
     return final
 
 
