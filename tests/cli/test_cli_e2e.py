@@ -8,36 +8,15 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from pathlib import Path
 
 import pytest
 import torch
 
+from tests.processes import kill_tagged, processes_with, tagged_env
+
 pytestmark = pytest.mark.slow
 
 CLI = [sys.executable, "-m", "corolla"]
-
-
-def tagged_env() -> tuple[dict, str]:
-    tag = uuid.uuid4().hex
-    return {**os.environ, "COROLLA_TEST_TAG": tag, "PYTHONUNBUFFERED": "1"}, tag
-
-
-def processes_with(tag: str) -> list[int]:
-    """PIDs of live processes whose environment carries ``tag`` (everything a command started)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if f"COROLLA_TEST_TAG={tag}".encode() in (entry / "environ").read_bytes():
-                status = (entry / "status").read_text()
-                if "State:\tZ" not in status:
-                    pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
 
 
 def wait_gone(tag: str, timeout_s: float = 30.0) -> list[int]:
@@ -45,14 +24,6 @@ def wait_gone(tag: str, timeout_s: float = 30.0) -> list[int]:
     while (left := processes_with(tag)) and time.monotonic() < deadline:
         time.sleep(0.2)
     return left
-
-
-def kill_tagged(tag: str) -> None:
-    for pid in processes_with(tag):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def local_greedy_text(folder, prompt: str, new_tokens: int) -> str:

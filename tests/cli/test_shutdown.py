@@ -25,12 +25,13 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.processes import kill_tagged, processes_with, tagged_env
 
 CLI = [sys.executable, "-m", "corolla"]
 DEADLINE_S = 10.0  # DESIGN: every long-running process stops within 10 s of SIGTERM
@@ -40,26 +41,6 @@ LONG = 6000  # tokens asked for: the reply outlasts every test
 
 
 # --- processes ---------------------------------------------------------------------------------------
-def tagged_env(**extra: str) -> tuple[dict, str]:
-    tag = uuid.uuid4().hex
-    return {**os.environ, "COROLLA_TEST_TAG": tag, "PYTHONUNBUFFERED": "1", **extra}, tag
-
-
-def processes_with(tag: str) -> list[int]:
-    """Live processes whose environment carries ``tag``: everything a command started, detached or not."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if f"COROLLA_TEST_TAG={tag}".encode() in (entry / "environ").read_bytes():
-                if "State:\tZ" not in (entry / "status").read_text():
-                    pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
-
-
 def gone_within(tag: str, sent: float, deadline_s: float = DEADLINE_S) -> bool:
     """Whether every process carrying ``tag`` is gone ``deadline_s`` after ``sent`` (at the latest)."""
     while processes_with(tag):
@@ -81,12 +62,6 @@ def group_of(pgid: int) -> list[int]:
             if fields[0] != "Z" and int(fields[2]) == pgid:
                 out.append(int(entry.name))
     return out
-
-
-def kill_tagged(tag: str) -> None:
-    for pid in processes_with(tag):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def wait_for(predicate, what: str, timeout_s: float = START_S, proc: Command | None = None):

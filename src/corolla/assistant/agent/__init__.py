@@ -11,7 +11,7 @@ asked.
 
 from __future__ import annotations
 
-import importlib
+from corolla.assistant.lazy import lazy_getattr
 
 # public name -> the module that defines it; imported on first use, so that importing a light module of
 # this package (the CLI reads :mod:`.modes` to build its flags) does not load the loop and its tools
@@ -24,13 +24,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str):
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _WHERE)
 
 
 __all__ = [

@@ -11,8 +11,9 @@ an :class:`corolla.assistant.errors.EditError` whose message a user or a model c
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from corolla.assistant.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from corolla.assistant.edits.types import Edit, Target
@@ -31,13 +32,7 @@ _WHERE = {
 __all__ = sorted([*_WHERE, "parse_reply"])
 
 
-def __getattr__(name: str):
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _WHERE)
 
 
 def parse_reply(fmt: str, reply: str, *, target: Target | None = None, default_path: str | None = None,
