@@ -52,6 +52,14 @@ class SequenceTooLongError(RequestError):
     """The session would grow past the length the server or the client allowed."""
 
 
+class UnknownAdapterError(RequestError):
+    """No server (or not this one) hosts the adapter named in the request."""
+
+
+class TrainingUnsupportedError(RequestError):
+    """This server cannot run backward passes (e.g. its weights are quantized)."""
+
+
 class ServerBusyError(CorollaError):
     """The server has no room for this request right now; another server may have."""
 
@@ -124,6 +132,8 @@ WIRE_ERRORS: dict[str, type[CorollaError]] = {
         BadRequestError,
         UnknownSessionError,
         SequenceTooLongError,
+        UnknownAdapterError,
+        TrainingUnsupportedError,
         ServerBusyError,
         ServerInternalError,
         SessionLostError,

@@ -20,6 +20,8 @@ from corolla.errors import (
     SessionEvictedError,
     SessionLostError,
     SwarmError,
+    TrainingUnsupportedError,
+    UnknownAdapterError,
     UnknownModelError,
     UnknownSessionError,
     UnsupportedModelError,
@@ -28,7 +30,7 @@ from corolla.errors import (
 
 SERVER_SIDE = [
     BadRequestError, UnknownSessionError, SequenceTooLongError, ServerBusyError, ServerInternalError, SessionLostError,
-    SessionEvictedError,
+    SessionEvictedError, UnknownAdapterError, TrainingUnsupportedError,
 ]
 
 

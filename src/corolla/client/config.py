@@ -16,6 +16,8 @@ class ClientConfig:
     liveness_timeout_s: float = 2.0  # ... and given up when a probe takes longer (see SwarmClient.answer_of)
     route_timeout_s: float = 30.0  # how long to wait for missing blocks to get a server
     max_chunk_tokens: int = 1024  # prefill is sent in chunks of at most this many tokens (x batch)
+    max_train_tokens: int = 1024  # training calls carry at most this many tokens (whole rows, at least one)
+    adapter: str | None = None  # a LoRA adapter servers host (by name): only servers announcing it are used
     max_retries: int = 5  # failed steps re-routed before giving up
     ban_s: float = 15.0  # first ban of a failing server; doubles on repeat
     compression: str = "none"  # hidden states on the wire: one of protocol.codecs.CODECS (see protocol.tensors)

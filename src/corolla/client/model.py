@@ -20,6 +20,7 @@ from corolla.client.head_batching import HeadBatcher
 from corolla.client.remote import SwarmClient
 from corolla.client.sampling import Sampler, SamplingParams
 from corolla.client.session import InferenceSession
+from corolla.client.training import RemoteBlocks, SwarmAdapter, causal_lm_loss
 from corolla.models.loading import load_config, load_head
 from corolla.models.resolve import resolve_model
 
@@ -34,24 +35,38 @@ class DistributedModelForCausalLM:
                                          parts=lambda destination: destination[1])  # a micro-batch per hop
         self._tokenizer = None
         self._active: InferenceSession | None = None
+        self.adapter: SwarmAdapter | None = None  # client-owned trainable tensors (see corolla.client.training)
+        self.blocks = RemoteBlocks(client)
 
     @classmethod
     def from_pretrained(
-        cls, model: str | Path, *, initial_peers: Sequence[str] = (), dht=None, **client_options: Any
+        cls, model: str | Path, *, initial_peers: Sequence[str] = (), dht=None,
+        adapter: str | Path | SwarmAdapter | None = None, **client_options: Any
     ) -> DistributedModelForCausalLM:
         """``model``: a packaged name, a local HF folder, a GGUF file or a Hub repo id.
 
-        ``client_options`` are fields of :class:`~corolla.client.config.ClientConfig`.
+        ``adapter``: a :class:`SwarmAdapter`, a folder holding one (a PEFT LoRA adapter, or what
+        ``corolla finetune`` saved) that travels with this client's requests, or the name of an
+        adapter servers host. ``client_options`` are fields of :class:`~corolla.client.config.ClientConfig`.
         """
         ref = resolve_model(str(model))
         config = load_config(ref.path)
+        owned = None
+        if isinstance(adapter, SwarmAdapter):
+            owned = adapter
+        elif adapter is not None and Path(adapter).is_dir():
+            owned = SwarmAdapter.from_pretrained(adapter, config).requires_grad_(False)
+        elif adapter is not None:
+            client_options["adapter"] = str(adapter)
         if "allowed_servers" in client_options and client_options["allowed_servers"] is not None:
             client_options["allowed_servers"] = frozenset(client_options["allowed_servers"])
         cfg = ClientConfig(initial_peers=tuple(initial_peers), **client_options)
         model_id = cfg.model_id or ref.model_id
         head = load_head(ref.path, config)
         client = SwarmClient(model_id, config.num_hidden_layers, config.hidden_size, cfg, dht=dht)
-        return cls(ref.path, model_id, config, head, client)
+        model = cls(ref.path, model_id, config, head, client)
+        model.adapter = owned
+        return model
 
     # ---- conveniences ----------------------------------------------------------------------------
     @property
@@ -81,17 +96,45 @@ class DistributedModelForCausalLM:
     def __call__(self, input_ids: torch.Tensor, **kwargs: Any) -> CausalLMOutput:
         return self.forward(input_ids, **kwargs)
 
-    def forward(self, input_ids: torch.Tensor, **_: Any) -> CausalLMOutput:
-        """Logits for every position [B, T, V] through a stateless pass over the swarm."""
-        with torch.inference_mode():
-            hidden = self.client.forward(self.head.embed(input_ids))
-            return CausalLMOutput(logits=self.head.logits(hidden))
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, **_: Any) -> CausalLMOutput:
+        """Logits for every position [B, T, V] through a stateless pass over the swarm, and with
+        ``labels`` the causal LM loss (Hugging Face's: -100 is ignored). With a client-owned
+        adapter and autograd on, ``loss.backward()`` reaches the adapter's parameters through the
+        remote blocks. Padding may be on either side of ``attention_mask``."""
+        if self.adapter is None and labels is None:
+            with torch.inference_mode():
+                hidden = self.client.forward(self.head.embed(input_ids))
+                return CausalLMOutput(logits=self.head.logits(hidden))
+        input_ids, labels, shifts = _right_pad(input_ids, attention_mask, labels)
+        adapter = self.adapter
+        hidden = self.head.embed(input_ids)
+        prompt_len = adapter.prompt_len if adapter is not None else 0
+        if prompt_len:
+            hidden = torch.cat([adapter.prompt[None].expand(hidden.shape[0], -1, -1).to(hidden.dtype), hidden], 1)
+        logits = self.head.logits(self.blocks.run(hidden, adapter))[:, prompt_len:]
+        loss = causal_lm_loss(logits, labels) if labels is not None else None
+        if shifts is not None:
+            logits = torch.stack([row.roll(int(s), 0) for row, s in zip(logits, shifts)])
+        return CausalLMOutput(loss=loss, logits=logits)
+
+    def _embed(self, ids: torch.Tensor, session: InferenceSession) -> torch.Tensor:
+        """Token embeddings, after the adapter's soft prompt at the start of a session."""
+        hidden = self.head.embed(ids)
+        adapter = session.adapter
+        if adapter is not None and adapter.prompt_len and session.position == 0:
+            prompt = adapter.prompt.detach()[None].expand(hidden.shape[0], -1, -1).to(hidden.dtype)
+            hidden = torch.cat([prompt, hidden], dim=1)
+        return hidden
+
+    def _prompt_len(self) -> int:
+        return self.adapter.prompt_len if self.adapter is not None else 0
 
     # ---- sessions ------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def inference_session(self, max_length: int) -> Iterator[InferenceSession]:
         """A session spanning several ``generate`` calls: each call sends only its new tokens."""
-        session = InferenceSession(self.client, max_length)
+        session = InferenceSession(self.client, max_length + self._prompt_len(), self.adapter)
         previous, self._active = self._active, session
         try:
             yield session
@@ -161,7 +204,8 @@ class DistributedModelForCausalLM:
         if owned:
             if input_ids is None or input_ids.shape[1] == 0:
                 raise ValueError("input_ids are required outside an inference session")
-            session = InferenceSession(self.client, max_length or input_ids.shape[1] + max_new_tokens)
+            length = (max_length or input_ids.shape[1] + max_new_tokens) + self._prompt_len()
+            session = InferenceSession(self.client, length, self.adapter)
         # the session's last sampled token is not in the servers' caches yet: send it first
         feed = torch.cat([t for t in (session.pending_ids, input_ids) if t is not None and t.shape[1]], dim=1)
         if feed.shape[1] == 0:
@@ -180,7 +224,7 @@ class DistributedModelForCausalLM:
         try:
             with torch.inference_mode():
                 for index in range(max_new_tokens):
-                    hidden = session.step(self.head.embed(feed), cohort)  # [B, T, H] -> [B, T, H]
+                    hidden = session.step(self._embed(feed, session), cohort)  # [B, T, H] -> [B, T, H]
                     session.token_ids = feed if session.token_ids is None else torch.cat([session.token_ids, feed], 1)
                     session.pending_ids = None
                     # [B, V], computed with other threads' rows; a next step goes to the session's first server
@@ -213,6 +257,25 @@ class DistributedModelForCausalLM:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _right_pad(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor | None):
+    """Rows with left padding rolled so that every row starts at position 0 (causal attention then
+    never sees a pad: pads come after the real tokens). Returns the rolled ids and labels and each
+    row's shift (None when nothing moved); pads become label -100."""
+    if attention_mask is None:
+        return input_ids, labels, None
+    mask = attention_mask.bool()
+    lead = (~mask).int().cumprod(dim=1).sum(dim=1)  # pads before the first real token
+    real = mask.sum(dim=1)
+    if any(bool(mask[i, lead[i] : lead[i] + real[i]].all()) is False for i in range(mask.shape[0])):
+        raise ValueError("attention_mask must be one run of 1s per row (padding on the left or the right)")
+    if labels is not None:
+        labels = labels.masked_fill(~mask, -100)
+    if not bool(lead.any()):
+        return input_ids, labels, None
+    roll = lambda t: torch.stack([row.roll(-int(n), 0) for row, n in zip(t, lead)])  # noqa: E731
+    return roll(input_ids), roll(labels) if labels is not None else None, lead
 
 
 def _as_set(value: int | Sequence[int]) -> set[int]:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import TypeVar
 
 import torch
@@ -22,15 +22,27 @@ from corolla.errors import (
     SessionClosedError,
     error_from_wire,
 )
-from corolla.protocol.messages import ForwardMeta, ResponseMeta, ServerState, decode_meta, encode_meta
+from corolla.protocol.messages import (
+    AdapterSpec,
+    BackwardMeta,
+    ForwardMeta,
+    ResponseMeta,
+    ServerState,
+    decode_meta,
+    encode_meta,
+)
 from corolla.protocol.rpc import remote_call, stub_for
-from corolla.protocol.tensors import decode, encode
+from corolla.protocol.tensors import decode, encode, from_wire, to_wire
 from corolla.swarm.dht import start_dht
 from corolla.swarm.discovery import SwarmState, fetch_swarm_state
 from corolla.swarm.routing import Hop, plan_chain
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+def wire_tensors(tensors: Sequence[torch.Tensor]) -> list[runtime_pb2.Tensor]:
+    return [to_wire(t.detach().float().contiguous()) for t in tensors]
 
 
 def parse_response(response: runtime_pb2.ExpertResponse, codec: str | None = None) -> tuple[ResponseMeta, torch.Tensor]:
@@ -79,11 +91,13 @@ class SwarmClient:
         log.info("banned %s for %.0f s", peer_id, length)
 
     def plan(self, start: int = 0, end: int | None = None, forward_tokens: int | None = None,
-             stop: threading.Event | None = None) -> list[Hop]:
+             stop: threading.Event | None = None, trainable: bool = False) -> list[Hop]:
         """A chain of servers for blocks ``start:end``, waiting up to route_timeout_s for one.
 
         ``forward_tokens``: plan a stateless forward of that many tokens (weighs prefill speed).
         ``stop``: set from another thread, it ends the wait with SessionClosedError.
+        ``trainable``: only servers that run backward passes. With ``ClientConfig.adapter``, only
+        servers hosting that adapter.
         """
         stop = stop or threading.Event()
         deadline = time.monotonic() + self.config.route_timeout_s
@@ -92,7 +106,8 @@ class SwarmClient:
             try:
                 state = self.swarm_state(max_age_s)
                 return plan_chain(state, start, end, banned=self.banned(), allowed=self.config.allowed_servers,
-                                  rtt_s=self.measure_rtts(state), forward_tokens=forward_tokens)
+                                  rtt_s=self.measure_rtts(state), forward_tokens=forward_tokens,
+                                  adapter=self.config.adapter, trainable=trainable)
             except NoRouteError:
                 max_age_s = 0.0  # wait on fresh reads
                 if time.monotonic() + delay > deadline:
@@ -173,19 +188,48 @@ class SwarmClient:
             hidden = await self.call_forward(hop, hidden)
         return hidden
 
-    async def call_forward(self, hop: Hop, hidden: torch.Tensor) -> torch.Tensor:
+    async def call_forward(self, hop: Hop, hidden: torch.Tensor, adapter: AdapterSpec | None = None,
+                           tensors: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+        """``hidden`` through ``hop``'s blocks, with the adapter tensors of those blocks (if any)."""
         codec = self.config.compression
         meta = ForwardMeta(model_id=self.model_id, start_block=hop.start, end_block=hop.end,
-                           compression=None if codec == "none" else codec)
-        request = runtime_pb2.ExpertRequest(uid=self.model_id, tensors=encode(hidden, codec),
+                           compression=None if codec == "none" else codec, adapter=adapter,
+                           hosted_adapter=self.config.adapter)
+        request = runtime_pb2.ExpertRequest(uid=self.model_id, tensors=encode(hidden, codec) + wire_tensors(tensors),
                                             metadata=encode_meta(meta))
-        timeout_s = self.config.request_timeout_s
-        with remote_call(f"forward to {hop.peer_id}"):
-            try:
-                response = await stub_for(self.p2p, hop.peer_id).rpc_forward(request, timeout=timeout_s)
-            except TimeoutError:  # an OSError too: told apart before remote_call sees it
-                raise PeerUnresponsiveError(f"{hop.peer_id} did not answer within {timeout_s} s") from None
-        return parse_response(response, codec)[1]
+        call = stub_for(self.p2p, hop.peer_id).rpc_forward(request, timeout=self.config.request_timeout_s)
+        response = await self.answer_of(hop.peer_id, call)
+        out = parse_response(response, codec)[1]
+        if out.shape != hidden.shape:
+            raise RemoteCallError(f"server {hop.peer_id} answered a forward call with shape {list(out.shape)}")
+        return out
+
+    async def call_backward(self, hop: Hop, hidden: torch.Tensor, grad: torch.Tensor, adapter: AdapterSpec | None,
+                            tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Gradients of ``hop``'s input and of ``tensors`` given its output's gradient ``grad``."""
+        codec = self.config.compression
+        meta = BackwardMeta(model_id=self.model_id, start_block=hop.start, end_block=hop.end,
+                            compression=None if codec == "none" else codec, adapter=adapter)
+        request = runtime_pb2.ExpertRequest(
+            uid=self.model_id, tensors=encode(hidden, codec) + encode(grad, codec) + wire_tensors(tensors),
+            metadata=encode_meta(meta))
+        call = stub_for(self.p2p, hop.peer_id).rpc_backward(request, timeout=self.config.request_timeout_s)
+        response = await self.answer_of(hop.peer_id, call)
+        meta_out = decode_meta(response.metadata, ResponseMeta)
+        if meta_out.error is not None:
+            raise error_from_wire(meta_out.error.code, meta_out.error.message)
+        n = 2 if codec == "int8" else 1
+        try:
+            grad_in = decode(response.tensors[:n], codec)
+            grads = [from_wire(t) for t in response.tensors[n:]]
+        except BadRequestError as e:
+            raise RemoteCallError(f"server {hop.peer_id} answered with malformed tensors: {e}") from None
+        if grad_in.shape != hidden.shape or len(grads) != len(tensors) \
+                or any(g.shape != t.shape for g, t in zip(grads, tensors)):
+            raise RemoteCallError(f"server {hop.peer_id} answered a backward call with gradients of the wrong shapes")
+        if not torch.isfinite(grad_in).all() or not all(torch.isfinite(g).all() for g in grads):
+            raise RemoteCallError(f"server {hop.peer_id} answered a backward call with non-finite gradients")
+        return grad_in, grads
 
     def close(self, timeout_s: float = 6.0) -> None:
         """Close the transport, the loop and (if ours) the DHT node, in about ``timeout_s`` at most:

@@ -16,7 +16,7 @@ import uuid
 import torch
 from hivemind.proto import runtime_pb2
 
-from corolla.client.remote import SwarmClient, parse_response
+from corolla.client.remote import SwarmClient, parse_response, wire_tensors
 from corolla.errors import (
     CorollaError,
     NoRouteError,
@@ -36,15 +36,20 @@ log = logging.getLogger(__name__)
 class _HopStream:
     """One open ``rpc_inference`` stream to one server."""
 
-    def __init__(self, client: SwarmClient, hop: Hop, max_length: int):
+    def __init__(self, client: SwarmClient, hop: Hop, max_length: int, adapter=None):
         self.client, self.hop = client, hop
+        spec = adapter.spec if adapter is not None else None
         self.open_meta = SessionOpen(
             model_id=client.model_id,
             session_id=uuid.uuid4().hex,
             start_block=hop.start,
             end_block=hop.end,
             max_length=max_length,
+            adapter=spec,
+            hosted_adapter=client.config.adapter,
         )
+        # a client-owned adapter travels once, with the message that opens the session
+        self._adapter_tensors = wire_tensors(adapter.block_tensors(hop.start, hop.end)) if spec is not None else []
         self._stream: RpcStream | None = None
         self._opened = False
         self._closed = False  # by close(): no stream opens after it
@@ -66,8 +71,8 @@ class _HopStream:
         meta = InferenceMeta(position=position, open=None if self._opened else self.open_meta,
                              route=route or None, push_from=push_from, compression=None if codec == "none" else codec,
                              cohort=cohort)
-        request = runtime_pb2.ExpertRequest(uid=self.client.model_id, tensors=encode(hidden, codec),
-                                            metadata=encode_meta(meta))
+        tensors = encode(hidden, codec) + (self._adapter_tensors if not self._opened else [])
+        request = runtime_pb2.ExpertRequest(uid=self.client.model_id, tensors=tensors, metadata=encode_meta(meta))
         with remote_call(f"call to {self.hop.peer_id}"):
             if self._stream is None:
                 stream = await RpcStream.open(self.client.p2p, self.hop.peer_id, "rpc_inference",
@@ -133,8 +138,10 @@ def _backoff_s(failures: int) -> float:
 class InferenceSession:
     """``step(hidden [B, T, H]) -> hidden`` through every block, keeping KV caches on servers."""
 
-    def __init__(self, client: SwarmClient, max_length: int):
-        self.client, self.max_length = client, max_length
+    def __init__(self, client: SwarmClient, max_length: int, adapter=None):
+        """``adapter``: a client-owned :class:`~corolla.client.training.SwarmAdapter` whose remote
+        tensors each server gets when the session opens there (and drops when it closes)."""
+        self.client, self.max_length, self.adapter = client, max_length, adapter
         self.position = 0
         self._hops: list[_HopState] = []
         self._closed = False
@@ -178,7 +185,7 @@ class InferenceSession:
     def _step_chunk(self, hidden: torch.Tensor, cohort: Cohort | None = None) -> torch.Tensor:
         if not self._hops:
             hops = self.client.plan(stop=self._closing)
-            self._adopt(0, 0, [_HopState(_HopStream(self.client, hop, self.max_length)) for hop in hops])
+            self._adopt(0, 0, [_HopState(_HopStream(self.client, hop, self.max_length, self.adapter)) for hop in hops])
         failures = 0
         index, x = 0, hidden
         while True:
@@ -276,7 +283,7 @@ class InferenceSession:
         self.client.loop.run(old.stream.close())
         start, end = self._span(index)
         hops = self.client.plan(start, end, stop=self._closing)
-        new = [_HopState(_HopStream(self.client, hop, self.max_length)) for hop in hops]
+        new = [_HopState(_HopStream(self.client, hop, self.max_length, self.adapter)) for hop in hops]
         try:
             self.client.loop.run(self._replay(new, old.inputs))
         except CorollaError:

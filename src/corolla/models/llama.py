@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from corolla.models.adapters import BlockAdapters
 from corolla.models.kv import KVCache, KVLayout
 
 # model_type -> (transformers module name, class prefix)
@@ -104,8 +105,14 @@ class LlamaSpan(nn.Module):
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         return KVLayout(self.num_blocks, cfg.num_key_value_heads, head_dim, dtype)
 
+    def lora_shape(self, target: str) -> tuple[int, int]:
+        """(out, in) features of projection ``target`` (one of protocol.messages.LORA_TARGETS)."""
+        module = self.layers[0].get_submodule(LORA_MODULES[target])
+        return module.out_features, module.in_features
+
     def step(
-        self, items: list[tuple[torch.Tensor, KVCache, int]], first: int = 0, last: int | None = None
+        self, items: list[tuple[torch.Tensor, KVCache | None, int]], first: int = 0, last: int | None = None,
+        adapters: list[BlockAdapters | None] | None = None,
     ) -> list[torch.Tensor]:
         """One inference step of several sessions as one batch through local blocks ``first:last``.
 
@@ -114,10 +121,16 @@ class LlamaSpan(nn.Module):
         (the cost of a decode step is reading the weights, so a batch costs about what one
         session does); attention runs per session against its own cache, with its own causal
         (and sliding-window) mask. This mirrors the decoder layer's forward op for op.
+
+        A cache of None runs the item statelessly (position 0; its tokens attend only to each
+        other); ``adapters`` (one per item, or None) add deep prompts and LoRA. Under autograd
+        this is the training path: it differentiates to the inputs and the adapters.
         """
         from transformers.models.llama.modeling_llama import rotate_half
 
         last = self.num_blocks if last is None else last
+        if adapters is not None and all(a is None for a in adapters):
+            adapters = None
         shapes = [h.shape for h, _, _ in items]
         x = torch.cat([h.reshape(-1, h.shape[-1]) for h, _, _ in items])  # [N, H]
         positions = torch.cat([
@@ -128,14 +141,22 @@ class LlamaSpan(nn.Module):
         windows = {"full_attention": None, "sliding_attention": getattr(self.config, "sliding_window", None)}
         masks = {kind: [_step_mask(shape[1], p, windows[kind]) for (_, _, p), shape in zip(items, shapes)]
                  for kind in set(self._kinds[first:last])}
+        rows = [(shape[0], shape[1], p) for (_, _, p), shape in zip(items, shapes)]
+
+        def proj(block: int, module: nn.Module, target: str, h: torch.Tensor) -> torch.Tensor:
+            out = linear(module, h)
+            return out if adapters is None else _lora(out, h, block, target, rows, adapters)
+
         for i in range(first, last):
             layer, kind = self.layers[i], self._kinds[i]
             attn = layer.self_attn
+            if adapters is not None:
+                x = _add_prompts(x, i, rows, adapters)
             residual = x
             h = layer.input_layernorm(x)
-            q = linear(attn.q_proj, h).view(len(x), -1, attn.head_dim)
-            k = linear(attn.k_proj, h).view(len(x), -1, attn.head_dim)
-            v = linear(attn.v_proj, h).view(len(x), -1, attn.head_dim)
+            q = proj(i, attn.q_proj, "q", h).view(len(x), -1, attn.head_dim)
+            k = proj(i, attn.k_proj, "k", h).view(len(x), -1, attn.head_dim)
+            v = proj(i, attn.v_proj, "v", h).view(len(x), -1, attn.head_dim)
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
             outputs, offset = [], 0
@@ -144,20 +165,64 @@ class LlamaSpan(nn.Module):
                 # contiguous: the fused CPU attention kernel refuses strided slices (and falls back to a slow one)
                 qi, ki, vi = (z[offset : offset + n].view(b, t, -1, attn.head_dim).transpose(1, 2).contiguous()
                               for z in (q, k, v))
-                keys, values = kv.append(i, ki, vi, position)
+                keys, values = (ki, vi) if kv is None else kv.append(i, ki, vi, position)
                 out = nn.functional.scaled_dot_product_attention(
                     qi, keys, values, attn_mask=mask, scale=attn.scaling, enable_gqa=True
                 )
                 outputs.append(out.transpose(1, 2).reshape(n, -1))
                 offset += n
-            x = residual + linear(attn.o_proj, torch.cat(outputs))
+            x = residual + proj(i, attn.o_proj, "o", torch.cat(outputs))
             mlp, h = layer.mlp, layer.post_attention_layernorm(x)
-            x = x + linear(mlp.down_proj, mlp.act_fn(linear(mlp.gate_proj, h)) * linear(mlp.up_proj, h))
+            x = x + proj(i, mlp.down_proj, "down",
+                         mlp.act_fn(proj(i, mlp.gate_proj, "gate", h)) * proj(i, mlp.up_proj, "up", h))
         results, offset = [], 0
         for b, t, hidden_size in shapes:
             results.append(x[offset : offset + b * t].view(b, t, hidden_size))
             offset += b * t
         return results
+
+
+LORA_MODULES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
+                "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+
+
+def _segments(x: torch.Tensor, rows: list[tuple[int, int, int]]):
+    offset = 0
+    for b, t, _ in rows:
+        yield x[offset : offset + b * t]
+        offset += b * t
+
+
+def _lora(out: torch.Tensor, h: torch.Tensor, block: int, target: str, rows: list[tuple[int, int, int]],
+          adapters: list[BlockAdapters | None]) -> torch.Tensor:
+    """``out`` (rows of all items) plus each item's LoRA delta of ``target`` in ``block``."""
+    pairs = [a.lora.get((block, target)) if a is not None else None for a in adapters]
+    if all(p is None for p in pairs):
+        return out
+    parts = []
+    for seg, hs, pair, adapter in zip(_segments(out, rows), _segments(h, rows), pairs, adapters):
+        if pair is not None:
+            a, b = pair
+            seg = seg + adapter.scale * ((hs @ a.t()) @ b.t())
+        parts.append(seg)
+    return torch.cat(parts)
+
+
+def _add_prompts(x: torch.Tensor, block: int, rows: list[tuple[int, int, int]],
+                 adapters: list[BlockAdapters | None]) -> torch.Tensor:
+    """Add each item's deep prompt of ``block`` to its positions below the prompt's length."""
+    prompts = [a.prompts.get(block) if a is not None else None for a in adapters]
+    if all(p is None or position >= p.shape[1] for p, (_, _, position) in zip(prompts, rows)):
+        return x
+    parts = []
+    for seg, prompt, (b, t, position) in zip(_segments(x, rows), prompts, rows):
+        if prompt is not None and position < prompt.shape[1]:
+            n = min(prompt.shape[1], position + t) - position  # prompt positions this step covers
+            seq = seg.view(b, t, -1)
+            added = prompt[:, position : position + n].expand(b, n, -1) + seq[:, :n]
+            seg = torch.cat([added, seq[:, n:]], dim=1).reshape(b * t, -1)
+        parts.append(seg)
+    return torch.cat(parts)
 
 
 SMALL_BATCH_ROWS = 8
@@ -236,6 +301,16 @@ class LlamaFamily:
         if not getattr(config, "tie_word_embeddings", False):
             names["lm_head.weight"] = "lm_head.weight"
         return names
+
+    lora_modules = LORA_MODULES  # LoRA target -> the module inside a block (PEFT names it so too)
+
+    def lora_shapes(self, config: Any) -> dict[str, tuple[int, int]]:
+        """LoRA target -> (out, in) features of its projection, from the config alone."""
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        hidden, inter = config.hidden_size, config.intermediate_size
+        q, kv = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
+        return {"q": (q, hidden), "k": (kv, hidden), "v": (kv, hidden), "o": (hidden, q),
+                "gate": (inter, hidden), "up": (inter, hidden), "down": (hidden, inter)}
 
     def build_span(self, config: Any, start: int, end: int) -> LlamaSpan:
         return LlamaSpan(config, start, end)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from corolla.errors import UnsupportedModelError
+from corolla.models.adapters import BlockAdapters
 from corolla.models.kv import KVCache, KVLayout
 
 
@@ -33,10 +34,17 @@ class Span(Protocol):
         ...
 
     def step(
-        self, items: list[tuple[torch.Tensor, KVCache, int]], first: int = 0, last: int | None = None
+        self, items: list[tuple[torch.Tensor, KVCache | None, int]], first: int = 0, last: int | None = None,
+        adapters: list[BlockAdapters | None] | None = None,
     ) -> list[torch.Tensor]:
         """One inference step of several sessions, ``(hidden [b, t, H], cache, position)`` each,
-        batched through local blocks ``first:last``; their outputs in order."""
+        batched through local blocks ``first:last``; their outputs in order. A cache of None is a
+        stateless pass from position 0; ``adapters`` (one per item) add deep prompts and LoRA
+        (:mod:`corolla.models.adapters`). Differentiable: under autograd it is the training path."""
+        ...
+
+    def lora_shape(self, target: str) -> tuple[int, int]:
+        """(out, in) features of the projection LoRA target ``target`` names in every block."""
         ...
 
     def __call__(self, hidden: torch.Tensor, *, first: int = 0, last: int | None = None) -> torch.Tensor:
@@ -56,7 +64,11 @@ class Family(Protocol):
     name: str
     model_types: tuple[str, ...]
 
+    lora_modules: dict[str, str]  # LoRA target (protocol.messages.LORA_TARGETS) -> module path in a block
+
     def block_prefix(self, block: int) -> str: ...
+
+    def lora_shapes(self, config: Any) -> dict[str, tuple[int, int]]: ...  # target -> (out, in)
 
     def head_tensor_names(self, config: Any) -> dict[str, str]: ...
 

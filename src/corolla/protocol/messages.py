@@ -8,7 +8,7 @@ Metadata travels as msgpack (never pickle).
 from __future__ import annotations
 
 import enum
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -27,6 +27,43 @@ PeerIdStr = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[1-9A-H
 
 class _Wire(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# projections of a block that LoRA may adapt, in the order their tensors travel
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+LoraTarget = Literal["q", "k", "v", "o", "gate", "up", "down"]
+AdapterName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")]
+
+
+class AdapterSpec(_Wire):
+    """Trainable tensors a client sends with a request (or a session's first message) for the
+    blocks of that request, after the hidden states (and, for backward, their gradient).
+
+    Per block, in block order: its deep prompt ``[1 or batch, prompt_len, hidden]`` when
+    ``prompt_len`` > 0 (added to the first ``prompt_len`` positions before the block), then for
+    each of ``lora_targets`` in :data:`LORA_TARGETS` order its LoRA ``A [rank, in]`` and
+    ``B [out, rank]`` (the projection's output grows by ``lora_scale * x @ A.T @ B.T``). Float32.
+    The server keeps none of them after the request (or the session).
+    """
+
+    prompt_len: int = Field(default=0, ge=0, le=65_536)
+    lora_rank: int = Field(default=0, ge=0, le=65_536)
+    lora_scale: float = Field(default=1.0, ge=-1e6, le=1e6, allow_inf_nan=False)
+    lora_targets: tuple[LoraTarget, ...] = Field(default=(), max_length=len(LORA_TARGETS))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AdapterSpec:
+        if bool(self.lora_rank) != bool(self.lora_targets):
+            raise ValueError("lora_rank and lora_targets go together (both set or both empty)")
+        if list(self.lora_targets) != [t for t in LORA_TARGETS if t in self.lora_targets]:
+            raise ValueError(f"lora_targets must be distinct and in the order {', '.join(LORA_TARGETS)}")
+        if not self.prompt_len and not self.lora_rank:
+            raise ValueError("an adapter spec without prompts or LoRA: leave it out")
+        return self
+
+    @property
+    def tensors_per_block(self) -> int:
+        return (1 if self.prompt_len else 0) + 2 * len(self.lora_targets)
 
 
 class ServerState(str, enum.Enum):
@@ -54,6 +91,8 @@ class ServerInfo(_Wire):
     steps_served: int = Field(default=0, ge=0)  # inference steps computed since start ...
     batches_run: int = Field(default=0, ge=0)  # ... in this many batched forwards
     public_name: str | None = Field(default=None, max_length=64)
+    adapters: tuple[AdapterName, ...] = Field(default=(), max_length=64)  # server-hosted LoRA adapters, by name
+    trainable: bool = True  # answers backward calls (float weights; a quantized span cannot)
     # round-trip times (seconds) to the servers holding the following blocks, by peer id
     next_pings: dict[Annotated[str, Field(max_length=64)], float] = Field(default_factory=dict, max_length=64)
 
@@ -72,6 +111,8 @@ class SessionOpen(_Wire):
     start_block: BlockIndex
     end_block: BlockIndex
     max_length: int = Field(ge=1, le=1_000_000)
+    adapter: AdapterSpec | None = None  # client-owned adapter tensors follow this message's hidden states
+    hosted_adapter: AdapterName | None = None  # or one the server hosts (ServerInfo.adapters)
 
     @model_validator(mode="after")
     def _span_not_empty(self) -> SessionOpen:
@@ -127,12 +168,23 @@ class PushMeta(_Wire):
 
 
 class ForwardMeta(_Wire):
-    """Metadata of a stateless forward call through blocks ``start_block:end_block``."""
+    """Metadata of a stateless forward call through blocks ``start_block:end_block``.
+
+    Tensors: the hidden states [B, T, H] (in ``compression``), then the adapter's (``adapter``).
+    """
 
     model_id: ModelId
     start_block: BlockIndex
     end_block: BlockIndex
     compression: Codec | None = None
+    adapter: AdapterSpec | None = None
+    hosted_adapter: AdapterName | None = None
+
+
+class BackwardMeta(ForwardMeta):
+    """Metadata of a stateless backward call: tensors are the span's input hidden states, the
+    gradient of its output (both in ``compression``), then the adapter's tensors. The answer holds
+    the gradient of the input, then one per adapter tensor, in the same order (float32)."""
 
 
 class ErrorInfo(_Wire):

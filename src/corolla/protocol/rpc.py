@@ -5,6 +5,8 @@ the receiver parses with a model from :mod:`corolla.protocol.messages`.
 
 - ``rpc_info``: unary; response metadata is the server's current ServerInfo plus model id.
 - ``rpc_forward``: unary; hidden states [B, T, H] through ``ForwardMeta``'s blocks, no state.
+- ``rpc_backward``: unary; the span's input, the gradient of its output and the client's trainable
+  tensors (``BackwardMeta``) -> the gradient of the input and of each trainable tensor, no state.
 - ``rpc_inference``: bidirectional stream, one session; each message carries only new tokens'
   hidden states and an ``InferenceMeta``; the first message opens the session.
 - ``rpc_push``: bidirectional stream, server to server, kept open; each message is a previous
@@ -34,6 +36,11 @@ class BlockRPC(ServicerBase):
         raise NotImplementedError
 
     async def rpc_forward(
+        self, request: runtime_pb2.ExpertRequest, context: P2PContext
+    ) -> runtime_pb2.ExpertResponse:
+        raise NotImplementedError
+
+    async def rpc_backward(
         self, request: runtime_pb2.ExpertRequest, context: P2PContext
     ) -> runtime_pb2.ExpertResponse:
         raise NotImplementedError

@@ -287,7 +287,8 @@ class Batcher:
         with torch.inference_mode():
             for (first, last), indices in groups.items():
                 items = [(batch[i].hidden.to(self.dtype), batch[i].session.kv, batch[i].position) for i in indices]
-                for i, out in zip(indices, span.step(items, first, last)):
+                adapters = [batch[i].session.adapters for i in indices]  # already in the server's dtype
+                for i, out in zip(indices, span.step(items, first, last, adapters)):
                     outputs[i] = out.float()
         now = time.monotonic()
         for request in batch:

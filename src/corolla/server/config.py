@@ -29,6 +29,8 @@ class ServerConfig:
     max_sessions_per_peer: int = 16
     max_batch_size: int = 16
     max_step_tokens: int = 4096  # batch * new tokens in one step or forward call
+    max_backward_tokens: int = 2048  # batch * tokens of one backward call (clients chunk by rows within it)
+    max_lora_rank: int = 64  # of a client-owned LoRA adapter
     session_idle_timeout_s: float = 600.0  # a session idle this long is dropped (its client replays it)
     # KV cache and batching
     cache_bytes: int = 2 * 1024**3  # KV cache budget for all sessions together
@@ -51,4 +53,6 @@ class ServerConfig:
     # a push to the next hop that takes longer is given up and the client relays the step; an
     # acknowledgement normally takes milliseconds, and a dead next hop fails the push at once
     push_timeout_s: float = 2.0
+    # server-hosted LoRA adapters: (name, PEFT folder) pairs, served to sessions that ask for them
+    adapters: tuple[tuple[str, str], ...] = ()
     drain_timeout_s: float = 5.0  # on SIGTERM, how long running steps may take to finish

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from hivemind.p2p import P2PContext
@@ -22,10 +21,15 @@ from corolla.errors import (
     ServerBusyError,
     ServerInternalError,
     SessionEvictedError,
+    TrainingUnsupportedError,
+    UnknownAdapterError,
     UnknownSessionError,
 )
+from corolla.models.adapters import BlockAdapters, unpack
 from corolla.models.registry import Span
 from corolla.protocol.messages import (
+    AdapterSpec,
+    BackwardMeta,
     Cohort,
     ErrorInfo,
     ForwardMeta,
@@ -36,12 +40,14 @@ from corolla.protocol.messages import (
     decode_meta,
     encode_meta,
 )
-from corolla.protocol.tensors import decode, encode
+from corolla.protocol.tensors import decode, encode, from_wire, to_wire
 from corolla.server.batching import Batcher
 from corolla.server.config import ServerConfig
 from corolla.server.kv import CacheBudget
+from corolla.server.priority import PriorityExecutor
 from corolla.server.push import PushLinks
 from corolla.server.sessions import SessionTable, check_hidden, check_step
+from corolla.server.training import TrainingRunner
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +78,11 @@ async def _until_client_closes(inbox: asyncio.Queue, timeout_s: float = 5.0) -> 
         pass
 
 
+def _codec_tensors(codec: str | None) -> int:
+    """How many wire tensors one hidden-states tensor takes in ``codec``."""
+    return 2 if codec == "int8" else 1
+
+
 def error_response(err: CorollaError) -> runtime_pb2.ExpertResponse:
     meta = ResponseMeta(error=ErrorInfo(code=err.code, message=str(err)[:4096]))
     return runtime_pb2.ExpertResponse(metadata=encode_meta(meta))
@@ -100,8 +111,11 @@ class BlockHandlers:
             max_length=config.max_session_length,
         )
         self._info = info
-        # one compute thread: torch already uses every core for one request
-        self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corolla-compute")
+        # one compute thread (torch already uses every core for one request), inference first
+        self.compute = PriorityExecutor()
+        self.training = TrainingRunner(self.compute, lambda: self.span, dtype)
+        self.trainable = True  # False for quantized weights (set by the server)
+        self.hosted: dict[str, BlockAdapters] = {}  # server-hosted adapters by name, local blocks, in `dtype`
         self.accepting = True  # False while draining for shutdown
         self.inflight = 0  # requests being computed right now
         self.generation = 0  # bumped when the server moves to other blocks: older sessions are lost
@@ -131,13 +145,38 @@ class BlockHandlers:
             raise BadRequestError(f"blocks {start}:{end} are not within this server's span {self.start}:{self.end}")
         return start - self.start, end - self.start
 
-    def _hidden(self, request: runtime_pb2.ExpertRequest, codec: str | None = None) -> torch.Tensor:
+    def _hidden(self, request: runtime_pb2.ExpertRequest, codec: str | None = None,
+                tensors=None, max_tokens: int | None = None) -> torch.Tensor:
         return check_hidden(
-            decode(request.tensors, codec),
+            decode(request.tensors if tensors is None else tensors, codec),
             hidden_size=self.hidden_size,
             max_batch=self.config.max_batch_size,
-            max_tokens=self.config.max_step_tokens,
+            max_tokens=max_tokens or self.config.max_step_tokens,
         )
+
+    def _adapters(self, spec: AdapterSpec | None, hosted: str | None, tensors, first: int, last: int,
+                  batch: int) -> BlockAdapters | None:
+        """The adapters a request asks for: the client's own (``spec`` and its tensors) or one this
+        server hosts (``hosted``); None for neither."""
+        if spec is not None and hosted is not None:
+            raise BadRequestError("a request uses either its own adapter or a hosted one, not both")
+        if hosted is not None:
+            if hosted not in self.hosted:
+                have = ", ".join(sorted(self.hosted)) or "none"
+                raise UnknownAdapterError(f"this server does not host adapter {hosted!r} (it hosts: {have})")
+            if tensors:
+                raise BadRequestError(f"{len(tensors)} unexpected tensors after the hidden states")
+            return self.hosted[hosted]
+        if spec is None:
+            if tensors:
+                raise BadRequestError(f"{len(tensors)} unexpected tensors after the hidden states")
+            return None
+        if spec.prompt_len > self.config.max_step_tokens:
+            raise BadRequestError(f"deep prompts of {spec.prompt_len} positions are more than this server's limit "
+                                  f"of {self.config.max_step_tokens}")
+        return unpack(spec, [from_wire(t) for t in tensors], lora_shape=self.span.lora_shape,
+                      hidden_size=self.hidden_size, first=first, last=last, batch=batch,
+                      max_rank=self.config.max_lora_rank)
 
     async def _run(self, fn, *args):
         self.inflight += 1
@@ -172,13 +211,46 @@ class BlockHandlers:
         try:
             meta = decode_meta(request.metadata, ForwardMeta)
             first, last = self._local_blocks(meta.model_id, meta.start_block, meta.end_block)
-            hidden = self._hidden(request, meta.compression)
-            return self._ok(await self._run(self._forward, hidden, first, last), codec=meta.compression)
+            n = _codec_tensors(meta.compression)
+            hidden = self._hidden(request, meta.compression, request.tensors[:n])
+            adapters = self._adapters(meta.adapter, meta.hosted_adapter, request.tensors[n:], first, last,
+                                      hidden.shape[0])
+            if adapters is None:
+                return self._ok(await self._run(self._forward, hidden, first, last), codec=meta.compression)
+            return self._ok(await self.training.forward(hidden, adapters, first, last), codec=meta.compression)
         except CorollaError as e:
             return error_response(e)
         except Exception as e:
             log.exception("forward failed")
             return error_response(ServerInternalError(f"forward failed on the server: {type(e).__name__}"))
+
+    async def rpc_backward(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
+        """Gradients for a span's input and the client's trainable tensors; nothing is kept."""
+        try:
+            meta = decode_meta(request.metadata, BackwardMeta)
+            first, last = self._local_blocks(meta.model_id, meta.start_block, meta.end_block)
+            if not self.trainable:
+                raise TrainingUnsupportedError("this server's weights are quantized: it runs no backward passes")
+            if meta.hosted_adapter is not None:
+                raise BadRequestError("backward runs with a client-owned adapter (or none), not a hosted one")
+            n = _codec_tensors(meta.compression)
+            if len(request.tensors) < 2 * n:
+                raise BadRequestError("a backward call sends the input and the gradient of the output")
+            limit = self.config.max_backward_tokens
+            hidden = self._hidden(request, meta.compression, request.tensors[:n], max_tokens=limit)
+            grad_out = self._hidden(request, meta.compression, request.tensors[n : 2 * n], max_tokens=limit)
+            if grad_out.shape != hidden.shape:
+                raise BadRequestError(f"the output gradient's shape {list(grad_out.shape)} differs from the input's "
+                                      f"{list(hidden.shape)}")
+            adapters = self._adapters(meta.adapter, None, request.tensors[2 * n :], first, last, hidden.shape[0])
+            grad_in, grads = await self.training.backward(hidden, grad_out.float(), adapters, first, last)
+            tensors = encode(grad_in, meta.compression) + [to_wire(g) for g in grads]
+            return runtime_pb2.ExpertResponse(tensors=tensors, metadata=encode_meta(ResponseMeta()))
+        except CorollaError as e:
+            return error_response(e)
+        except Exception as e:
+            log.exception("backward failed")
+            return error_response(ServerInternalError(f"backward failed on the server: {type(e).__name__}"))
 
     async def rpc_push(
         self, requests: AsyncIterator[runtime_pb2.ExpertRequest], context: P2PContext
@@ -271,7 +343,15 @@ class BlockHandlers:
                         if meta.position in session.pushed and meta.position < session.position:
                             continue  # a push that timed out for its sender still reached us: done already
                         codec = meta.compression
-                        hidden = self._hidden(request, codec)
+                        n = _codec_tensors(codec)
+                        hidden = self._hidden(request, codec, request.tensors[:n])
+                        if meta.open is not None:
+                            adapters = self._adapters(meta.open.adapter, meta.open.hosted_adapter,
+                                                      request.tensors[n:], session.first, session.last,
+                                                      hidden.shape[0])
+                            session.adapters = adapters.to(self.dtype) if adapters is not None else None
+                        elif len(request.tensors) > n:
+                            raise BadRequestError("adapter tensors travel only with the message that opens a session")
                         position, route, cohort = meta.position, meta.route, meta.cohort
                     check_step(session, hidden, position)
                     push = bool(route) and self.pushes is not None

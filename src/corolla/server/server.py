@@ -61,10 +61,12 @@ class Server:
             forward_tps=round(self.throughput.forward_tps, 3),
             cache_tokens_left=handlers.cache_tokens_left if handlers else 0,
             active_sessions=len(handlers.sessions) if handlers else 0,
-            queued_requests=handlers.inflight + handlers.batcher.pending if handlers else 0,
+            queued_requests=handlers.inflight + handlers.batcher.pending + handlers.training.active if handlers else 0,
             steps_served=handlers.batcher.steps if handlers else 0,
             batches_run=handlers.batcher.batches if handlers else 0,
             public_name=self.config.public_name,
+            adapters=tuple(sorted(handlers.hosted)) if handlers else (),
+            trainable=self.config.quant == "none",
             next_pings={peer: round(rtt, 6) for peer, rtt in sorted(self.next_pings.items())[:64]},
         )
 
@@ -101,6 +103,7 @@ class Server:
             hidden_size=self.model_config.hidden_size, dtype=self.dtype, config=cfg,
             info=lambda: encode_meta(self.info()),
         )
+        self.handlers.trainable = cfg.quant == "none"
 
     @property
     def auto_placed(self) -> bool:

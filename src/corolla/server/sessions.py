@@ -32,6 +32,7 @@ class Session:
     last_used: float = dataclasses.field(default_factory=time.monotonic)  # for idle expiry and LRU eviction
     closed: bool = False  # its stream ended; the batcher frees its cache once no step of it runs
     evicted: bool = False  # its cache was dropped for room: the next step tells the client to replay
+    adapters: Any = None  # BlockAdapters of this session (client-owned, sent at open, or hosted), or None
 
 
 class SessionTable:

@@ -40,14 +40,18 @@ def step_cost_s(server: ServerRecord, start: int, end: int, rtt_s: float, tokens
     return rtt_s + per_block * (end - start) * load_penalty
 
 
-def usable(state: SwarmState, banned: Collection[str] = (), allowed: Collection[str] | None = None):
-    """Online servers the caller may use, sorted by peer id (so ties break the same way everywhere)."""
+def usable(state: SwarmState, banned: Collection[str] = (), allowed: Collection[str] | None = None,
+           adapter: str | None = None, trainable: bool = False):
+    """Online servers the caller may use, sorted by peer id (so ties break the same way everywhere).
+    ``adapter``: only servers hosting that adapter; ``trainable``: only servers that run backward."""
     servers = [
         s
         for s in state.servers
         if s.info.state is ServerState.ONLINE
         and s.peer_id not in banned
         and (allowed is None or s.peer_id in allowed)
+        and (adapter is None or adapter in s.info.adapters)
+        and (not trainable or s.info.trainable)
     ]
     return sorted(servers, key=lambda s: s.peer_id)
 
@@ -76,6 +80,8 @@ def plan_chain(
     allowed: Collection[str] | None = None,
     rtt_s: Mapping[str, float] | None = None,
     forward_tokens: int | None = None,
+    adapter: str | None = None,
+    trainable: bool = False,
 ) -> list[Hop]:
     """The fastest chain covering ``start:end``; raises NoRouteError naming uncovered blocks.
 
@@ -83,7 +89,7 @@ def plan_chain(
     plans a stateless forward of that many tokens instead, weighing servers by prefill speed.
     """
     end = state.num_blocks if end is None else end
-    servers = usable(state, banned, allowed)
+    servers = usable(state, banned, allowed, adapter, trainable)
     by_peer = {s.peer_id: s for s in servers}
     rtt_s = rtt_s or {}
 
