@@ -189,6 +189,7 @@ class RemoteBlocks:
     def __init__(self, client: SwarmClient):
         self.client = client
         self.recoveries = 0  # failed calls routed around (forward or backward)
+        self.last_forward: list[list[_HopInput]] = []  # the hops of the last forward pass, per row chunk
 
     def _slice(self, spec: AdapterSpec | None, tensors: Sequence[torch.Tensor], hop: Hop) -> list[torch.Tensor]:
         k = spec.tensors_per_block if spec is not None else 0
@@ -258,8 +259,11 @@ class RemoteBlocks:
         return _ThroughSwarm.apply(self, spec, hidden, *tensors)
 
     def row_chunks(self, hidden: torch.Tensor) -> int:
-        """Rows per call: a call carries at most ``max_train_tokens`` tokens (at least one row)."""
-        return max(1, self.client.config.max_train_tokens // max(hidden.shape[1], 1))
+        """Rows per call: at most ``max_train_tokens`` tokens, and no more than any server of the
+        swarm takes in one backward call (at least one row: a row is never split)."""
+        state = self.client.swarm_state(self.client.config.state_max_age_s)
+        limit = min([self.client.config.max_train_tokens, *(s.info.max_backward_tokens for s in state.servers)])
+        return max(1, limit // max(hidden.shape[1], 1))
 
 
 class _ThroughSwarm(torch.autograd.Function):
@@ -273,6 +277,7 @@ class _ThroughSwarm(torch.autograd.Function):
             outs.append(out)
             records.append(rec)
         ctx.blocks, ctx.spec, ctx.records, ctx.tensors = blocks, spec, records, tensors
+        blocks.last_forward = records
         return torch.cat(outs, dim=0)
 
     @staticmethod

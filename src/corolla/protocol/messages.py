@@ -93,6 +93,7 @@ class ServerInfo(_Wire):
     public_name: str | None = Field(default=None, max_length=64)
     adapters: tuple[AdapterName, ...] = Field(default=(), max_length=64)  # server-hosted LoRA adapters, by name
     trainable: bool = True  # answers backward calls (float weights; a quantized span cannot)
+    max_backward_tokens: int = Field(default=2048, ge=1)  # batch x tokens of one backward call
     # round-trip times (seconds) to the servers holding the following blocks, by peer id
     next_pings: dict[Annotated[str, Field(max_length=64)], float] = Field(default_factory=dict, max_length=64)
 
