@@ -2,6 +2,8 @@
 
 Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions``,
 ``GET /api/swarm``; the static pages of ``corolla/web`` at ``/`` when that folder exists.
+The model is served as its id and, for each LoRA adapter that an online server hosts, as
+``MODEL:NAME`` (routed only through servers hosting NAME; a NAME no server hosts is a 404).
 Each generation runs in its own thread (see :mod:`corolla.api.generation`); a streamed one is
 cancelled, and its inference session closed, when the HTTP client goes away. When the server shuts
 down (``app.state.closing``, closed by :class:`corolla.api.server.ApiServer`), every open request ends
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
+import re
 import threading
 import time
 import uuid
@@ -31,6 +35,9 @@ from corolla.api.schemas import ChatCompletionRequest, CompletionRequest
 from corolla.api.tools import call_prefill, parse_tool_calls
 from corolla.sse import Closing, SSEResponse
 
+log = logging.getLogger(__name__)
+
+ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")  # as ServerInfo.adapters accepts (protocol.messages)
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 DEFAULT_MAX_TOKENS = 256
 DISCONNECT_POLL_S = 0.25
@@ -74,23 +81,43 @@ def create_app(engine: Engine, *, api_key: str | None = None, web_dir: Path | No
             raise APIError(401, "invalid or missing API key (send `Authorization: Bearer KEY`)",
                            type="authentication_error", code="invalid_api_key")
 
-    def check_model(name: str) -> None:
-        if name != engine.model_id:
-            raise APIError(404, f"the model {name!r} does not exist; this server serves {engine.model_id!r}",
-                           type="invalid_request_error", param="model", code="model_not_found")
+    def check_model(name: str) -> str | None:
+        """The hosted adapter ``name`` asks for ("MODEL:NAME"), None for the plain model; else a 404.
+        Whether a server hosts NAME is routing's to say (a typed error, then a 404 as well)."""
+        if name == engine.model_id:
+            return None
+        base, _, adapter = name.rpartition(":")
+        if base == engine.model_id and ADAPTER_NAME.match(adapter):
+            return adapter
+        raise APIError(404, f"the model {name!r} does not exist; this server serves {engine.model_id!r} "
+                            f"(and {engine.model_id}:ADAPTER for the adapters its servers host)",
+                       type="invalid_request_error", param="model", code="model_not_found")
+
+    def hosted_adapters() -> list[str]:
+        """Adapters that some online server of the model announces (the engine's cached swarm state)."""
+        try:
+            servers = engine.swarm_status().get("servers", [])
+        except Exception as e:  # the DHT may fail a read: the model itself is still listed
+            log.warning("reading the swarm's adapters failed: %s: %s", type(e).__name__, e)
+            return []
+        return sorted({a for s in servers if s.get("state") == "online" for a in s.get("adapters", ())})
 
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     def list_models() -> dict:
-        return {"object": "list", "data": [_model_card(engine.model_id)]}
+        names = [engine.model_id] + [f"{engine.model_id}:{a}" for a in hosted_adapters()]
+        return {"object": "list", "data": [_model_card(name) for name in names]}
 
     @app.get("/v1/models/{name:path}", dependencies=[Depends(authorize)])
     def get_model(name: str) -> dict:
-        check_model(name)
-        return _model_card(engine.model_id)
+        adapter = check_model(name)
+        if adapter is not None and adapter not in hosted_adapters():
+            raise APIError(404, f"the model {name!r} does not exist: no server of {engine.model_id} hosts adapter "
+                                f"{adapter!r}", type="invalid_request_error", param="model", code="model_not_found")
+        return _model_card(name)
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
     async def chat_completions(body: ChatCompletionRequest, request: Request):
-        check_model(body.model)
+        adapter = check_model(body.model)
         tools = [t.model_dump(exclude_none=True) for t in body.tools or []]
         choice = body.tool_choice
         if choice is not None and not isinstance(choice, str):
@@ -106,7 +133,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, web_dir: Path | No
             raise bad_request(str(e), param="messages") from None
         text = prompts.render_chat(engine.tokenizer, messages, tools or None, choice)
         prefill = _prefill(tools, choice)
-        job = _Job(engine, text, body, request, closing, slots)
+        job = _Job(engine, text, body, request, closing, slots, adapter=adapter)
         known = {t["function"]["name"] for t in tools} if tools and choice != "none" else set()
         if body.stream and not known:
             return await job.stream_chat()
@@ -120,13 +147,13 @@ def create_app(engine: Engine, *, api_key: str | None = None, web_dir: Path | No
                 finish = "tool_calls"
         if body.stream:  # tools: the reply is parsed whole, then sent as one chunk
             return job.replay_chat(message, finish, used)
-        return {"id": job.id, "object": "chat.completion", "created": job.created, "model": engine.model_id,
+        return {"id": job.id, "object": "chat.completion", "created": job.created, "model": body.model,
                 "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
                 "usage": used}
 
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
     async def completions(body: CompletionRequest, request: Request):
-        check_model(body.model)
+        adapter = check_model(body.model)
         extra: tuple[str, ...] = ()
         if body.suffix is not None:
             if body.echo:
@@ -135,13 +162,14 @@ def create_app(engine: Engine, *, api_key: str | None = None, web_dir: Path | No
             extra = fim.extra_stops
         else:
             text = body.prompt
-        job = _Job(engine, text, body, request, closing, slots, extra_stops=extra, templated=body.suffix is not None)
+        job = _Job(engine, text, body, request, closing, slots, extra_stops=extra, templated=body.suffix is not None,
+                   adapter=adapter)
         if body.stream:
             return await job.stream_completion(echo=body.prompt if body.echo else "")
         content, finish, used = await job.collect()
         if body.echo:
             content = body.prompt + content
-        return {"id": job.id, "object": "text_completion", "created": job.created, "model": engine.model_id,
+        return {"id": job.id, "object": "text_completion", "created": job.created, "model": body.model,
                 "choices": [{"index": 0, "text": content, "finish_reason": finish, "logprobs": None}],
                 "usage": used}
 
@@ -171,7 +199,7 @@ class _Job:
 
     def __init__(self, engine: Engine, prompt: str, body, request: Request, closing: Closing,
                  slots: threading.Semaphore | None = None, *, extra_stops: tuple[str, ...] = (),
-                 templated: bool = True):
+                 templated: bool = True, adapter: str | None = None):
         if closing.closed:
             raise shutting_down()
         self.engine, self.body, self.request, self.closing, self.slots = engine, body, request, closing, slots
@@ -188,7 +216,7 @@ class _Job:
                            code="context_length_exceeded")
         self.options = GenerationOptions(max_tokens=max_tokens, temperature=body.temperature,
                                          top_p=body.top_p if body.top_p < 1.0 else None, seed=body.seed,
-                                         extra_stops=extra_stops)
+                                         extra_stops=extra_stops, adapter=adapter)
 
     def usage(self, completion_tokens: int) -> dict:
         n = len(self.prompt_ids)
@@ -266,7 +294,7 @@ class _Job:
     async def stream_chat(self) -> SSEResponse:
         gen, done, first = await self._started()
         base = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.engine.model_id}
+                "model": self.body.model}
 
         def chunk(text: str | None, role: bool = False) -> dict:
             delta = {} if text is None else {"content": text}
@@ -284,7 +312,7 @@ class _Job:
     def replay_chat(self, message: dict, finish: str, used: dict) -> SSEResponse:
         """A finished chat answer (with tool calls) as a stream of one chunk."""
         base = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.engine.model_id}
+                "model": self.body.model}
         delta = {"role": "assistant", "content": message.get("content")}
         if message.get("tool_calls"):
             delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(message["tool_calls"])]
@@ -301,7 +329,7 @@ class _Job:
 
     async def stream_completion(self, echo: str = "") -> SSEResponse:
         gen, done, first = await self._started()
-        base = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.engine.model_id}
+        base = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.body.model}
 
         def chunk(text: str | None) -> dict:
             return {**base, "choices": [{"index": 0, "text": text or "", "finish_reason": None, "logprobs": None}]}

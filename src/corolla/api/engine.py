@@ -17,13 +17,16 @@ from corolla.client.session import InferenceSession
 log = logging.getLogger(__name__)
 
 SERVER_FIELDS = ("state", "inference_rps", "forward_tps", "active_sessions", "queued_requests",
-                 "cache_tokens_left", "dtype", "quant", "public_name", "version")
+                 "cache_tokens_left", "dtype", "quant", "public_name", "version", "adapters")
+MAX_ADAPTER_CLIENTS = 64  # routing views kept for hosted adapters (names come from HTTP requests)
 
 
 class SwarmEngine:
     """Generation and swarm state for the API; thread-safe (each request runs in its own thread).
 
-    Concurrent generations share the model's client, whose LM head batches their steps.
+    Concurrent generations share the model's client, whose LM head batches their steps; one with a
+    server-hosted adapter (``GenerationOptions.adapter``) routes through a view of that client which
+    uses only servers hosting it (:meth:`SwarmClient.with_adapter`).
     """
 
     def __init__(self, model, *, state_max_age_s: float = 1.0):
@@ -38,6 +41,8 @@ class SwarmEngine:
         self._open_lock = threading.Condition()
         self._sessions: set[InferenceSession] = set()
         self._closed = False
+        self._adapter_clients: dict[str, object] = {}  # adapter name -> SwarmClient view (oldest first)
+        self._adapter_lock = threading.Lock()
 
     @property
     def tokenizer(self):
@@ -55,6 +60,18 @@ class SwarmEngine:
         """Generations whose inference session is open right now."""
         return self._open
 
+    def client_for(self, adapter: str | None):
+        """The model's client, or a view of it routing to servers that host ``adapter``. Views are
+        kept (they cache the swarm's state like the client does), the oldest dropped past a bound."""
+        if adapter is None:
+            return self.model.client
+        with self._adapter_lock:
+            client = self._adapter_clients.pop(adapter, None) or self.model.client.with_adapter(adapter)
+            self._adapter_clients[adapter] = client  # now the most recent
+            while len(self._adapter_clients) > MAX_ADAPTER_CLIENTS:
+                del self._adapter_clients[next(iter(self._adapter_clients))]
+            return client
+
     def stream(self, prompt_ids: list[int], options: GenerationOptions) -> Iterator[str]:
         params = SamplingParams(do_sample=options.temperature > 0, temperature=options.temperature or 1.0,
                                 top_p=options.top_p if options.temperature > 0 else None, seed=options.seed)
@@ -67,7 +84,7 @@ class SwarmEngine:
         ids = torch.tensor([prompt_ids], dtype=torch.long)
         decoder = TextDelta(tokenizer)
         # our own session (not the model's): close() may close it from another thread at any moment
-        session = InferenceSession(self.model.client, len(prompt_ids) + options.max_tokens)
+        session = InferenceSession(self.client_for(options.adapter), len(prompt_ids) + options.max_tokens)
         with self._open_lock:
             if self._closed:
                 raise shutting_down()
@@ -128,7 +145,7 @@ def swarm_json(state) -> dict:
         entry = {"peer_id": record.peer_id, "start_block": info.start_block, "end_block": info.end_block}
         for field in SERVER_FIELDS:
             value = getattr(info, field)
-            entry[field] = value.value if field == "state" else value
+            entry[field] = value.value if field == "state" else list(value) if field == "adapters" else value
         servers.append(entry)
     return {"model_id": state.model_id, "num_blocks": state.num_blocks, "coverage": state.coverage(),
             "servers": servers}

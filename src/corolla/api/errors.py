@@ -9,6 +9,7 @@ from corolla.errors import (
     SequenceTooLongError,
     ServerBusyError,
     SwarmError,
+    UnknownAdapterError,
 )
 
 RETRY_AFTER_S = 5
@@ -41,6 +42,8 @@ def from_exception(error: BaseException) -> APIError:
     """Map an exception raised while serving a request onto an HTTP error."""
     if isinstance(error, APIError):
         return error
+    if isinstance(error, UnknownAdapterError):  # "MODEL:NAME" with no server hosting NAME: no such model
+        return APIError(404, str(error), param="model", code="model_not_found")
     if isinstance(error, SequenceTooLongError):
         return APIError(400, str(error), code="context_length_exceeded")
     if isinstance(error, BadRequestError):

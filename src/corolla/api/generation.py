@@ -24,6 +24,7 @@ class GenerationOptions:
     top_p: float | None = None
     seed: int | None = None
     extra_stops: tuple[str, ...] = ()  # special tokens that end generation besides EOS
+    adapter: str | None = None  # a server-hosted LoRA adapter by name (the API's model "MODEL:NAME")
 
 
 class Engine(Protocol):

@@ -16,6 +16,7 @@ def register(sub) -> None:
     g.add_argument("--chat-template", action="store_true", help="wrap PROMPT as a user message of the chat template")
     add_peers(g)
     add_compression(g)
+    add_adapter(g)
     add_sampling(g)
     g.set_defaults(func=run_generate)
 
@@ -28,6 +29,7 @@ def register(sub) -> None:
     c.add_argument("--system", default=None, help="a system prompt")
     add_peers(c)
     add_compression(c)
+    add_adapter(c)
     add_sampling(c)
     from corolla.cli.assistant import add_endpoint
 
@@ -35,11 +37,18 @@ def register(sub) -> None:
     c.set_defaults(func=run_chat)
 
 
+def add_adapter(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--adapter", default=None, metavar="NAME|FOLDER",
+                        help="a LoRA adapter: the NAME of one that servers host (`swarm status` lists them), or a "
+                             "FOLDER (PEFT LoRA) whose tensors this client sends to the servers")
+
+
 def _open(args):
     from corolla.client.model import DistributedModelForCausalLM
 
     return DistributedModelForCausalLM.from_pretrained(args.model, initial_peers=args.initial_peers,
-                                                       model_id=args.model_id, compression=args.compression)
+                                                       model_id=args.model_id, compression=args.compression,
+                                                       adapter=args.adapter)
 
 
 def run_generate(args: argparse.Namespace) -> int:

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import re
+from pathlib import Path
 
 from corolla.cli.common import add_peers
+from corolla.errors import CorollaError
 from corolla.models.precision import DTYPES, QUANTS
 from corolla.server.config import CACHE_POLICIES
+
+ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")  # as ServerInfo.adapters accepts (protocol.messages)
+MAX_ADAPTERS, MAX_ADAPTER_NAME = 64, 64  # ditto
 
 
 def _blocks(text: str) -> tuple[int, int]:
@@ -39,6 +45,9 @@ def register(sub) -> None:
     p.add_argument("--identity", default=None, metavar="FILE", help="private key file for a stable peer id")
     p.add_argument("--public-name", default=None, help="a name shown in `swarm status`")
     p.add_argument("--max-session-length", type=int, default=8192, help="tokens per session (default 8192)")
+    p.add_argument("--max-backward-tokens", type=int, default=2048,
+                   help="batch x tokens of one training (backward) call; clients chunk within it (default 2048)")
+    p.add_argument("--max-lora-rank", type=int, default=64, help="largest rank of a client's LoRA adapter (default 64)")
     p.add_argument("--max-sessions", type=int, default=64, help="open sessions at once (default 64)")
     p.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
     p.add_argument("--max-sessions-per-peer", type=int, default=16, help="open sessions of one client (default 16)")
@@ -70,23 +79,51 @@ def register(sub) -> None:
                    help="how often to check whether moving would help the swarm (0: never move; default 60)")
     g.add_argument("--rebalance-min-gain", type=float, default=1.2,
                    help="move only if the weakest block's throughput grows by this factor (default 1.2)")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
+                   help="host the PEFT LoRA adapter in folder PATH as NAME (repeatable); clients pick it with "
+                        "adapter=NAME, the API serves it as MODEL:NAME")
     p.add_argument("--throughput", type=float, default=None, metavar="STEPS_PER_S",
                    help="announce this decode speed instead of measuring it")
     p.add_argument("--announce-period-s", type=float, default=10.0, help="re-announce every N s (default 10)")
     p.set_defaults(func=run)
 
 
+def parse_adapters(values: list[str]) -> tuple[tuple[str, str], ...]:
+    """``--adapter NAME=PATH`` values as (name, folder) pairs; a CorollaError says what is wrong."""
+    pairs: dict[str, str] = {}
+    for value in values:
+        name, eq, path = value.partition("=")
+        if not eq or not name or not path:
+            raise CorollaError(f"--adapter {value!r}: use NAME=PATH, e.g. --adapter sql=./sql-lora")
+        if not ADAPTER_NAME.match(name) or len(name) > MAX_ADAPTER_NAME:
+            raise CorollaError(f"--adapter {value!r}: the name must be letters, digits, '.', '_' or '-' (not first), "
+                               f"at most {MAX_ADAPTER_NAME} characters")
+        if name in pairs:
+            raise CorollaError(f"--adapter {value!r}: the name {name!r} is given twice")
+        folder = Path(path).expanduser()
+        if not folder.is_dir():
+            raise CorollaError(f"--adapter {value!r}: {path} is not a folder (a PEFT LoRA adapter folder is)")
+        if not (folder / "adapter_config.json").is_file():
+            raise CorollaError(f"--adapter {value!r}: {path} has no adapter_config.json (not a PEFT adapter folder)")
+        pairs[name] = str(folder.resolve())
+    if len(pairs) > MAX_ADAPTERS:
+        raise CorollaError(f"a server hosts at most {MAX_ADAPTERS} adapters, not {len(pairs)}")
+    return tuple(pairs.items())
+
+
 def run(args: argparse.Namespace) -> int:
     from corolla.server.config import ServerConfig
     from corolla.server.server import Server
 
+    adapters = parse_adapters(args.adapter)  # before any loading: a typo fails in a second, not minutes
     start, end = args.blocks if args.blocks else (None, None)
     config = ServerConfig(
         model=args.model, start_block=start, end_block=end, num_blocks=args.num_blocks, model_id=args.model_id,
         dtype=args.dtype, quant=args.quant, initial_peers=tuple(args.initial_peers), new_swarm=args.new_swarm,
         host=args.host, port=args.port, announce_host=args.announce_host, identity_path=args.identity,
         public_name=args.public_name,
-        max_session_length=args.max_session_length, max_sessions=args.max_sessions, torch_threads=args.torch_threads,
+        max_session_length=args.max_session_length, max_backward_tokens=args.max_backward_tokens,
+        max_lora_rank=args.max_lora_rank, max_sessions=args.max_sessions, torch_threads=args.torch_threads,
         max_sessions_per_peer=args.max_sessions_per_peer, session_idle_timeout_s=args.session_idle_timeout_s,
         cache_bytes=args.cache_bytes, cache_tokens=args.cache_tokens, cache_policy=args.cache_policy,
         cache_wait_s=args.cache_wait_s, max_cache_bytes_per_peer=args.max_cache_bytes_per_peer,
@@ -95,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         memory_budget_bytes=args.memory_budget_bytes, rebalance_period_s=args.rebalance_period_s,
         rebalance_min_gain=args.rebalance_min_gain, throughput=args.throughput,
         announce_period_s=args.announce_period_s, announce_expiration_s=max(30.0, 3 * args.announce_period_s),
+        adapters=adapters,
     )
     Server(config).run()
     return 0

@@ -143,13 +143,13 @@ def run_status(args: argparse.Namespace) -> int:
 
     table = Table(title=f"{model_id}: {n} blocks, {len(state.servers)} servers")
     for col in ("peer", "name", "blocks", "state", "steps/s", "prefill tok/s", "sessions", "queued", "dtype",
-                "version"):
+                "adapters", "version"):
         table.add_column(col)
     for s in state.servers:
         i = s.info
         table.add_row(s.peer_id[-12:], i.public_name or "", f"{i.start_block}:{i.end_block}", i.state.value,
                       f"{i.inference_rps:.1f}", f"{i.forward_tps:.0f}", str(i.active_sessions), str(i.queued_requests),
-                      i.dtype, i.version)
+                      i.dtype, ", ".join(i.adapters), i.version)
     console = Console()
     console.print(table)
     strip = "".join("[red]·[/]" if c == 0 else "[yellow]1[/]" if c == 1 else f"[green]{min(c, 9)}[/]" for c in coverage)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
 import logging
 import threading
 import time
@@ -20,6 +22,7 @@ from corolla.errors import (
     PeerUnresponsiveError,
     RemoteCallError,
     SessionClosedError,
+    UnknownAdapterError,
     error_from_wire,
 )
 from corolla.protocol.messages import (
@@ -71,6 +74,16 @@ class SwarmClient:
         self._rtt: dict[str, tuple[float, float]] = {}  # peer -> (measured at, round trip seconds)
         self._state: tuple[float, SwarmState] | None = None  # (read at, state)
 
+    def with_adapter(self, name: str | None) -> SwarmClient:
+        """This client routing to servers hosting adapter ``name`` (None: no hosted adapter), for
+        serving several adapters at once (the API's ``MODEL:NAME``). It shares this client's DHT
+        node, connections, loop, bans and round trips; only this client's ``close`` closes them."""
+        view = copy.copy(self)
+        view.config = dataclasses.replace(self.config, adapter=name)
+        view._state = None
+        view._own_dht = False
+        return view
+
     # ---- swarm state and routing --------------------------------------------------------------
     def swarm_state(self, max_age_s: float = 0.0) -> SwarmState:
         """The swarm's state from the DHT, or a read at most ``max_age_s`` old."""
@@ -97,7 +110,7 @@ class SwarmClient:
         ``forward_tokens``: plan a stateless forward of that many tokens (weighs prefill speed).
         ``stop``: set from another thread, it ends the wait with SessionClosedError.
         ``trainable``: only servers that run backward passes. With ``ClientConfig.adapter``, only
-        servers hosting that adapter.
+        servers hosting that adapter; UnknownAdapterError at once when no server hosts it.
         """
         stop = stop or threading.Event()
         deadline = time.monotonic() + self.config.route_timeout_s
@@ -108,6 +121,10 @@ class SwarmClient:
                 return plan_chain(state, start, end, banned=self.banned(), allowed=self.config.allowed_servers,
                                   rtt_s=self.measure_rtts(state), forward_tokens=forward_tokens,
                                   adapter=self.config.adapter, trainable=trainable)
+            except UnknownAdapterError:
+                if max_age_s == 0.0:
+                    raise
+                max_age_s = 0.0  # a reused read may predate the servers hosting it: decide on a fresh one
             except NoRouteError:
                 max_age_s = 0.0  # wait on fresh reads
                 if time.monotonic() + delay > deadline:

@@ -8,6 +8,9 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from hivemind.proto import runtime_pb2
@@ -15,7 +18,9 @@ from hivemind.proto import runtime_pb2
 from corolla import __version__
 from corolla.cache import cache_root
 from corolla.errors import CorollaError
+from corolla.models.adapters import BlockAdapters
 from corolla.models.loading import block_bytes, load_config, load_span, parse_dtype
+from corolla.models.peft import load_lora
 from corolla.models.quant import check_dtype, check_quant, quantize_span
 from corolla.models.resolve import resolve_model
 from corolla.protocol.messages import ServerInfo, ServerState, encode_meta
@@ -65,8 +70,10 @@ class Server:
             steps_served=handlers.batcher.steps if handlers else 0,
             batches_run=handlers.batcher.batches if handlers else 0,
             public_name=self.config.public_name,
-            adapters=tuple(sorted(handlers.hosted)) if handlers else (),
+            # before the blocks are loaded (JOINING) the names to come: clients wait for such a host
+            adapters=tuple(sorted(handlers.hosted) if handlers else sorted(name for name, _ in self.config.adapters)),
             trainable=self.config.quant == "none",
+            max_backward_tokens=self.config.max_backward_tokens,
             next_pings={peer: round(rtt, 6) for peer, rtt in sorted(self.next_pings.items())[:64]},
         )
 
@@ -97,6 +104,8 @@ class Server:
         self.peer_id = self.dht.peer_id.to_base58()
         self.start, self.end = self._choose_blocks()
         self._announce()  # JOINING: others see these blocks are being loaded
+        # adapters first: a folder that does not fit the model fails before minutes of loading blocks
+        hosted = load_hosted(cfg.adapters, self.model_config, self.start, self.end, self.dtype)
         span = self._load(self.start, self.end)
         self.handlers = BlockHandlers(
             model_id=self.model_id, span=span, start=self.start, end=self.end,
@@ -104,6 +113,9 @@ class Server:
             info=lambda: encode_meta(self.info()),
         )
         self.handlers.trainable = cfg.quant == "none"
+        self.handlers.hosted = hosted
+        if hosted:
+            log.info("hosting adapters %s", ", ".join(sorted(hosted)))
 
     @property
     def auto_placed(self) -> bool:
@@ -227,12 +239,22 @@ class Server:
         old, n = (self.start, self.end), self.end - self.start
         log.info("moving from blocks %d:%d to %d:%d to strengthen the swarm's weakest blocks", *old, start, start + n)
         await self._announce(self.info(ServerState.JOINING, (start, start + n)), wait=False)
+        # hosted adapters are kept for the span's blocks only (keyed by local block): load the new ones
+        hosted = await loop.run_in_executor(None, load_hosted, self.config.adapters, self.model_config, start,
+                                            start + n, self.dtype)
         span = await loop.run_in_executor(None, self._load, start, start + n)
-        await loop.run_in_executor(self.handlers.compute, self.handlers.swap_span, span, start, start + n)
+        await loop.run_in_executor(self.handlers.compute, self._swap, span, hosted, start, start + n)
         self.start, self.end = start, start + n
         await self._announce(self.info(ServerState.OFFLINE, old), wait=False)  # the old blocks: gone
         await self._announce(wait=False)
         print(f"corolla-server moved peer_id={self.peer_id} blocks={self.start}:{self.end}", flush=True)
+
+    def _swap(self, span: torch.nn.Module, hosted: dict[str, BlockAdapters], start: int, end: int) -> None:
+        """Serve blocks ``start:end`` with their adapters (on the compute thread, between steps): no step
+        ever sees the new span with the old span's adapters. Sessions opened before are lost anyway
+        (the handlers' generation), adapters included."""
+        self.handlers.swap_span(span, start, end)
+        self.handlers.hosted = hosted
 
     def shutdown(self) -> None:
         if self.handlers is not None:
@@ -251,6 +273,19 @@ class Server:
             asyncio.run(self.serve())
         finally:
             self.shutdown()
+
+
+def load_hosted(adapters: Sequence[tuple[str, str]], model_config: Any, start: int, end: int,
+                dtype: torch.dtype) -> dict[str, BlockAdapters]:
+    """The server-hosted LoRA adapters ``(name, PEFT folder)`` for blocks ``start:end``, keyed by local
+    block and in the compute dtype, as :class:`~corolla.server.handlers.BlockHandlers` applies them.
+    Only these blocks' tensors are read: a server holds no more of an adapter than of the model."""
+    hosted = {}
+    for name, folder in adapters:
+        lora = load_lora(Path(folder), model_config, blocks=range(start, end))
+        pairs = {(block - start, target): (a.to(dtype), b.to(dtype)) for (block, target), (a, b) in lora.pairs.items()}
+        hosted[name] = BlockAdapters(lora=pairs, scale=lora.scale)
+    return hosted
 
 
 class _UnwaitedExecutor(concurrent.futures.ThreadPoolExecutor):

@@ -13,7 +13,7 @@ import dataclasses
 import heapq
 from collections.abc import Collection, Mapping
 
-from corolla.errors import NoRouteError
+from corolla.errors import NoRouteError, UnknownAdapterError
 from corolla.protocol.messages import ServerState
 from corolla.swarm.discovery import ServerRecord, SwarmState
 
@@ -56,6 +56,20 @@ def usable(state: SwarmState, banned: Collection[str] = (), allowed: Collection[
     return sorted(servers, key=lambda s: s.peer_id)
 
 
+def check_adapter(state: SwarmState, adapter: str, allowed: Collection[str] | None = None) -> None:
+    """Raise UnknownAdapterError if some server is online and no server the caller may use hosts
+    ``adapter`` (bans aside: a banned host is back soon). An empty swarm raises nothing: its
+    servers may still be starting, and the caller waits for them as for any missing block."""
+    may_use = [s for s in state.servers if allowed is None or s.peer_id in allowed]
+    if any(adapter in s.info.adapters for s in may_use if s.info.state is not ServerState.OFFLINE):
+        return
+    if not any(s.info.state is ServerState.ONLINE for s in may_use):
+        return
+    hosted = sorted({name for s in may_use if s.info.state is ServerState.ONLINE for name in s.info.adapters})
+    raise UnknownAdapterError(f"no server of {state.model_id} hosts adapter {adapter!r} "
+                              f"(adapters hosted now: {', '.join(hosted) or 'none'})")
+
+
 def missing_spans(servers: list[ServerRecord], start: int, end: int) -> list[tuple[int, int]]:
     covered = [False] * (end - start)
     for s in servers:
@@ -87,8 +101,12 @@ def plan_chain(
 
     By default the cost is that of one decode step (inference sessions); ``forward_tokens``
     plans a stateless forward of that many tokens instead, weighing servers by prefill speed.
+    ``adapter``: only servers hosting it; UnknownAdapterError when servers are online but none
+    (joining ones included) announces it, since waiting for missing blocks would not help.
     """
     end = state.num_blocks if end is None else end
+    if adapter is not None:
+        check_adapter(state, adapter, allowed)
     servers = usable(state, banned, allowed, adapter, trainable)
     by_peer = {s.peer_id: s for s in servers}
     rtt_s = rtt_s or {}
