@@ -17,6 +17,7 @@ class ClientConfig:
     route_timeout_s: float = 30.0  # how long to wait for missing blocks to get a server
     max_chunk_tokens: int = 1024  # prefill is sent in chunks of at most this many tokens (x batch)
     max_train_tokens: int = 1024  # training calls carry at most this many tokens (whole rows, at least one)
+    train_pipeline: int = 4  # a training batch goes as at least this many micro-batches at once (rows permitting)
     adapter: str | None = None  # a LoRA adapter servers host (by name): only servers announcing it are used
     max_retries: int = 5  # failed steps re-routed before giving up
     ban_s: float = 15.0  # first ban of a failing server; doubles on repeat

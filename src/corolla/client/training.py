@@ -13,6 +13,7 @@ gradients are those of an undisturbed step.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import logging
 import math
@@ -258,38 +259,48 @@ class RemoteBlocks:
         tensors = adapter.block_tensors() if spec is not None else []
         return _ThroughSwarm.apply(self, spec, hidden, *tensors)
 
-    def row_chunks(self, hidden: torch.Tensor) -> int:
-        """Rows per call: at most ``max_train_tokens`` tokens, and no more than any server of the
-        swarm takes in one backward call (at least one row: a row is never split)."""
+    def rows_per_call(self, hidden: torch.Tensor) -> int:
+        """Rows per call (micro-batch). At most ``max_train_tokens`` tokens, and no more than any
+        server of the swarm takes in one backward call (a row is never split); and at least
+        ``train_pipeline`` micro-batches when there are rows enough, so that while one micro-batch
+        is on the second server the next one is on the first (servers of a chain work at once)."""
         state = self.client.swarm_state(self.client.config.state_max_age_s)
         limit = min([self.client.config.max_train_tokens, *(s.info.max_backward_tokens for s in state.servers)])
-        return max(1, limit // max(hidden.shape[1], 1))
+        rows = max(1, limit // max(hidden.shape[1], 1))
+        return max(1, min(rows, math.ceil(hidden.shape[0] / max(1, self.client.config.train_pipeline))))
+
+    def each(self, fn, *arg_lists):
+        """``fn`` over the micro-batches at once, one thread each (their calls interleave on the
+        servers: a pipeline); the results in order, or the first error."""
+        jobs = list(zip(*arg_lists))
+        if len(jobs) == 1:
+            return [fn(*jobs[0])]
+        with concurrent.futures.ThreadPoolExecutor(len(jobs), thread_name_prefix="corolla-train") as pool:
+            return [f.result() for f in [pool.submit(fn, *job) for job in jobs]]
 
 
 class _ThroughSwarm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, blocks: RemoteBlocks, spec: AdapterSpec | None, hidden: torch.Tensor, *tensors: torch.Tensor):
         tensors = [t.detach() for t in tensors]
-        outs, records = [], []
         trainable = any(ctx.needs_input_grad[2:])  # a backward pass will follow: plan servers that run it
-        for piece in hidden.detach().split(blocks.row_chunks(hidden), dim=0):
-            out, rec = blocks.forward_range(0, blocks.client.num_blocks, piece, spec, tensors, trainable=trainable)
-            outs.append(out)
-            records.append(rec)
-        ctx.blocks, ctx.spec, ctx.records, ctx.tensors = blocks, spec, records, tensors
-        blocks.last_forward = records
-        return torch.cat(outs, dim=0)
+        rows = blocks.rows_per_call(hidden)
+        pieces = hidden.detach().split(rows, dim=0)
+        results = blocks.each(
+            lambda piece: blocks.forward_range(0, blocks.client.num_blocks, piece, spec, tensors, trainable=trainable),
+            pieces)
+        ctx.blocks, ctx.spec, ctx.tensors, ctx.rows = blocks, spec, tensors, rows
+        ctx.records = blocks.last_forward = [records for _, records in results]
+        return torch.cat([out for out, _ in results], dim=0)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        grads_in, totals = [], [torch.zeros_like(t) for t in ctx.tensors]
-        rows = ctx.blocks.row_chunks(grad_out)
-        for rec, grad in zip(ctx.records, grad_out.split(rows, dim=0)):
-            grad_in, grads = ctx.blocks.backward(rec, grad.contiguous(), ctx.spec, ctx.tensors)
-            grads_in.append(grad_in)
-            totals = [a + b for a, b in zip(totals, grads)]
+        grads = [g.contiguous() for g in grad_out.split(ctx.rows, dim=0)]
+        results = ctx.blocks.each(lambda rec, grad: ctx.blocks.backward(rec, grad, ctx.spec, ctx.tensors),
+                                  ctx.records, grads)
         ctx.records = None  # the kept hidden states go now
-        return (None, None, torch.cat(grads_in, dim=0), *totals)
+        totals = [sum(parts) for parts in zip(*(g for _, g in results))] if ctx.tensors else []
+        return (None, None, torch.cat([g for g, _ in results], dim=0), *totals)
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
