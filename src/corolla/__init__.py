@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-__all__ = ["DistributedModelForCausalLM", "__version__"]
+__all__ = ["DistributedModelForCausalLM", "SwarmAdapter", "__version__"]
 
 
 def __getattr__(name: str):
@@ -11,4 +11,8 @@ def __getattr__(name: str):
         from corolla.client.model import DistributedModelForCausalLM
 
         return DistributedModelForCausalLM
+    if name == "SwarmAdapter":
+        from corolla.client.training import SwarmAdapter
+
+        return SwarmAdapter
     raise AttributeError(name)
