@@ -63,16 +63,19 @@ def replace_dead(swarm, victim):
     swarm.wait_ready([swarm.add_server(victim.span)])
 
 
-def test_kill_at_random_moments_of_a_training_step_changes_no_gradient(swarm):
-    """Each round kills the server of a random call of the step (a forward or a backward call of
-    either row chunk) a random 0-3 ms after the call starts: mid-request, or between its calls."""
-    ids = torch.randint(0, 320, (4, 24), generator=torch.Generator().manual_seed(2))  # 2 row chunks of 48 tokens
-    with client(swarm, ban_s=600.0) as model:
+@pytest.mark.parametrize("streams, rounds", [(True, 6), (False, 3)], ids=["streaming-calls", "stateless-calls"])
+def test_kill_at_random_moments_of_a_training_step_changes_no_gradient(swarm, streams, rounds):
+    """Each round kills the server of a random call of the step (a forward or a backward half of
+    any micro-batch) a random 0-3 ms after the call starts: mid-request, or between its calls.
+    With streaming calls the servers hold the graphs between forward and backward; without, every
+    backward recomputes."""
+    ids = torch.randint(0, 320, (4, 24), generator=torch.Generator().manual_seed(2))
+    with client(swarm, ban_s=600.0, train_streams=streams) as model:
         adapter = make_adapter(model.config, "lora")
         want_loss, want = training_step(model, adapter, ids)
         calls: list[str] = []
         plan: dict = {}
-        for name in ("call_forward", "call_backward"):
+        for name in ("call_forward", "call_backward", "train_forward", "train_backward"):
             original = getattr(model.client, name)
 
             async def watched(hop, *args, original=original, **kwargs):
@@ -87,7 +90,7 @@ def test_kill_at_random_moments_of_a_training_step_changes_no_gradient(swarm):
         training_step(model, adapter, ids)
         per_step = len(calls)
         recovered = 0
-        for seed in range(6):
+        for seed in range(rounds):
             rng = random.Random(seed)
             calls.clear()
             plan.update(call=rng.randrange(1, per_step + 1), delay=rng.uniform(0, 0.003))
@@ -100,7 +103,7 @@ def test_kill_at_random_moments_of_a_training_step_changes_no_gradient(swarm):
             time.sleep(0.05)  # the kill has landed
             replace_dead(swarm, plan.pop("victim"))
             plan.clear()
-        assert recovered >= 3, f"only {recovered} of 6 kills landed inside a step"
+        assert recovered >= rounds // 2, f"only {recovered} of {rounds} kills landed inside a step"
 
 
 def test_a_server_dying_between_forward_and_backward_is_recomputed(swarm):
@@ -187,6 +190,32 @@ def test_a_quantized_server_refuses_backward_with_a_typed_error(swarm):
         # and training clients never route through it: only the float servers appear in their chains
         with client(swarm) as model:
             assert all(hop.peer_id != server.peer_id for hop in model.client.plan(trainable=True))
+    finally:
+        swarm.stop_server(server)
+        swarm.servers.remove(server)
+
+
+def test_a_server_without_room_to_keep_graphs_is_used_through_recomputing_calls(swarm):
+    """A server whose budget for held graphs is too small refuses the streaming call before any
+    compute; the client uses its stateless forward and backward instead: the same gradients."""
+    ids = torch.randint(0, 320, (2, 12), generator=torch.Generator().manual_seed(6))
+    with client(swarm) as model:
+        _, want = training_step(model, make_adapter(model.config, "lora"), ids)
+    server = swarm.add_server((0, 6), extra_args=["--max-held-train-tokens", "8"])
+    try:
+        swarm.wait_ready([server])
+        with client(swarm, allowed_servers=[server.peer_id]) as model:
+            calls = []
+            original = model.client.call_backward
+
+            async def counted(*args, **kwargs):
+                calls.append(1)
+                return await original(*args, **kwargs)
+
+            model.client.call_backward = counted
+            _, got = training_step(model, make_adapter(model.config, "lora"), ids)
+        assert calls, "the client never fell back to the stateless backward"
+        assert_grads_close(got, want, rel=1e-5)
     finally:
         swarm.stop_server(server)
         swarm.servers.remove(server)

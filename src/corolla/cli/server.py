@@ -48,6 +48,11 @@ def register(sub) -> None:
     p.add_argument("--max-backward-tokens", type=int, default=2048,
                    help="batch x tokens of one training (backward) call; clients chunk within it (default 2048)")
     p.add_argument("--max-lora-rank", type=int, default=64, help="largest rank of a client's LoRA adapter (default 64)")
+    p.add_argument("--max-held-train-tokens", type=int, default=65536,
+                   help="batch x tokens x blocks of training graphs kept between a training call's forward and "
+                        "backward (no recompute); beyond it clients fall back to recomputing calls (default 65536)")
+    p.add_argument("--train-hold-s", type=float, default=60.0,
+                   help="how long a training call's graph waits for its gradient (default 60)")
     p.add_argument("--max-sessions", type=int, default=64, help="open sessions at once (default 64)")
     p.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
     p.add_argument("--max-sessions-per-peer", type=int, default=16, help="open sessions of one client (default 16)")
@@ -123,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, announce_host=args.announce_host, identity_path=args.identity,
         public_name=args.public_name,
         max_session_length=args.max_session_length, max_backward_tokens=args.max_backward_tokens,
-        max_lora_rank=args.max_lora_rank, max_sessions=args.max_sessions, torch_threads=args.torch_threads,
+        max_lora_rank=args.max_lora_rank, max_held_train_tokens=args.max_held_train_tokens,
+        train_hold_s=args.train_hold_s, max_sessions=args.max_sessions, torch_threads=args.torch_threads,
         max_sessions_per_peer=args.max_sessions_per_peer, session_idle_timeout_s=args.session_idle_timeout_s,
         cache_bytes=args.cache_bytes, cache_tokens=args.cache_tokens, cache_policy=args.cache_policy,
         cache_wait_s=args.cache_wait_s, max_cache_bytes_per_peer=args.max_cache_bytes_per_peer,

@@ -17,6 +17,9 @@ class ClientConfig:
     route_timeout_s: float = 30.0  # how long to wait for missing blocks to get a server
     max_chunk_tokens: int = 1024  # prefill is sent in chunks of at most this many tokens (x batch)
     max_train_tokens: int = 1024  # training calls carry at most this many tokens (whole rows, at least one)
+    # a training forward keeps its graph on each server until its backward (one stream per hop and
+    # micro-batch) instead of the server recomputing it; False: stateless forward + backward calls
+    train_streams: bool = True
     train_pipeline: int = 4  # a training batch goes as at least this many micro-batches at once (rows permitting)
     adapter: str | None = None  # a LoRA adapter servers host (by name): only servers announcing it are used
     max_retries: int = 5  # failed steps re-routed before giving up

@@ -34,7 +34,7 @@ from corolla.protocol.messages import (
     decode_meta,
     encode_meta,
 )
-from corolla.protocol.rpc import remote_call, stub_for
+from corolla.protocol.rpc import RpcStream, remote_call, stub_for
 from corolla.protocol.tensors import decode, encode, from_wire, to_wire
 from corolla.swarm.dht import start_dht
 from corolla.swarm.discovery import SwarmState, fetch_swarm_state
@@ -223,7 +223,8 @@ class SwarmClient:
 
     async def call_backward(self, hop: Hop, hidden: torch.Tensor, grad: torch.Tensor, adapter: AdapterSpec | None,
                             tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Gradients of ``hop``'s input and of ``tensors`` given its output's gradient ``grad``."""
+        """Gradients of ``hop``'s input and of ``tensors`` given its output's gradient ``grad``
+        (the server recomputes the forward)."""
         codec = self.config.compression
         meta = BackwardMeta(model_id=self.model_id, start_block=hop.start, end_block=hop.end,
                             compression=None if codec == "none" else codec, adapter=adapter)
@@ -231,7 +232,46 @@ class SwarmClient:
             uid=self.model_id, tensors=encode(hidden, codec) + encode(grad, codec) + wire_tensors(tensors),
             metadata=encode_meta(meta))
         call = stub_for(self.p2p, hop.peer_id).rpc_backward(request, timeout=self.config.request_timeout_s)
-        response = await self.answer_of(hop.peer_id, call)
+        return self._gradients(hop, await self.answer_of(hop.peer_id, call), hidden.shape, tensors)
+
+    async def train_forward(self, hop: Hop, hidden: torch.Tensor, adapter: AdapterSpec | None,
+                            tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, RpcStream]:
+        """The forward half of a streaming training call: ``hop``'s output, and the open stream on
+        which the server keeps the graph for :meth:`train_backward` (no recompute)."""
+        codec = self.config.compression
+        meta = ForwardMeta(model_id=self.model_id, start_block=hop.start, end_block=hop.end,
+                           compression=None if codec == "none" else codec, adapter=adapter)
+        request = runtime_pb2.ExpertRequest(uid=self.model_id, tensors=encode(hidden, codec) + wire_tensors(tensors),
+                                            metadata=encode_meta(meta))
+        with remote_call(f"training call to {hop.peer_id}"):
+            stream = await RpcStream.open(self.p2p, hop.peer_id, "rpc_train", self.config.connect_timeout_s)
+        try:
+            with remote_call(f"training call to {hop.peer_id}"):
+                await stream.send(request)
+            out = parse_response(await self.answer_of(hop.peer_id, stream.receive()), codec)[1]
+            if out.shape != hidden.shape:
+                raise RemoteCallError(f"server {hop.peer_id} answered a training call with shape {list(out.shape)}")
+            return out, stream
+        except BaseException:
+            await stream.close()
+            raise
+
+    async def train_backward(self, hop: Hop, stream: RpcStream, grad: torch.Tensor,
+                             tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The backward half of a streaming training call; the stream is closed after it."""
+        try:
+            with remote_call(f"training call to {hop.peer_id}"):
+                await stream.send(runtime_pb2.ExpertRequest(uid=self.model_id,
+                                                            tensors=encode(grad, self.config.compression)))
+            response = await self.answer_of(hop.peer_id, stream.receive())
+            return self._gradients(hop, response, grad.shape, tensors)
+        finally:
+            await stream.close()
+
+    def _gradients(self, hop: Hop, response: runtime_pb2.ExpertResponse, shape: torch.Size,
+                   tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """A backward answer: the input's gradient, then one per tensor sent, checked."""
+        codec = self.config.compression
         meta_out = decode_meta(response.metadata, ResponseMeta)
         if meta_out.error is not None:
             raise error_from_wire(meta_out.error.code, meta_out.error.message)
@@ -241,7 +281,7 @@ class SwarmClient:
             grads = [from_wire(t) for t in response.tensors[n:]]
         except BadRequestError as e:
             raise RemoteCallError(f"server {hop.peer_id} answered with malformed tensors: {e}") from None
-        if grad_in.shape != hidden.shape or len(grads) != len(tensors) \
+        if grad_in.shape != shape or len(grads) != len(tensors) \
                 or any(g.shape != t.shape for g, t in zip(grads, tensors)):
             raise RemoteCallError(f"server {hop.peer_id} answered a backward call with gradients of the wrong shapes")
         if not torch.isfinite(grad_in).all() or not all(torch.isfinite(g).all() for g in grads):

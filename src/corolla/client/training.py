@@ -13,11 +13,13 @@ gradients are those of an undisturbed step.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import dataclasses
 import logging
 import math
 import threading
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,10 +28,11 @@ import torch
 from torch import nn
 
 from corolla.client.remote import SwarmClient
-from corolla.errors import CorollaError, NoRouteError
+from corolla.errors import CorollaError, NoRouteError, ServerBusyError, SessionEvictedError
 from corolla.models.peft import LoraWeights, load_lora, save_lora
 from corolla.models.registry import family_for
 from corolla.protocol.messages import LORA_TARGETS, AdapterSpec
+from corolla.protocol.rpc import RpcStream
 from corolla.swarm.routing import Hop
 
 log = logging.getLogger(__name__)
@@ -182,6 +185,7 @@ class SwarmAdapter(nn.Module):
 class _HopInput:
     hop: Hop
     hidden: torch.Tensor  # what this hop received (kept for its backward call)
+    stream: RpcStream | None = None  # a streaming training call whose server keeps the graph
 
 
 class RemoteBlocks:
@@ -207,10 +211,12 @@ class RemoteBlocks:
 
     def forward_range(self, start: int, end: int, hidden: torch.Tensor, spec: AdapterSpec | None,
                       tensors: Sequence[torch.Tensor], need_output: bool = True, trainable: bool = True,
-                      ) -> tuple[torch.Tensor | None, list[_HopInput]]:
+                      streams: bool = False) -> tuple[torch.Tensor | None, list[_HopInput]]:
         """``hidden`` through blocks ``start:end``; the output and what each hop received.
         ``need_output=False``: the last hop is planned but not called (backward recomputes it).
-        ``trainable``: route only through servers that run backward passes."""
+        ``trainable``: route only through servers that run backward passes. ``streams``: open a
+        streaming training call per hop (the server keeps the graph for the backward), falling
+        back to a stateless forward where a server has no room for it."""
         records: list[_HopInput] = []
         block, failures, x = start, 0, hidden
         while block < end:
@@ -219,13 +225,20 @@ class RemoteBlocks:
                 if not need_output and hop.end == end:
                     records.append(_HopInput(hop, x))
                     return None, records
+                hop_tensors, stream = self._slice(spec, tensors, hop), None
                 try:
-                    y = self.client.loop.run(self.client.call_forward(hop, x, spec, self._slice(spec, tensors, hop)))
+                    if streams:
+                        try:
+                            y, stream = self.client.loop.run(self.client.train_forward(hop, x, spec, hop_tensors))
+                        except ServerBusyError:  # no room to keep a graph there: it will recompute
+                            y = self.client.loop.run(self.client.call_forward(hop, x, spec, hop_tensors))
+                    else:
+                        y = self.client.loop.run(self.client.call_forward(hop, x, spec, hop_tensors))
                 except CorollaError as e:
                     failures += 1
                     self._failed(hop, e, failures)
                     break  # re-plan from `block`
-                records.append(_HopInput(hop, x))
+                records.append(_HopInput(hop, x, stream))
                 x, block = y, hop.end
         return x, records
 
@@ -236,10 +249,19 @@ class RemoteBlocks:
         grads = [torch.zeros_like(t, dtype=torch.float32) for t in tensors]
         records, i, failures = list(records), len(records) - 1, 0
         while i >= 0:
-            hop, x = records[i].hop, records[i].hidden
+            hop, x, stream = records[i].hop, records[i].hidden, records[i].stream
+            records[i].stream = None  # a stream serves one backward (a retry recomputes), and is closed by it
+            hop_tensors = self._slice(spec, tensors, hop)
             try:
-                grad_x, hop_grads = self.client.loop.run(
-                    self.client.call_backward(hop, x, grad, spec, self._slice(spec, tensors, hop)))
+                if stream is not None:
+                    try:
+                        grad_x, hop_grads = self.client.loop.run(
+                            self.client.train_backward(hop, stream, grad, hop_tensors))
+                    except (SessionEvictedError, ServerBusyError):  # the server let the graph go: it recomputes
+                        grad_x, hop_grads = self.client.loop.run(
+                            self.client.call_backward(hop, x, grad, spec, hop_tensors))
+                else:
+                    grad_x, hop_grads = self.client.loop.run(self.client.call_backward(hop, x, grad, spec, hop_tensors))
             except CorollaError as e:
                 failures += 1
                 self._failed(hop, e, failures)
@@ -279,18 +301,35 @@ class RemoteBlocks:
             return [f.result() for f in [pool.submit(fn, *job) for job in jobs]]
 
 
+class _StreamCloser:
+    """Closes the training streams of records still holding one when it is garbage collected."""
+
+    def __init__(self, client: SwarmClient, records: list[_HopInput]):
+        if records:
+            weakref.finalize(self, _close_streams, client, records)
+
+
+def _close_streams(client: SwarmClient, records: list[_HopInput]) -> None:
+    for record in records:
+        if record.stream is not None and client.loop.loop.is_running():
+            asyncio.run_coroutine_threadsafe(record.stream.close(), client.loop.loop)  # from any thread, no wait
+
+
 class _ThroughSwarm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, blocks: RemoteBlocks, spec: AdapterSpec | None, hidden: torch.Tensor, *tensors: torch.Tensor):
         tensors = [t.detach() for t in tensors]
         trainable = any(ctx.needs_input_grad[2:])  # a backward pass will follow: plan servers that run it
+        streams = trainable and blocks.client.config.train_streams
         rows = blocks.rows_per_call(hidden)
         pieces = hidden.detach().split(rows, dim=0)
         results = blocks.each(
-            lambda piece: blocks.forward_range(0, blocks.client.num_blocks, piece, spec, tensors, trainable=trainable),
-            pieces)
+            lambda piece: blocks.forward_range(0, blocks.client.num_blocks, piece, spec, tensors,
+                                               trainable=trainable, streams=streams), pieces)
         ctx.blocks, ctx.spec, ctx.tensors, ctx.rows = blocks, spec, tensors, rows
         ctx.records = blocks.last_forward = [records for _, records in results]
+        # a graph dropped without a backward: close its streams, so the servers free theirs now
+        ctx.closer = _StreamCloser(blocks.client, [r for chunk in ctx.records for r in chunk if r.stream is not None])
         return torch.cat([out for out, _ in results], dim=0)
 
     @staticmethod
@@ -298,7 +337,7 @@ class _ThroughSwarm(torch.autograd.Function):
         grads = [g.contiguous() for g in grad_out.split(ctx.rows, dim=0)]
         results = ctx.blocks.each(lambda rec, grad: ctx.blocks.backward(rec, grad, ctx.spec, ctx.tensors),
                                   ctx.records, grads)
-        ctx.records = None  # the kept hidden states go now
+        ctx.records = ctx.closer = None  # the kept hidden states go now (their streams are closed)
         totals = [sum(parts) for parts in zip(*(g for _, g in results))] if ctx.tensors else []
         return (None, None, torch.cat([g for g, _ in results], dim=0), *totals)
 

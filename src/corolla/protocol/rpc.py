@@ -7,6 +7,10 @@ the receiver parses with a model from :mod:`corolla.protocol.messages`.
 - ``rpc_forward``: unary; hidden states [B, T, H] through ``ForwardMeta``'s blocks, no state.
 - ``rpc_backward``: unary; the span's input, the gradient of its output and the client's trainable
   tensors (``BackwardMeta``) -> the gradient of the input and of each trainable tensor, no state.
+- ``rpc_train``: bidirectional stream, one training step through a span: the first message is a
+  forward with trainable tensors (``ForwardMeta``), answered with the output while the server keeps
+  the autograd graph; the second brings the output's gradient and is answered like ``rpc_backward``,
+  without recomputing the forward. The graph lives no longer than the stream (and ``train_hold_s``).
 - ``rpc_inference``: bidirectional stream, one session; each message carries only new tokens'
   hidden states and an ``InferenceMeta``; the first message opens the session.
 - ``rpc_push``: bidirectional stream, server to server, kept open; each message is a previous
@@ -44,6 +48,12 @@ class BlockRPC(ServicerBase):
         self, request: runtime_pb2.ExpertRequest, context: P2PContext
     ) -> runtime_pb2.ExpertResponse:
         raise NotImplementedError
+
+    async def rpc_train(
+        self, requests: AsyncIterator[runtime_pb2.ExpertRequest], context: P2PContext
+    ) -> AsyncIterator[runtime_pb2.ExpertResponse]:
+        raise NotImplementedError
+        yield  # pragma: no cover
 
     async def rpc_push(
         self, requests: AsyncIterator[runtime_pb2.ExpertRequest], context: P2PContext

@@ -31,6 +31,10 @@ class ServerConfig:
     max_step_tokens: int = 4096  # batch * new tokens in one step or forward call
     max_backward_tokens: int = 2048  # batch * tokens of one backward call (clients chunk by rows within it)
     max_lora_rank: int = 64  # of a client-owned LoRA adapter
+    # a streaming training call keeps its forward's autograd graph until the same call brings the
+    # gradient (no recompute): at most this many batch x tokens x blocks held at once, and this long
+    max_held_train_tokens: int = 65536
+    train_hold_s: float = 60.0
     session_idle_timeout_s: float = 600.0  # a session idle this long is dropped (its client replays it)
     # KV cache and batching
     cache_bytes: int = 2 * 1024**3  # KV cache budget for all sessions together

@@ -47,7 +47,7 @@ from corolla.server.kv import CacheBudget
 from corolla.server.priority import PriorityExecutor
 from corolla.server.push import PushLinks
 from corolla.server.sessions import SessionTable, check_hidden, check_step
-from corolla.server.training import TrainingRunner
+from corolla.server.training import Graph, TrainingRunner
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +276,69 @@ class BlockHandlers:
                 yield runtime_pb2.ExpertResponse(metadata=encode_meta(ResponseMeta(position=meta.position)))
             except CorollaError as e:
                 yield error_response(e)
+
+    async def rpc_train(
+        self, requests: AsyncIterator[runtime_pb2.ExpertRequest], context: P2PContext
+    ) -> AsyncIterator[runtime_pb2.ExpertResponse]:
+        """One training step's forward and backward through a span on one stream, the graph kept
+        in between (see ``protocol.rpc``). A graph that would not fit ``max_held_train_tokens`` is
+        refused with ServerBusyError before any compute: the client then uses ``forward`` and the
+        stateless ``backward`` (which recomputes)."""
+        inbox: asyncio.Queue = asyncio.Queue()
+        reader = asyncio.create_task(_read_into(requests, inbox))
+        graph, held = None, 0
+        try:
+            try:
+                item = await asyncio.wait_for(inbox.get(), self.config.train_hold_s)
+            except TimeoutError:
+                return  # a stream opened and left silent
+            if item[0] == "end":
+                return
+            request = item[1]
+            meta = decode_meta(request.metadata, ForwardMeta)
+            first, last = self._local_blocks(meta.model_id, meta.start_block, meta.end_block)
+            if not self.trainable:
+                raise TrainingUnsupportedError("this server's weights are quantized: it runs no backward passes")
+            if meta.hosted_adapter is not None:
+                raise BadRequestError("training runs with a client-owned adapter (or none), not a hosted one")
+            n = _codec_tensors(meta.compression)
+            limit = self.config.max_backward_tokens
+            hidden = self._hidden(request, meta.compression, request.tensors[:n], max_tokens=limit)
+            adapters = self._adapters(meta.adapter, None, request.tensors[n:], first, last, hidden.shape[0])
+            held = hidden.shape[0] * hidden.shape[1] * (last - first)
+            if self.training.held_tokens + held > self.config.max_held_train_tokens:
+                held = 0
+                raise ServerBusyError("no room to keep another training graph here; use forward and backward")
+            self.training.held_tokens += held
+            graph = Graph(self.training, adapters)
+            yield self._ok(await graph.forward(hidden, first, last), codec=meta.compression)
+            try:
+                item = await asyncio.wait_for(inbox.get(), self.config.train_hold_s)
+            except TimeoutError:
+                raise SessionEvictedError(f"no gradient came within {self.config.train_hold_s:g} s; "
+                                          "the graph is gone: use the stateless backward") from None
+            if item[0] == "end":
+                return
+            grad_out = self._hidden(item[1], meta.compression, item[1].tensors[:n], max_tokens=limit)
+            if grad_out.shape != hidden.shape or len(item[1].tensors) != n:
+                raise BadRequestError(f"the second message of a training call is the output's gradient, "
+                                      f"{list(hidden.shape)}, alone")
+            grad_in, grads = await graph.backward(grad_out.float())
+            tensors = encode(grad_in, meta.compression) + [to_wire(g) for g in grads]
+            yield runtime_pb2.ExpertResponse(tensors=tensors, metadata=encode_meta(ResponseMeta()))
+            await _until_client_closes(inbox)
+        except CorollaError as e:
+            yield error_response(e)
+            await _until_client_closes(inbox)
+        except Exception as e:
+            log.exception("training call failed")
+            yield error_response(ServerInternalError(f"training failed on the server: {type(e).__name__}"))
+            await _until_client_closes(inbox)
+        finally:
+            reader.cancel()
+            self.training.held_tokens -= held
+            if graph is not None:
+                graph.free()
 
     async def _push(self, route: tuple[PushTarget, ...], out: torch.Tensor, position: int,
                     codec: str | None, cohort: Cohort | None) -> ErrorInfo | None:

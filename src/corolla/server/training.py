@@ -23,6 +23,7 @@ class TrainingRunner:
     def __init__(self, executor: PriorityExecutor, span_getter: Callable[[], Span], dtype: torch.dtype):
         self.executor, self._span, self.dtype = executor, span_getter, dtype
         self.active = 0  # training requests being computed now
+        self.held_tokens = 0  # batch x tokens x blocks of the graphs streaming calls hold now
 
     async def _task(self, fn, *args):
         future = self.executor.submit_with_priority(TRAINING, fn, *args)
@@ -49,46 +50,73 @@ class TrainingRunner:
 
     async def backward(self, hidden: torch.Tensor, grad_out: torch.Tensor, adapters: BlockAdapters | None,
                        first: int, last: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Gradients of ``sum(output * grad_out)`` for the input and each adapter tensor (wire order).
+        """Gradients of ``sum(output * grad_out)`` for the input and each adapter tensor (wire
+        order): the forward is recomputed under autograd, then differentiated."""
+        graph = Graph(self, adapters)
+        try:
+            await graph.forward(hidden, first, last)
+            return await graph.backward(grad_out)
+        finally:
+            graph.free()
 
-        Forward block by block under autograd (each block's input a fresh leaf, so each block's
-        graph stands alone), then backward block by block in reverse.
-        """
-        span = self._span()
-        leaves = adapters.tensors() if adapters is not None else []
-        for t in leaves:
+
+class Graph:
+    """One request's autograd graph over local blocks, block by block: each block's input is a
+    fresh leaf, so each block's graph stands alone and is differentiated (and freed) in turn.
+
+    The stateless backward call builds one and differentiates it at once; the streaming training
+    call (``rpc_train``) answers the forward's output and keeps the graph until the same call
+    brings the output's gradient — no longer than that call lives.
+    """
+
+    def __init__(self, runner: TrainingRunner, adapters: BlockAdapters | None):
+        self.runner, self.adapters = runner, adapters
+        self.segments: list[tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]] = []  # (input, output, leaves)
+        for t in adapters.tensors() if adapters is not None else []:
             t.requires_grad_(True)
-        segments: list[tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]] = []  # (input leaf, output, leaves)
+        self.tokens = 0
+
+    async def forward(self, hidden: torch.Tensor, first: int, last: int) -> torch.Tensor:
+        span, dtype = self.runner._span(), self.runner.dtype
+        self.tokens = hidden.shape[0] * hidden.shape[1] * (last - first)
 
         def block_forward(x: torch.Tensor, i: int) -> torch.Tensor:
             with torch.enable_grad():
                 x = x.detach().requires_grad_(True)
-                ad = _only_block(adapters, i)
-                out = span.step([(x, None, 0)], i, i + 1, [ad.to(self.dtype) if ad is not None else None])[0]
-                segments.append((x, out, ad.tensors() if ad is not None else []))
+                ad = _only_block(self.adapters, i)
+                out = span.step([(x, None, 0)], i, i + 1, [ad.to(dtype) if ad is not None else None])[0]
+                self.segments.append((x, out, ad.tensors() if ad is not None else []))
                 return out.detach()
 
+        self.runner.active += 1
+        try:
+            x = hidden.to(dtype)
+            for i in range(first, last):
+                x = await self.runner._task(block_forward, x, i)
+            return x.float()
+        finally:
+            self.runner.active -= 1
+
+    async def backward(self, grad_out: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         def block_backward(grad: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-            x, out, block_leaves = segments.pop()
+            x, out, block_leaves = self.segments.pop()
             grads = torch.autograd.grad(out, [x, *block_leaves], grad.to(out.dtype), allow_unused=True)
             grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, [x, *block_leaves])]
             return grads[0], [g.float() for g in grads[1:]]
 
-        self.active += 1
+        self.runner.active += 1
         try:
-            x = hidden.to(self.dtype)
-            for i in range(first, last):
-                x = await self._task(block_forward, x, i)
-            del x
-            grad = grad_out
-            per_block: list[list[torch.Tensor]] = []
-            for _ in range(first, last):
-                grad, block_grads = await self._task(block_backward, grad)
+            grad, per_block = grad_out, []
+            while self.segments:
+                grad, block_grads = await self.runner._task(block_backward, grad)
                 per_block.append(block_grads)
             return grad.float(), [g for block_grads in reversed(per_block) for g in block_grads]
         finally:
-            segments.clear()
-            self.active -= 1
+            self.runner.active -= 1
+
+    def free(self) -> None:
+        self.segments.clear()
+        self.adapters = None
 
 
 def _only_block(adapters: BlockAdapters | None, block: int) -> BlockAdapters | None:
