@@ -7,8 +7,10 @@ tokens (default 4 x 128, cut from standard-library source files) with LoRA r=8 o
 - local: Hugging Face ``AutoModelForCausalLM`` + PEFT LoRA (``PeftModel``), ``model(**batch).loss.backward()``;
 - swarm: ``DistributedModelForCausalLM`` with a client-owned ``SwarmAdapter`` (the same LoRA matrices: the
   swarm's adapter is saved and loaded into PEFT), over a loopback ``LocalSwarm`` of 1, 2 and 3 servers
-  (``--servers``): a forward call through every hop, then a backward call per hop in reverse in which
-  each server recomputes its span's forward under autograd (servers keep nothing between calls).
+  (``--servers``): the batch goes as ``train_pipeline`` micro-batches, each through every hop on a
+  training stream (the server keeps the hop's autograd graph until the gradient comes back on the same
+  stream), then backward hop by hop in reverse. ``--train-streams off`` uses the stateless forward and
+  backward calls instead, in which each server recomputes its span's forward under autograd.
 
 Each swarm size's runs are interleaved with local runs (local, swarm, local, swarm, ...) through the
 benchmarks' quiet-machine runner (``_common.QuietRunner``), medians of ``--runs``; ratio = local step
@@ -141,7 +143,10 @@ def grad_diff(pairs) -> float:
 
 
 def client_options(args) -> dict[str, Any]:
-    return {"train_pipeline": args.train_pipeline} if args.train_pipeline else {}
+    options: dict[str, Any] = {"train_pipeline": args.train_pipeline} if args.train_pipeline else {}
+    if args.train_streams == "off":
+        options["train_streams"] = False
+    return options
 
 
 def run_step_part(args, console, progress, ref, tokenizer, batch_chunks) -> dict[str, Any]:
@@ -255,7 +260,7 @@ def report_step(args, console, ref, part) -> dict[str, Any]:
     console.print(table)
     threads = args.server_threads or "cores ÷ servers (LocalSwarm's share)"
     console.print(f"servers: --torch-threads {threads}, env {args.server_env or '-'}, args {args.server_args or '-'}; "
-                  f"client train_pipeline {args.train_pipeline or 'default'}")
+                  f"client train_pipeline {args.train_pipeline or 'default'}, training streams {args.train_streams}")
     console.print("ratio = paired local step time ÷ swarm step time (target ≥ 0.8 at 2 servers); cpu = CPU seconds "
                   "per step of the server processes (with their DHT and p2pd children) and of everything else; "
                   f"|Δloss| and grad rel diff: swarm vs local; {part['quiet'].discarded} disturbed runs repeated")
@@ -374,6 +379,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="torch threads per server (default: LocalSwarm's share, cores ÷ servers)")
     p.add_argument("--train-pipeline", type=int, default=None,
                    help="micro-batches a step's batch goes as (ClientConfig.train_pipeline; default: the client's)")
+    p.add_argument("--train-streams", default="on", choices=["on", "off"],
+                   help="off: stateless forward and backward calls (servers recompute) instead of training streams")
     p.add_argument("--server-args", default="", help="more arguments for every server, as one string")
     p.add_argument("--server-env", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra environment for the servers, e.g. OMP_WAIT_POLICY=PASSIVE")
