@@ -186,7 +186,7 @@ def test_unknown_packaged_name() -> None:
 
 
 def test_packaged_table_is_consistent() -> None:
-    assert packaged.packaged_names() == ["qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b", "smollm2-135m"]
+    assert packaged.packaged_names() == ["gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b", "smollm2-135m"]
     for spec in packaged.PACKAGED.values():
         assert len(spec.sha256) == 64 and int(spec.sha256, 16) >= 0
         assert spec.size_bytes > 0 and spec.parts

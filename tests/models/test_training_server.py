@@ -10,23 +10,24 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from corolla.models.adapters import BlockAdapters
-from corolla.models.llama import LlamaSpan
+from corolla.models.decoder import DecoderSpan
+from corolla.models.llama import LlamaFamily
 from corolla.server.priority import INFERENCE, TRAINING, PriorityExecutor
 from corolla.server.training import TrainingRunner
 
 
-def tiny_span(blocks: int = 4) -> LlamaSpan:
+def tiny_span(blocks: int = 4) -> DecoderSpan:
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=blocks,
                       num_attention_heads=4, num_key_value_heads=2)
     model = LlamaForCausalLM(cfg)
-    span = LlamaSpan(cfg, 0, blocks)
+    span = LlamaFamily().build_span(cfg, 0, blocks)
     span.load_weights({k[len("model.layers."):]: v for k, v in model.state_dict().items()
                        if k.startswith("model.layers.")})
     return span.eval().requires_grad_(False)
 
 
-def lora(span: LlamaSpan, rank: int = 2) -> BlockAdapters:
+def lora(span: DecoderSpan, rank: int = 2) -> BlockAdapters:
     g = torch.Generator().manual_seed(1)
     adapters = BlockAdapters(scale=2.0)
     for b in range(span.num_blocks):

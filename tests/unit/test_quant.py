@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from corolla.errors import ModelError
-from corolla.models.llama import linear
 from corolla.models.quant import check_dtype, check_quant, quantize_span
+from corolla.models.step import linear
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

@@ -73,6 +73,10 @@ class SwarmAdapter(nn.Module):
         self.deep_prompts = nn.Parameter(torch.zeros(self.num_blocks, prompt_len, self.hidden_size)) if deep else None
         self.lora_A, self.lora_B = nn.ParameterDict(), nn.ParameterDict()
         shapes = family_for(config).lora_shapes(config)
+        missing = [t for t in self.lora_targets if t not in shapes]
+        if missing:
+            raise ValueError(f"{config.model_type} blocks have no LoRA target {', '.join(missing)} "
+                             f"(they have {', '.join(shapes)})")
         for b in range(self.num_blocks):
             for t in self.lora_targets:
                 out_f, in_f = shapes[t]

@@ -37,3 +37,19 @@ class KVCache(Protocol):
         """Write ``[batch, kv_heads, t, head_dim]`` of local block ``block`` at ``position``;
         return the keys and values of every position up to the end of what was written."""
         ...
+
+
+class GrowingKV:
+    """A KVCache that simply grows (one session, any batch): for running a span on its own, as
+    the parity tests and tools do. Servers use their budgeted ``corolla.server.kv.SessionKV``."""
+
+    def __init__(self) -> None:
+        self.keys: dict[int, torch.Tensor] = {}
+        self.values: dict[int, torch.Tensor] = {}
+
+    def append(self, block: int, key: torch.Tensor, value: torch.Tensor, position: int):
+        if block in self.keys:
+            key = torch.cat([self.keys[block][:, :, :position], key], dim=2)
+            value = torch.cat([self.values[block][:, :, :position], value], dim=2)
+        self.keys[block], self.values[block] = key, value
+        return key, value

@@ -47,8 +47,19 @@ def tensor_index(folder: Path) -> dict[str, Path]:
         return {name: single for name in f.keys()}
 
 
-def read_tensors(index: dict[str, Path], names: dict[str, str], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Read checkpoint tensors ``names`` (local name -> checkpoint name), cast to ``dtype``."""
+def family_index(folder: Path, family: Any) -> dict[str, tuple[Path, str]]:
+    """Tensor name as the family knows it -> (file, name stored in the file). Checkpoints saved from
+    the base model (``BloomModel`` rather than ``BloomForCausalLM``, as bloom-560m is) lack its prefix."""
+    index = tensor_index(folder)
+    prefix = family.base_prefix
+    if any(name.startswith(prefix) for name in index):
+        return {name: (file, name) for name, file in index.items()}
+    return {(name if name.startswith("lm_head.") else prefix + name): (file, name) for name, file in index.items()}
+
+
+def read_tensors(index: dict[str, tuple[Path, str]], names: dict[str, str], dtype: torch.dtype
+                 ) -> dict[str, torch.Tensor]:
+    """Read checkpoint tensors ``names`` (local name -> name in ``index``), cast to ``dtype``."""
     from safetensors import safe_open
 
     missing = [ckpt for ckpt in names.values() if ckpt not in index]
@@ -56,12 +67,13 @@ def read_tensors(index: dict[str, Path], names: dict[str, str], dtype: torch.dty
         raise ModelError(f"checkpoint is missing tensors: {', '.join(missing[:5])}")
     by_file: dict[Path, list[tuple[str, str]]] = {}
     for local, ckpt in names.items():
-        by_file.setdefault(index[ckpt], []).append((local, ckpt))
+        file, stored = index[ckpt]
+        by_file.setdefault(file, []).append((local, stored))
     out = {}
     for file, pairs in by_file.items():
         with safe_open(file, framework="pt") as f:
-            for local, ckpt in pairs:
-                out[local] = f.get_tensor(ckpt).to(dtype)
+            for local, stored in pairs:
+                out[local] = f.get_tensor(stored).to(dtype)
     return out
 
 
@@ -70,7 +82,7 @@ def load_span(folder: Path, config: Any, start: int, end: int, dtype: torch.dtyp
     if not 0 <= start < end <= config.num_hidden_layers:
         raise ModelError(f"blocks {start}:{end} are outside 0:{config.num_hidden_layers}")
     family = family_for(config)
-    index = tensor_index(folder)
+    index = family_index(folder, family)
     names = {}
     for block in range(start, end):
         prefix = family.block_prefix(block)
@@ -78,14 +90,14 @@ def load_span(folder: Path, config: Any, start: int, end: int, dtype: torch.dtyp
             if ckpt.startswith(prefix):
                 names[f"{block - start}.{ckpt[len(prefix):]}"] = ckpt
     span = family.build_span(config, start, end)
-    span.load_weights(read_tensors(index, names, dtype))
+    span.load_weights(family.fix_checkpoint(read_tensors(index, names, dtype)))
     return span.to(dtype).eval().requires_grad_(False)
 
 
 def load_head(folder: Path, config: Any, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     family = family_for(config)
     head = family.build_head(config)
-    head.load_weights(read_tensors(tensor_index(folder), family.head_tensor_names(config), dtype))
+    head.load_weights(read_tensors(family_index(folder, family), family.head_tensor_names(config), dtype))
     return head.eval().requires_grad_(False)
 
 
@@ -93,13 +105,13 @@ def block_bytes(folder: Path, config: Any, dtype: torch.dtype, block: int = 0) -
     """Bytes one block's weights take in ``dtype`` (read from headers, nothing loaded)."""
     from safetensors import safe_open
 
-    prefix = family_for(config).block_prefix(block)
-    index = tensor_index(folder)
+    family = family_for(config)
+    prefix = family.block_prefix(block)
     numel = 0
-    for name, file in index.items():
+    for name, (file, stored) in family_index(folder, family).items():
         if name.startswith(prefix):
             with safe_open(file, framework="pt") as f:
-                shape = f.get_slice(name).get_shape()
+                shape = f.get_slice(stored).get_shape()
             count = 1
             for dim in shape:
                 count *= dim

@@ -15,9 +15,11 @@ import warnings
 
 import torch
 from torch import nn
+from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
 from corolla.errors import ModelError
 from corolla.models.precision import QUANTS
+from corolla.models.step import lora
 
 
 def check_dtype(dtype: torch.dtype, device: str = "cpu") -> None:
@@ -53,7 +55,27 @@ def quantize_span(span: nn.Module, quant: str, dtype: torch.dtype, device: str =
     """Apply ``quant`` to the span's Linear layers (in place); return the span."""
     check_quant(quant, dtype, device)
     if quant == "int8":
+        parents = [(parent, name, child) for parent in span.modules() for name, child in parent.named_children()
+                   if isinstance(child, nn.Linear)]
         with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
             warnings.simplefilter("ignore")
-            return torch.ao.quantization.quantize_dynamic(span, {nn.Linear}, dtype=torch.qint8, inplace=True)
+            for parent, name, child in parents:
+                key = getattr(child, "lora_key", None)
+                child.__class__ = nn.Linear  # a SpanLinear: the converter takes only plain Linear layers
+                child.qconfig = torch.ao.quantization.default_dynamic_qconfig
+                quantized = DynamicLinear.from_float(child)
+                quantized.__class__ = QuantizedSpanLinear
+                quantized.lora_key = key
+                setattr(parent, name, quantized)
     return span
+
+
+class QuantizedSpanLinear(DynamicLinear):
+    """An int8 linear layer of a span that still adds the step's LoRA (hosted adapters)."""
+
+    lora_key: tuple[int, str] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        out = lora(super().forward(rows), rows, self.lora_key)
+        return out.view(*x.shape[:-1], out.shape[-1])

@@ -68,6 +68,12 @@ class Family(Protocol):
 
     def block_prefix(self, block: int) -> str: ...
 
+    def check(self, config: Any) -> None: ...  # UnsupportedModelError for configurations it cannot serve
+
+    def check_precision(self, config: Any, dtype: torch.dtype, quant: str) -> None: ...  # ModelError if refused
+
+    def fix_checkpoint(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...  # names/layouts
+
     def lora_shapes(self, config: Any) -> dict[str, tuple[int, int]]: ...  # target -> (out, in)
 
     def head_tensor_names(self, config: Any) -> dict[str, str]: ...
@@ -91,12 +97,14 @@ def family_for(config: Any) -> Family:
     _load_builtin()
     model_type = getattr(config, "model_type", None)
     try:
-        return _FAMILIES[model_type]
+        family = _FAMILIES[model_type]
     except KeyError:
         known = ", ".join(sorted(_FAMILIES))
         raise UnsupportedModelError(
             f"model type {model_type!r} is not supported yet (supported: {known})"
         ) from None
+    family.check(config)
+    return family
 
 
 def supported_model_types() -> list[str]:
@@ -109,7 +117,15 @@ def _load_builtin() -> None:
     global _builtin_loaded
     if _builtin_loaded:
         return
+    from corolla.models.bloom import BloomFamily
+    from corolla.models.falcon import FalconFamily
+    from corolla.models.gemma import Gemma2Family, Gemma3Family
     from corolla.models.llama import LlamaFamily
+    from corolla.models.mixtral import MixtralFamily
+    from corolla.models.phi3 import Phi3Family
 
-    register(LlamaFamily())
+    families = (LlamaFamily(), BloomFamily(), FalconFamily(), MixtralFamily(), Gemma2Family(), Gemma3Family(),
+                Phi3Family())
+    for family in families:
+        register(family)
     _builtin_loaded = True

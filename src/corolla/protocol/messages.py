@@ -30,8 +30,9 @@ class _Wire(BaseModel):
 
 
 # projections of a block that LoRA may adapt, in the order their tensors travel
-LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
-LoraTarget = Literal["q", "k", "v", "o", "gate", "up", "down"]
+# (qkv and gate_up: the fused projections of Phi-3, BLOOM and Falcon; a family has the ones its blocks have)
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down", "qkv", "gate_up")
+LoraTarget = Literal["q", "k", "v", "o", "gate", "up", "down", "qkv", "gate_up"]
 AdapterName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")]
 
 
@@ -102,6 +103,20 @@ class ServerInfo(_Wire):
         if self.end_block <= self.start_block:
             raise ValueError(f"empty span {self.start_block}:{self.end_block}")
         return self
+
+
+MODELS_KEY = "corolla.models"  # the DHT key that lists every model of a swarm (never a block key: no integer suffix)
+MAX_MODEL_BLOCKS = 4096  # far more blocks than any model has; bounds what one record may make a reader fetch
+
+
+class ModelRecord(_Wire):
+    """What a server announces under :data:`MODELS_KEY`, with its model id as subkey, next to its
+    block records (same expiration, re-announced with them): the swarm's list of models, so that
+    a reader can find every model without a central registry and knows how many blocks each has
+    (to read their block records and compute coverage). The subkey must equal ``model_id``."""
+
+    model_id: ModelId
+    num_blocks: int = Field(ge=1, le=MAX_MODEL_BLOCKS)
 
 
 class SessionOpen(_Wire):

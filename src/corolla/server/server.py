@@ -22,6 +22,7 @@ from corolla.models.adapters import BlockAdapters
 from corolla.models.loading import block_bytes, load_config, load_span, parse_dtype
 from corolla.models.peft import load_lora
 from corolla.models.quant import check_dtype, check_quant, quantize_span
+from corolla.models.registry import family_for
 from corolla.models.resolve import resolve_model
 from corolla.protocol.messages import ServerInfo, ServerState, encode_meta
 from corolla.protocol.rpc import NAMESPACE, BlockRPC, stub_for
@@ -93,6 +94,7 @@ class Server:
         ref = resolve_model(cfg.model)
         self.path = ref.path
         self.model_config = load_config(ref.path)
+        family_for(self.model_config).check_precision(self.model_config, self.dtype, cfg.quant)
         self.total = self.model_config.num_hidden_layers
         self.model_id = cfg.model_id or ref.model_id
         host_maddrs = [f"/ip4/{cfg.host}/tcp/{cfg.port}"]
