@@ -33,7 +33,7 @@ TINY = {
     ),
     # Falcon-7B's layout: multi-query attention (one KV head), one norm, parallel attention and MLP
     "falcon-mq": dict(
-        cls="FalconConfig", hidden_size=64, num_hidden_layers=3, num_attention_heads=4, multi_query=True,
+        cls="FalconConfig", hidden_size=64, num_hidden_layers=4, num_attention_heads=4, multi_query=True,
         new_decoder_architecture=False, parallel_attn=True, vocab_size=320, max_position_embeddings=512,
         bias=False, tie_word_embeddings=True,
     ),

@@ -227,19 +227,29 @@ def test_moves_to_close_a_gap_next_to_a_strong_server():
 
 # --- blocks_that_fit -----------------------------------------------------------------------------
 def test_blocks_that_fit_divides_the_budget():
-    assert blocks_that_fit(100, 1000, 32) == 10
-    assert blocks_that_fit(100, 1099, 32) == 10
+    assert blocks_that_fit([100] * 32, 1000) == 10
+    assert blocks_that_fit([100] * 32, 1099) == 10
 
 
 def test_blocks_that_fit_is_at_least_one_and_at_most_the_model():
-    assert blocks_that_fit(100, 50, 32) == 1
-    assert blocks_that_fit(100, 0, 32) == 1
-    assert blocks_that_fit(1, 10**12, 32) == 32
+    assert blocks_that_fit([100] * 32, 50) == 1
+    assert blocks_that_fit([100] * 32, 0) == 1
+    assert blocks_that_fit([1] * 32, 10**12) == 32
 
 
 def test_blocks_that_fit_with_unknown_block_size_takes_the_model():
-    assert blocks_that_fit(0, 1000, 24) == 24
-    assert blocks_that_fit(-1, 1000, 24) == 24
+    assert blocks_that_fit([0] * 24, 1000) == 24
+    assert blocks_that_fit([-1] * 24, 1000) == 24
+
+
+def test_blocks_that_fit_any_window_of_uneven_blocks():
+    """Heavy (mixture-of-experts) blocks among light ones: every window of the answer must fit."""
+    sizes = [10, 10, 100, 100, 10, 10, 10, 10]
+    assert blocks_that_fit(sizes, 200) == 2  # 100 + 100 is the heaviest pair
+    assert blocks_that_fit(sizes, 209) == 2  # the heaviest window of 3 weighs 210
+    assert blocks_that_fit(sizes, 210) == 3
+    assert blocks_that_fit(sizes, 220) == 4
+    assert blocks_that_fit(sizes, 10**6) == 8
 
 
 # --- simulations ---------------------------------------------------------------------------------

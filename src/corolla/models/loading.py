@@ -101,19 +101,43 @@ def load_head(folder: Path, config: Any, dtype: torch.dtype = torch.float32) -> 
     return head.eval().requires_grad_(False)
 
 
-def block_bytes(folder: Path, config: Any, dtype: torch.dtype, block: int = 0) -> int:
-    """Bytes one block's weights take in ``dtype`` (read from headers, nothing loaded)."""
+def block_sizes(folder: Path, config: Any, dtype: torch.dtype, quant: str = "none") -> list[int]:
+    """Bytes each block's weights take once loaded in ``dtype`` (int8: linear weights one byte),
+    read from the checkpoint's headers (nothing loaded). Blocks differ where a model mixes dense
+    and mixture-of-experts blocks."""
     from safetensors import safe_open
 
     family = family_for(config)
-    prefix = family.block_prefix(block)
-    numel = 0
-    for name, (file, stored) in family_index(folder, family).items():
-        if name.startswith(prefix):
-            with safe_open(file, framework="pt") as f:
+    index = family_index(folder, family)
+    element = torch.tensor([], dtype=dtype).element_size()
+    prefixes = [family.block_prefix(b) for b in range(config.num_hidden_layers)]
+    sizes = [0] * len(prefixes)
+    by_file: dict[Path, list[tuple[int, str]]] = {}
+    for name, (file, stored) in index.items():
+        for b, prefix in enumerate(prefixes):
+            if name.startswith(prefix):
+                by_file.setdefault(file, []).append((b, stored))
+                break
+    for file, entries in by_file.items():
+        with safe_open(file, framework="pt") as f:
+            for b, stored in entries:
                 shape = f.get_slice(stored).get_shape()
-            count = 1
-            for dim in shape:
-                count *= dim
-            numel += count
-    return numel * torch.tensor([], dtype=dtype).element_size()
+                count = 1
+                for dim in shape:
+                    count *= dim
+                quantized = quant == "int8" and len(shape) == 2 and stored.endswith(".weight")
+                sizes[b] += count * (1 if quantized else element)
+    return sizes
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a loaded module's weights, int8 packed weights included (measured, not estimated)."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    total = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+    for m in module.modules():
+        if isinstance(m, DynamicLinear):
+            weight, bias = m._weight_bias()
+            total += weight.numel() * weight.element_size() + (bias.numel() * bias.element_size() if bias is not None
+                                                                else 0)
+    return total

@@ -8,6 +8,8 @@ was covered).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from corolla.protocol.messages import ServerState
 from corolla.swarm.discovery import SwarmState
 
@@ -69,11 +71,26 @@ def plan_move(state: SwarmState, peer_id: str, my_rps: float, min_gain: float = 
     return best if before <= 0.0 or after >= before * min_gain else None
 
 
-def blocks_that_fit(bytes_per_block: int, budget_bytes: int, total_blocks: int) -> int:
-    """How many blocks fit a memory budget (at least one, at most the model)."""
-    if bytes_per_block <= 0:
-        return total_blocks
-    return max(1, min(total_blocks, budget_bytes // bytes_per_block))
+def blocks_that_fit(block_bytes: Sequence[int], budget_bytes: int) -> int:
+    """How many consecutive blocks fit a memory budget wherever they start (at least one, at most
+    the model). ``block_bytes`` is each block's size (they differ where a model mixes dense and
+    mixture-of-experts blocks); sizes of 0 (unknown) take the whole model."""
+    total = len(block_bytes)
+    if total == 0 or min(block_bytes) <= 0:
+        return max(total, 1)
+    n = 0
+    while n < total and _heaviest_window(block_bytes, n + 1) <= budget_bytes:
+        n += 1
+    return max(1, n)
+
+
+def _heaviest_window(block_bytes: Sequence[int], n: int) -> int:
+    window = sum(block_bytes[:n])
+    heaviest = window
+    for i in range(n, len(block_bytes)):
+        window += block_bytes[i] - block_bytes[i - n]
+        heaviest = max(heaviest, window)
+    return heaviest
 
 
 def available_memory_bytes() -> int:

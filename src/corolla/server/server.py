@@ -19,7 +19,7 @@ from corolla import __version__
 from corolla.cache import cache_root
 from corolla.errors import CorollaError
 from corolla.models.adapters import BlockAdapters
-from corolla.models.loading import block_bytes, load_config, load_span, parse_dtype
+from corolla.models.loading import block_sizes, load_config, load_span, module_bytes, parse_dtype
 from corolla.models.peft import load_lora
 from corolla.models.quant import check_dtype, check_quant, quantize_span
 from corolla.models.registry import family_for
@@ -51,6 +51,8 @@ class Server:
         self.throughput = Throughput(0.0, 0.0)
         self.state = ServerState.JOINING
         self.next_pings: dict[str, float] = {}
+        self.block_bytes: list[int] = []  # per block of the model, from the checkpoint's headers
+        self.weight_bytes = 0  # of the loaded span, measured
 
     # ---- info --------------------------------------------------------------------------------
     def info(self, state: ServerState | None = None, span: tuple[int, int] | None = None) -> ServerInfo:
@@ -75,6 +77,7 @@ class Server:
             adapters=tuple(sorted(handlers.hosted) if handlers else sorted(name for name, _ in self.config.adapters)),
             trainable=self.config.quant == "none",
             max_backward_tokens=self.config.max_backward_tokens,
+            weight_bytes=self.weight_bytes or sum(self.block_bytes[start:end]),
             next_pings={peer: round(rtt, 6) for peer, rtt in sorted(self.next_pings.items())[:64]},
         )
 
@@ -97,6 +100,7 @@ class Server:
         family_for(self.model_config).check_precision(self.model_config, self.dtype, cfg.quant)
         self.total = self.model_config.num_hidden_layers
         self.model_id = cfg.model_id or ref.model_id
+        self.block_bytes = block_sizes(ref.path, self.model_config, self.dtype, cfg.quant)
         host_maddrs = [f"/ip4/{cfg.host}/tcp/{cfg.port}"]
         announce_maddrs = [f"/ip4/{cfg.announce_host}/tcp/{cfg.port}"] if cfg.announce_host else None
         self.dht = start_dht(
@@ -131,9 +135,8 @@ class Server:
                 raise CorollaError(f"blocks {start}:{end} are outside the model's 0:{total}")
             return start, end
         n = cfg.num_blocks or placement.blocks_that_fit(
-            block_bytes(self.path, self.model_config, self.dtype),
+            self.block_bytes,
             cfg.memory_budget_bytes or placement.available_memory_bytes() // 2,
-            total,
         )
         n = max(1, min(n, total))
         state = fetch_swarm_state(self.dht, self.model_id, total)
@@ -145,6 +148,7 @@ class Server:
         log.info("loading blocks %d:%d of %s (%s)", start, end, self.model_id, self.config.dtype)
         span = quantize_span(load_span(self.path, self.model_config, start, end, self.dtype), self.config.quant,
                              self.dtype)
+        self.weight_bytes = module_bytes(span)
         if self.config.throughput is not None:
             self.throughput = Throughput(self.config.throughput, self.config.throughput * 16)
         else:
