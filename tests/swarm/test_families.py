@@ -119,3 +119,43 @@ def test_mixed_fp32_bf16_chain_stays_close(family_swarm):
     clear = (top2[..., 0] - top2[..., 1]) > 2 * error  # where rounding cannot flip the choice, it must not
     assert torch.equal(logits.argmax(-1)[clear], expected.argmax(-1)[clear])
     assert out.shape == (1, 24)
+
+
+def test_lora_gradients_through_the_swarm_equal_transformers(family_swarm):
+    """Fine-tuning through two servers: LoRA on every projection the family has, against
+    transformers' model with the same LoRA hooked onto its modules."""
+    from corolla.client.training import SwarmAdapter, causal_lm_loss
+    from corolla.models.registry import family_for
+
+    sut, ref = family_swarm
+    family = family_for(ref.config)
+    ids = _ids(31, 10, batch=2)
+    with sut.client(1) as model:
+        model.adapter = SwarmAdapter.create(model.config, "lora", rank=4, alpha=8, targets=tuple(family.lora_modules),
+                                            seed=0)
+        with torch.no_grad():  # LoRA B starts at zero: make every tensor matter
+            for name, p in model.adapter.named_parameters():
+                if name.startswith("lora_B"):
+                    p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.05)
+        out = model(ids, labels=ids)
+        out.loss.backward()
+        adapter = model.adapter
+        got = {n: p.grad.clone() for n, p in adapter.named_parameters()}
+        adapter.zero_grad()
+        handles = []
+        for key in adapter.lora_A:
+            block, target = key.split("_", 1)
+            a, b = adapter.lora_A[key], adapter.lora_B[key]
+            module = ref.get_submodule(family.block_prefix(int(block)) + family.lora_modules[target])
+            handles.append(module.register_forward_hook(
+                lambda _m, args, o, a=a, b=b: o + adapter.lora_scale * ((args[0] @ a.t()) @ b.t())))
+        try:
+            want_loss = causal_lm_loss(ref(ids).logits, ids)
+            want_loss.backward()
+        finally:
+            for h in handles:
+                h.remove()
+    assert abs(out.loss.item() - want_loss.item()) <= 1e-5 * abs(want_loss.item())
+    for name, p in adapter.named_parameters():
+        assert p.grad.abs().max() > 0, name
+        assert ((got[name] - p.grad).abs().max() / p.grad.abs().max()).item() < 1e-4, name
