@@ -59,6 +59,9 @@ class DecoderSpan(nn.Module):
         register_attention()
         self.config = span_config(config, start, end)
         self.config._attn_implementation = family.attn_implementation
+        if getattr(self.config, "_experts_implementation", "") is None:
+            # transformers' loop over the experts the step's rows chose, each on all of its rows at once
+            self.config._experts_implementation = "eager"
         self.start, self.end, self.num_blocks = start, end, end - start
         layer_cls = family.hf_class(config, family.layer_suffix)
         with torch.device("meta"):  # weights arrive through load_weights (assign, no copy)
