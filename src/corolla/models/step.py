@@ -233,9 +233,11 @@ class SpanLinear(nn.Linear):
     lora_key: tuple[int, str] | None = None  # (local block, LoRA target) when LoRA may adapt it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1])
-        out = lora(linear(self, rows), rows, self.lora_key)
-        return out.view(*x.shape[:-1], out.shape[-1])
+        rows = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+        out = linear(self, rows)
+        if self.lora_key is not None:
+            out = lora(out, rows, self.lora_key)
+        return out if x.dim() == 2 else out.view(*x.shape[:-1], out.shape[-1])
 
     # A step calls a span's linear layers hundreds of times; nn.Module's call machinery (hooks)
     # costs about 3 us a call, 4% of a SmolLM2 decode step. Spans register no hooks on them.
