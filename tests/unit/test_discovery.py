@@ -1,4 +1,5 @@
-"""Discovery trusts nothing: invalid DHT records are dropped (by the reader and by the DHT validator)."""
+"""Discovery trusts nothing: invalid DHT records (block records and the list of models) are dropped, by the
+reader and by the DHT validator."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from hivemind.dht.routing import DHTID
 from hivemind.dht.validation import DHTRecord
 from hivemind.utils.serializer import MSGPackSerializer
 
-from corolla.protocol.messages import ServerInfo, block_key
+from corolla.protocol.messages import MAX_MODEL_BLOCKS, MODELS_KEY, ModelRecord, ServerInfo, block_key
 from corolla.swarm.dht import ServerInfoValidator
-from corolla.swarm.discovery import ServerRecord, SwarmState, parse_swarm_state
+from corolla.swarm.discovery import MAX_MODELS, ServerRecord, SwarmState, parse_models, parse_swarm_state
 
 MODEL = "m"
 
@@ -253,3 +254,76 @@ def test_validator_rejects_invalid_server_info_under_a_block_key(value, raw):
 
 def test_validator_rejects_block_records_without_subkey():
     assert not make_validator().validate(dht_record(block_key(MODEL, 2), info(0, 4)))
+
+
+# ---- the swarm's list of models (corolla.models) ----------------------------------------------------
+def model_value(model_id: str, num_blocks: int, **extra) -> dict:
+    return {**ModelRecord(model_id=model_id, num_blocks=num_blocks).model_dump(mode="json"), **extra}
+
+
+def test_models_are_listed_by_id_with_their_blocks():
+    raw = {"zeta": model_value("zeta", 30), "alpha": model_value("alpha", 24)}
+    assert list(parse_models(raw).items()) == [("alpha", 24), ("zeta", 30)]
+    assert parse_models(None) == {} and parse_models({}) == {}
+
+
+@pytest.mark.parametrize(
+    "subkey, value",
+    [
+        pytest.param("a", model_value("b", 4), id="subkey is another model's id"),
+        pytest.param("a", model_value("a", 4, surprise=1), id="extra field"),
+        pytest.param("a", {"model_id": "a", "num_blocks": 0}, id="no blocks"),
+        pytest.param("a", {"model_id": "a", "num_blocks": MAX_MODEL_BLOCKS + 1}, id="too many blocks"),
+        pytest.param("a/b", {"model_id": "a/b", "num_blocks": 4}, id="not a model id"),
+        pytest.param("a", {"model_id": "a"}, id="missing field"),
+        pytest.param("a", [1, 2], id="not a map"),
+        pytest.param(7, model_value("a", 4), id="subkey not a string"),
+    ],
+)
+def test_invalid_model_records_are_dropped(subkey, value):
+    assert parse_models({subkey: value, "ok": model_value("ok", 2)}) == {"ok": 2}
+
+
+def test_a_flood_of_models_is_cut_at_the_limit():
+    raw = {f"m{i:04d}": model_value(f"m{i:04d}", 2) for i in range(MAX_MODELS + 10)}
+    assert list(parse_models(raw)) == [f"m{i:04d}" for i in range(MAX_MODELS)]
+
+
+def test_complete_means_every_block_has_an_online_server():
+    assert SwarmState(MODEL, 4, (_record("a", 0, 2), _record("b", 2, 4))).complete
+    assert not SwarmState(MODEL, 4, (_record("a", 0, 2), _record("b", 2, 4, state="joining"))).complete
+    assert not SwarmState(MODEL, 4, ()).complete
+
+
+def test_validator_guards_the_list_of_models_on_every_node():
+    v = ServerInfoValidator()  # guards no model's blocks, and still the list of models
+    assert v.validate(dht_record(MODELS_KEY, model_value("m", 8), "m"))
+    assert not v.validate(dht_record(MODELS_KEY, model_value("m", 8), "other"))
+    assert not v.validate(dht_record(MODELS_KEY, model_value("m", 8, surprise=1), "m"))
+    assert not v.validate(dht_record(MODELS_KEY, {"model_id": "m", "num_blocks": -1}, "m"))
+    assert not v.validate(dht_record(MODELS_KEY, model_value("m", 8)))  # no subkey
+    assert not v.validate(dht_record(MODELS_KEY, None, "m", raw_value=b"\xc1\xc1"))
+
+
+def test_announce_lists_the_model_with_its_blocks():
+    """What announce() stores, without a DHT: the block records and the model's record, same expiration."""
+    from corolla.swarm.announce import announce
+
+    class Recorder:
+        corolla_models = {MODEL: NUM_BLOCKS}
+
+        def run_coroutine(self, coro, return_future=False):
+            self.kwargs = coro.keywords
+            return None
+
+    dht = Recorder()
+    announce(dht, MODEL, ServerInfo.model_validate(info(2, 4)), expiration_s=30)
+    keys, values, subkeys = dht.kwargs["keys"], dht.kwargs["values"], dht.kwargs["subkeys"]
+    assert keys == [block_key(MODEL, 2), block_key(MODEL, 3), MODELS_KEY]
+    assert subkeys == [None, None, MODEL]  # None: the server's own peer id, filled in the DHT's process
+    assert values[-1] == {"model_id": MODEL, "num_blocks": NUM_BLOCKS} and values[0]["start_block"] == 2
+    announce(dht, MODEL, ServerInfo.model_validate(info(2, 4)), expiration_s=30, num_blocks=5)
+    assert dht.kwargs["values"][-1]["num_blocks"] == 5
+    dht.corolla_models = {}  # a node started without the model: its blocks only
+    announce(dht, MODEL, ServerInfo.model_validate(info(2, 4)), expiration_s=30)
+    assert dht.kwargs["keys"] == [block_key(MODEL, 2), block_key(MODEL, 3)]

@@ -5,10 +5,12 @@ of this package, such as :mod:`corolla.protocol.codecs`, can be imported without
 """
 
 __all__ = [
+    "MODELS_KEY",
     "PROTOCOL_VERSION",
     "ErrorInfo",
     "ForwardMeta",
     "InferenceMeta",
+    "ModelRecord",
     "ResponseMeta",
     "ServerInfo",
     "ServerState",

@@ -1,22 +1,64 @@
-"""Announcing a server's blocks in the DHT: one record per block, the peer id as subkey."""
+"""Announcing a server in the DHT: one record per block it holds (the peer id as subkey), and its
+model in the swarm's list of models.
+
+The list of models is one well-known key, :data:`~corolla.protocol.messages.MODELS_KEY`, with one
+subkey per model id and a :class:`~corolla.protocol.messages.ModelRecord` (model id and number of
+blocks) as value. Every server of a model writes the same record along with its block records, so
+it lives as long as some server of that model keeps announcing and expires like the block records
+once none does: no registry, nothing to clean up, and a reader finds every model with one read
+(then reads the block records of each to see its coverage). One subkey per model rather than per
+server keeps the record small however many servers there are; servers of one model agree on its
+number of blocks, so whichever of them wrote last is right.
+"""
 
 from __future__ import annotations
 
 import functools
+import logging
 
 from hivemind.utils import get_dht_time
+from pydantic import ValidationError
 
-from corolla.protocol.messages import ServerInfo, block_key
+from corolla.protocol.messages import MODELS_KEY, ModelRecord, ServerInfo, block_key
+from corolla.swarm.dht import dht_models
+
+log = logging.getLogger(__name__)
+_warned: set[str] = set()  # model ids already reported as unlistable (announcements repeat every few seconds)
 
 
-def announce(dht, model_id: str, info: ServerInfo, expiration_s: float, wait: bool = True):
-    """Store ``info`` under every block the server holds; expires unless re-announced."""
+def announce(dht, model_id: str, info: ServerInfo, expiration_s: float, wait: bool = True, *,
+             num_blocks: int | None = None):
+    """Store ``info`` under every block the server holds, and the model under ``corolla.models``;
+    both expire unless re-announced. ``num_blocks``: the model's number of blocks (default: as
+    ``dht`` was started with, see :func:`~corolla.swarm.dht.start_dht`); unknown, the model is not listed."""
     keys = [block_key(model_id, b) for b in range(info.start_block, info.end_block)]
     value = info.model_dump(mode="json")
-    coro = functools.partial(_store, keys=keys, value=value, expiration=get_dht_time() + expiration_s)
+    values, subkeys = [value] * len(keys), [None] * len(keys)  # None: the peer id (known in the DHT's process)
+    record = model_record(model_id, num_blocks if num_blocks is not None else dht_models(dht).get(model_id))
+    if record is not None:
+        keys.append(MODELS_KEY)
+        values.append(record.model_dump(mode="json"))
+        subkeys.append(model_id)
+    coro = functools.partial(_store, keys=keys, values=values, subkeys=subkeys,
+                             expiration=get_dht_time() + expiration_s)
     return dht.run_coroutine(coro, return_future=not wait)
 
 
-async def _store(dht, node, *, keys, value, expiration):
-    subkey = dht.peer_id.to_base58()
-    return await node.store_many(keys, [value] * len(keys), expiration, subkeys=[subkey] * len(keys))
+def model_record(model_id: str, num_blocks: int | None) -> ModelRecord | None:
+    """The model's entry in the list of models; None (and a log line) when it cannot have one."""
+    if num_blocks is None:
+        return None
+    try:
+        return ModelRecord(model_id=model_id, num_blocks=num_blocks)
+    except ValidationError as e:
+        if model_id in _warned:
+            return None
+        _warned.add(model_id)
+        log.warning("not listing %r under %s: %s", model_id, MODELS_KEY, e.errors()[0]["msg"])
+        return None
+
+
+async def _store(dht, node, *, keys, values, subkeys, expiration):
+    peer = dht.peer_id.to_base58()
+    subkeys = [peer if s is None else s for s in subkeys]
+    return await node.store_many(keys, values, expiration, subkeys=subkeys)

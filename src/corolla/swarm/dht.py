@@ -10,19 +10,25 @@ from hivemind.dht.routing import DHTID
 from hivemind.dht.validation import DHTRecord, RecordValidatorBase
 from hivemind.utils.serializer import MSGPackSerializer
 
-from corolla.protocol.messages import ServerInfo, block_key
+from corolla.protocol.messages import MODELS_KEY, ModelRecord, ServerInfo, block_key
 
 log = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 60.0  # p2pd is slow to start on a busy 2-core machine
 
 
+_MODELS_KEY_ID = DHTID.generate(source=MODELS_KEY).to_bytes()
+
+
 class ServerInfoValidator(RecordValidatorBase):
-    """Refuses block records whose value is not a valid ServerInfo.
+    """Refuses block records whose value is not a valid ServerInfo, and records of the swarm's
+    list of models (:data:`~corolla.protocol.messages.MODELS_KEY`) that are not a valid
+    ModelRecord under their own model id.
 
     hivemind hands validators only the DHTID (a hash) of a key, so ``models`` (model id ->
-    number of blocks) says which keys to guard; other keys pass through. Readers parse every
-    record again anyway (see discovery), so a node that guards nothing is still safe.
+    number of blocks) says which block keys to guard; other keys pass through (the list of models
+    has one well-known key: every node guards it). Readers parse every record again anyway (see
+    discovery), so a node that guards nothing is still safe.
     """
 
     def __init__(self, models: Mapping[str, int] | None = None):
@@ -34,6 +40,8 @@ class ServerInfoValidator(RecordValidatorBase):
         }
 
     def validate(self, record: DHTRecord) -> bool:
+        if record.key == _MODELS_KEY_ID:
+            return _valid_model_record(record)
         key = self._block_keys.get(record.key)
         if key is None:
             return True  # not a block key of a model this node guards
@@ -48,6 +56,19 @@ class ServerInfoValidator(RecordValidatorBase):
         return isinstance(subkey, str)
 
 
+def _valid_model_record(record: DHTRecord) -> bool:
+    """A ModelRecord stored with its own model id as subkey."""
+    if record.subkey in DHTProtocol.RESERVED_SUBKEYS:
+        return False
+    try:
+        subkey = MSGPackSerializer.loads(record.subkey)
+        value = ModelRecord.model_validate(MSGPackSerializer.loads(record.value))
+    except Exception:
+        log.debug("rejected an invalid record under %s", MODELS_KEY)
+        return False
+    return subkey == value.model_id
+
+
 def start_dht(
     initial_peers: Sequence[str] = (),
     *,
@@ -57,10 +78,15 @@ def start_dht(
     identity_path: str | None = None,
     models: Mapping[str, int] | None = None,
 ):
-    """Start a DHT node in a background process; raise if it cannot reach ``initial_peers``."""
+    """Start a DHT node in a background process; raise if it cannot reach ``initial_peers``.
+
+    ``models`` (model id -> number of blocks): the models whose block records this node guards;
+    the node remembers them (:func:`dht_models`), so that a server announcing through it also
+    lists its model under ``corolla.models`` with the right number of blocks.
+    """
     import hivemind
 
-    return hivemind.DHT(
+    dht = hivemind.DHT(
         initial_peers=list(initial_peers),
         start=True,
         client_mode=client_mode,
@@ -72,6 +98,13 @@ def start_dht(
         check_if_identity_free=False,
         num_workers=2,
     )
+    dht.corolla_models = dict(models or {})
+    return dht
+
+
+def dht_models(dht) -> dict[str, int]:
+    """The models (id -> number of blocks) ``dht`` was started for by :func:`start_dht`; empty otherwise."""
+    return dict(getattr(dht, "corolla_models", None) or {})
 
 
 def visible_maddrs(dht) -> list[str]:

@@ -1,16 +1,21 @@
-"""Reading the swarm's state for a model out of the DHT (validated, nothing trusted)."""
+"""Reading the swarm's state out of the DHT (validated, nothing trusted): one model's servers
+(:func:`fetch_swarm_state`), or every model the swarm lists under ``corolla.models`` with its
+servers (:func:`fetch_swarm_overview`; see :mod:`corolla.swarm.announce` for how models are listed)."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import logging
+from collections.abc import Mapping
 
 from pydantic import ValidationError
 
-from corolla.protocol.messages import ServerInfo, ServerState, block_key
+from corolla.protocol.messages import MODELS_KEY, ModelRecord, ServerInfo, ServerState, block_key
 
 log = logging.getLogger(__name__)
+
+MAX_MODELS = 64  # models read from the list at most (by id): a flood of records cannot make a reader fetch more
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +48,11 @@ class SwarmState:
                 counts[b] += 1
         return counts
 
+    @property
+    def complete(self) -> bool:
+        """Every block has an online server: the model can be run."""
+        return all(self.coverage())
+
 
 _RANK = {ServerState.ONLINE: 2, ServerState.JOINING: 1, ServerState.OFFLINE: 0}
 
@@ -51,6 +61,37 @@ def fetch_swarm_state(dht, model_id: str, num_blocks: int) -> SwarmState:
     keys = [block_key(model_id, b) for b in range(num_blocks)]
     raw = dht.run_coroutine(functools.partial(_get_many, keys=keys))
     return parse_swarm_state(model_id, num_blocks, raw)
+
+
+def fetch_models(dht) -> dict[str, int]:
+    """Every model the swarm lists (model id -> number of blocks), sorted by id."""
+    raw = dht.run_coroutine(functools.partial(_get_many, keys=[MODELS_KEY]))
+    return parse_models(raw.get(MODELS_KEY))
+
+
+def fetch_swarm_overview(dht, models: Mapping[str, int] | None = None) -> list[SwarmState]:
+    """The state of every model the swarm lists, and of ``models`` (id -> number of blocks, which
+    wins over what the list says: the caller read the model's own config), sorted by model id."""
+    wanted = {**fetch_models(dht), **(models or {})}
+    keys = [block_key(model_id, b) for model_id, n in wanted.items() for b in range(n)]
+    raw = dht.run_coroutine(functools.partial(_get_many, keys=keys)) if keys else {}
+    return [parse_swarm_state(model_id, n, raw) for model_id, n in sorted(wanted.items())]
+
+
+def parse_models(raw: dict | None) -> dict[str, int]:
+    """Turn the records of ``corolla.models`` (``{model id: value}``) into ``{model id: number of
+    blocks}``, sorted by id and at most :data:`MAX_MODELS`; a record that does not parse, or whose
+    subkey is not its own model id, is dropped."""
+    models: dict[str, int] = {}
+    for subkey, value in (raw or {}).items():
+        try:
+            record = ModelRecord.model_validate(value)
+        except ValidationError:
+            log.debug("dropping an invalid record of the list of models under %r", subkey)
+            continue
+        if subkey == record.model_id:
+            models[record.model_id] = record.num_blocks
+    return dict(sorted(models.items())[:MAX_MODELS])
 
 
 async def _get_many(dht, node, *, keys):

@@ -1,7 +1,8 @@
 """A swarm on this machine: a bootstrap DHT peer plus server processes (``swarm up``, tests, benchmarks).
 
 Every server runs in its own process group so that stopping the swarm stops everything it
-started, including each server's DHT child and p2pd daemon.
+started, including each server's DHT child and p2pd daemon. Several models share one swarm when
+each model's :class:`LocalSwarm` but the first is given the first one's bootstrap peer (``dht=``).
 """
 
 from __future__ import annotations
@@ -68,14 +69,23 @@ class LocalSwarm:
         log_dir: str | Path | None = None,
         server_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
+        dht=None,
     ):
+        """``dht``: a running DHT node (another LocalSwarm's bootstrap peer) that servers join through
+        instead of a bootstrap peer of this swarm's own; :meth:`stop` leaves it running."""
         self.model, self.num_blocks, self.model_id = model, num_blocks, model_id
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="corolla-swarm-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.server_args = list(server_args)
         self.env = {**(env if env is not None else os.environ)}
-        self.dht = None
+        self.dht = dht
+        self._own_dht = dht is None
         self.servers: list[ServerProcess] = []
+
+    @property
+    def owns_bootstrap(self) -> bool:
+        """Whether :meth:`stop` stops the bootstrap peer (it was not given one)."""
+        return self._own_dht
 
     @property
     def initial_peers(self) -> list[str]:
@@ -84,6 +94,7 @@ class LocalSwarm:
     def start_bootstrap(self) -> None:
         if self.dht is None:
             self.dht = start_dht()
+            self._own_dht = True
 
     def add_server(self, span: tuple[int, int] | None = None, extra_args: Sequence[str] = ()) -> ServerProcess:
         """Start one server process (``span`` None lets it choose its blocks)."""
@@ -158,12 +169,16 @@ class LocalSwarm:
             pass
         self.kill(server, signal.SIGKILL)  # the group: DHT child and p2pd too
 
-    def stop(self, timeout_s: float = 15.0) -> None:
-        """SIGTERM every server (they leave the swarm in order, in parallel), SIGKILL the process
-        group of any still running ``timeout_s`` later, then stop the bootstrap peer."""
+    def terminate(self) -> None:
+        """SIGTERM every server still running: each leaves the swarm (see :meth:`stop`)."""
         for s in self.servers:
             if s.process.poll() is None:
                 s.process.send_signal(signal.SIGTERM)  # not the group: its DHT child must outlive it
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM every server (they leave the swarm in order, in parallel), SIGKILL the process
+        group of any still running ``timeout_s`` later, then stop the bootstrap peer (if its own)."""
+        self.terminate()
         deadline = time.monotonic() + timeout_s
         for s in self.servers:
             try:
@@ -172,12 +187,22 @@ class LocalSwarm:
                 pass
             self.kill(s, signal.SIGKILL)
         self.servers = []
-        if self.dht is not None:
+        if self.dht is not None and self._own_dht:
             self.dht.shutdown()
-            self.dht = None
+        self.dht = None
 
     def __enter__(self) -> LocalSwarm:
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def stop_all(swarms: Sequence[LocalSwarm], timeout_s: float = 15.0) -> None:
+    """Stop swarms that share a bootstrap peer (several models) at once: every server leaves in
+    parallel within the same ``timeout_s``, and the swarm owning the bootstrap peer stops last."""
+    for swarm in swarms:
+        swarm.terminate()
+    deadline = time.monotonic() + timeout_s
+    for swarm in sorted(swarms, key=lambda s: s.owns_bootstrap):  # stable: the owner last
+        swarm.stop(max(0.0, deadline - time.monotonic()))
