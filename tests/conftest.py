@@ -86,3 +86,86 @@ def coder_api(tmp_path_factory) -> Iterator[CoderApi]:
                 yield CoderApi(model, model_id, base)
     finally:
         swarm.stop()
+
+
+def save_chat_model(family: str, folder: Path, seed: int = 0) -> Path:
+    """A tiny random model of ``family`` (tests/tiny_models.py) whose vocabulary is the ChatML test
+    tokenizer's, saved beside it: a folder the API can serve (it needs a tokenizer)."""
+    import torch
+    import transformers
+
+    from tests.offline_tokenizer import chatml_tokenizer
+    from tests.tiny_models import TINY
+
+    tokenizer = chatml_tokenizer(tools=False, fim=False)
+    spec = dict(TINY[family])
+    config = getattr(transformers, spec.pop("cls"))(**{**spec, "vocab_size": len(tokenizer)},
+                                                    eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.mul_(4.0)  # random init leaves tiny logits; scaled, greedy decoding has no near-ties
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@dataclasses.dataclass
+class MultiSwarm:
+    folders: dict[str, Path]  # model id -> folder, in the order `swarm up` got them
+    peers: list[str]  # --initial-peers of the swarm
+    base: str  # the API and web pages that `swarm up --api-port` serves (``/v1`` not included)
+    log: Path  # swarm up's stderr
+
+
+MULTI_FAMILIES = ("llama", "qwen2")
+
+
+@pytest.fixture(scope="session")
+def multi_swarm(tmp_path_factory) -> Iterator[MultiSwarm]:
+    """`corolla swarm up` with two tiny models of different families (6 blocks each, one server each) on
+    one bootstrap peer, and its API on a free port; for tests/api/test_multi_model.py and the browser's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.processes import kill_tagged, tagged_env
+
+    root = tmp_path_factory.mktemp("multi-model")
+    folders = {f"tiny-chat-{f}": save_chat_model(f, root / f"tiny-chat-{f}", seed=i)
+               for i, f in enumerate(MULTI_FAMILIES)}
+    env, tag = tagged_env()
+    log = root / "swarm-up.log"
+    cmd = [sys.executable, "-m", "corolla", "swarm", "up", *map(str, folders.values()), "--servers", "1",
+           "--api-port", "0", "--log-dir", str(root / "logs")]
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        peers = base = None
+        while base is None:
+            text = log.read_text(errors="replace")
+            for line in text.splitlines():
+                if line.startswith("join it with: --initial-peers "):
+                    peers = line.split("--initial-peers ", 1)[1].split()
+                if line.startswith("web chat and swarm dashboard: "):
+                    base = line.split(": ", 1)[1].split()[0].rstrip("/")
+            if proc.poll() is not None:
+                pytest.fail(f"swarm up exited early:\n{text[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"swarm up did not become ready:\n{text[-3000:]}")
+            time.sleep(0.2)
+        yield MultiSwarm(folders, peers, base, log)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                pass
+        kill_tagged(tag)

@@ -52,7 +52,7 @@ def server_info(model, peer_id: str) -> ServerInfo:
 def test_models_and_swarm_state(api_swarm, client):
     assert [m.id for m in client.models.list()] == [api_swarm.model_id]
     status, body = http_get(f"{api_swarm.base}/api/swarm")
-    state = json.loads(body)
+    (state,) = json.loads(body)["models"]
     assert status == 200 and state["model_id"] == api_swarm.model_id and state["num_blocks"] == 30
     assert state["coverage"] == [1] * 30
     servers = {s["peer_id"]: s for s in state["servers"]}

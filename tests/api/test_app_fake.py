@@ -158,5 +158,5 @@ def test_static_pages_are_served(tokenizer, tmp_path):
     (tmp_path / "index.html").write_text("<html>corolla</html>")
     with served(create_app(FakeEngine(tokenizer), web_dir=tmp_path)) as base:
         assert "corolla" in http_get(f"{base}/")[1]
-        assert json.loads(http_get(f"{base}/api/swarm")[1])["coverage"] == [1, 1]
+        assert json.loads(http_get(f"{base}/api/swarm")[1])["models"][0]["coverage"] == [1, 1]
         assert http_get(f"{base}/v1/models")[0] == 200

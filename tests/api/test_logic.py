@@ -266,6 +266,9 @@ def test_cli_registers_api():
 
     args = build_parser().parse_args(["api", "smollm2-135m", "--port", "9000", "--api-key", "k",
                                       "--initial-peers", "/ip4/127.0.0.1/tcp/1/p2p/x"])
-    assert (args.model, args.host, args.port, args.api_key, args.model_id) == ("smollm2-135m", "127.0.0.1", 9000, "k",
-                                                                              None)
+    assert (args.models, args.host, args.port, args.api_key, args.model_id) == (["smollm2-135m"], "127.0.0.1", 9000,
+                                                                               "k", None)
     assert args.func.__name__ == "run_api" and args.max_concurrent == 16
+    several = build_parser().parse_args(["api", "a", "b", "--initial-peers", "/ip4/127.0.0.1/tcp/1/p2p/x"])
+    assert several.models == ["a", "b"]
+    assert build_parser().parse_args(["api", "--initial-peers", "/ip4/127.0.0.1/tcp/1/p2p/x"]).models == []

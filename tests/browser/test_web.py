@@ -125,7 +125,7 @@ def test_swarm_page_shows_coverage_and_servers(web):
     page.get_by_test_id("swarm-link").click()
     page.wait_for_url(re.compile(r"swarm\.html$"))
     page.wait_for_selector("body[data-loaded=true]")
-    api = page.request.get(web.url + "/api/swarm").json()
+    (api,) = page.request.get(web.url + "/api/swarm").json()["models"]
 
     blocks = page.get_by_test_id("block")
     assert blocks.count() == api["num_blocks"]
@@ -160,7 +160,7 @@ def test_swarm_page_marks_uncovered_blocks(web):
          "forward_tps": 20.0, "active_sessions": 0, "queued_requests": 0, "cache_tokens_left": 50,
          "dtype": "float16", "quant": "none", "public_name": None, "version": "0.1.0"}]}
     page = web.page
-    page.route("**/api/swarm", lambda route: route.fulfill(json=state))
+    page.route("**/api/swarm", lambda route: route.fulfill(json={"models": [state]}))
     page.goto(web.url + "/swarm.html")
     page.wait_for_selector("body[data-loaded=true]")
     cells = page.get_by_test_id("block").evaluate_all(

@@ -1,9 +1,12 @@
-"""The OpenAI-compatible HTTP API: ``create_app(engine)``.
+"""The OpenAI-compatible HTTP API: ``create_app(engine)`` for one model, ``create_app(catalogue=...)``
+for every model of a swarm (:mod:`corolla.api.catalogue`).
 
 Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions``,
-``GET /api/swarm``; the static pages of ``corolla/web`` at ``/`` when that folder exists.
-The model is served as its id and, for each LoRA adapter that an online server hosts, as
-``MODEL:NAME`` (routed only through servers hosting NAME; a NAME no server hosts is a 404).
+``GET /api/swarm`` (``{"models": [one swarm state per model]}``); the static pages of
+``corolla/web`` at ``/`` when that folder exists. A request goes to the model its ``model`` field
+names (an unknown one is a 404). Each model is served as its id and, for each LoRA adapter that an
+online server of it hosts, as ``MODEL:NAME`` (routed only through servers hosting NAME; a NAME no
+server hosts is a 404).
 Each generation runs in its own thread (see :mod:`corolla.api.generation`); a streamed one is
 cancelled, and its inference session closed, when the HTTP client goes away. When the server shuts
 down (``app.state.closing``, closed by :class:`corolla.api.server.ApiServer`), every open request ends
@@ -26,9 +29,11 @@ from pathlib import Path
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corolla.api import prompts
+from corolla.api.catalogue import Catalogue, OneModel
 from corolla.api.errors import APIError, bad_request, from_exception, from_validation, shutting_down
 from corolla.api.generation import Delta, Engine, Failed, Generation, GenerationOptions
 from corolla.api.schemas import ChatCompletionRequest, CompletionRequest
@@ -44,17 +49,21 @@ DISCONNECT_POLL_S = 0.25
 DEFAULT_MAX_CONCURRENT = 16
 
 
-def create_app(engine: Engine, *, api_key: str | None = None, web_dir: Path | None = WEB_DIR,
-               max_concurrent: int = DEFAULT_MAX_CONCURRENT) -> FastAPI:
-    """An app serving ``engine``; with ``api_key``, ``/v1`` wants ``Authorization: Bearer KEY``.
+def create_app(engine: Engine | None = None, *, catalogue: Catalogue | None = None, api_key: str | None = None,
+               web_dir: Path | None = WEB_DIR, max_concurrent: int = DEFAULT_MAX_CONCURRENT) -> FastAPI:
+    """An app serving ``engine``, or the models of ``catalogue``; with ``api_key``, ``/v1`` wants
+    ``Authorization: Bearer KEY``.
 
-    At most ``max_concurrent`` generations run at once (each holds inference sessions on the
-    swarm's servers); later requests wait in line for a slot.
+    At most ``max_concurrent`` generations run at once, all models together (each holds inference
+    sessions on the swarm's servers); later requests wait in line for a slot.
     """
     if max_concurrent < 1:
         raise ValueError("max_concurrent must be at least 1")
+    if (engine is None) == (catalogue is None):
+        raise ValueError("give either an engine or a catalogue")
+    catalogue = catalogue if catalogue is not None else OneModel(engine)
     app = FastAPI(title="corolla", summary="OpenAI-compatible API over a corolla swarm")
-    app.state.engine = engine
+    app.state.catalogue = catalogue
     app.state.closing = closing = Closing()
     slots = threading.BoundedSemaphore(max_concurrent)
 
@@ -81,43 +90,58 @@ def create_app(engine: Engine, *, api_key: str | None = None, web_dir: Path | No
             raise APIError(401, "invalid or missing API key (send `Authorization: Bearer KEY`)",
                            type="authentication_error", code="invalid_api_key")
 
-    def check_model(name: str) -> str | None:
-        """The hosted adapter ``name`` asks for ("MODEL:NAME"), None for the plain model; else a 404.
+    def check_model(name: str) -> tuple[str, str | None]:
+        """(model id, hosted adapter) that ``name`` asks for ("MODEL" or "MODEL:NAME"); else a 404.
         Whether a server hosts NAME is routing's to say (a typed error, then a 404 as well)."""
-        if name == engine.model_id:
-            return None
+        if catalogue.known(name):
+            return name, None
         base, _, adapter = name.rpartition(":")
-        if base == engine.model_id and ADAPTER_NAME.match(adapter):
-            return adapter
-        raise APIError(404, f"the model {name!r} does not exist; this server serves {engine.model_id!r} "
-                            f"(and {engine.model_id}:ADAPTER for the adapters its servers host)",
+        if base and catalogue.known(base) and ADAPTER_NAME.match(adapter):
+            return base, adapter
+        served = ", ".join(repr(m) for m in catalogue.listed()) or "no model yet"
+        raise APIError(404, f"the model {name!r} does not exist; this server serves {served} "
+                            f"(and MODEL:ADAPTER for the adapters their servers host)",
                        type="invalid_request_error", param="model", code="model_not_found")
 
-    def hosted_adapters() -> list[str]:
-        """Adapters that some online server of the model announces (the engine's cached swarm state)."""
+    def engine_for(name: str) -> tuple[Engine, str | None]:
+        model_id, adapter = check_model(name)
+        return catalogue.engine(model_id), adapter
+
+    async def route(name: str) -> tuple[Engine, str | None]:
+        """The engine and hosted adapter for a request's ``model``, found in a worker thread (it may
+        read the DHT, and the first request for a model starts that model's client)."""
+        return await run_in_threadpool(engine_for, name)
+
+    def swarm_states() -> list[dict]:
         try:
-            servers = engine.swarm_status().get("servers", [])
-        except Exception as e:  # the DHT may fail a read: the model itself is still listed
-            log.warning("reading the swarm's adapters failed: %s: %s", type(e).__name__, e)
+            return catalogue.swarm()
+        except Exception as e:  # the DHT may fail a read: the models themselves are still listed
+            log.warning("reading the swarm's state failed: %s: %s", type(e).__name__, e)
             return []
+
+    def hosted_adapters(states: list[dict], model_id: str) -> list[str]:
+        """Adapters that some online server of ``model_id`` announces (the catalogue's cached swarm state)."""
+        servers = [s for state in states if state.get("model_id") == model_id for s in state.get("servers", [])]
         return sorted({a for s in servers if s.get("state") == "online" for a in s.get("adapters", ())})
 
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     def list_models() -> dict:
-        names = [engine.model_id] + [f"{engine.model_id}:{a}" for a in hosted_adapters()]
+        states = swarm_states()
+        names = [name for model_id in catalogue.listed()
+                 for name in (model_id, *(f"{model_id}:{a}" for a in hosted_adapters(states, model_id)))]
         return {"object": "list", "data": [_model_card(name) for name in names]}
 
     @app.get("/v1/models/{name:path}", dependencies=[Depends(authorize)])
     def get_model(name: str) -> dict:
-        adapter = check_model(name)
-        if adapter is not None and adapter not in hosted_adapters():
-            raise APIError(404, f"the model {name!r} does not exist: no server of {engine.model_id} hosts adapter "
+        model_id, adapter = check_model(name)
+        if adapter is not None and adapter not in hosted_adapters(swarm_states(), model_id):
+            raise APIError(404, f"the model {name!r} does not exist: no server of {model_id} hosts adapter "
                                 f"{adapter!r}", type="invalid_request_error", param="model", code="model_not_found")
         return _model_card(name)
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
     async def chat_completions(body: ChatCompletionRequest, request: Request):
-        adapter = check_model(body.model)
+        engine, adapter = await route(body.model)
         tools = [t.model_dump(exclude_none=True) for t in body.tools or []]
         choice = body.tool_choice
         if choice is not None and not isinstance(choice, str):
@@ -153,7 +177,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, web_dir: Path | No
 
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
     async def completions(body: CompletionRequest, request: Request):
-        adapter = check_model(body.model)
+        engine, adapter = await route(body.model)
         extra: tuple[str, ...] = ()
         if body.suffix is not None:
             if body.echo:
@@ -175,7 +199,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, web_dir: Path | No
 
     @app.get("/api/swarm")
     def swarm() -> dict:
-        return engine.swarm_status()
+        return {"models": catalogue.swarm()}
 
     if web_dir is not None and web_dir.is_dir():
         from fastapi.staticfiles import StaticFiles

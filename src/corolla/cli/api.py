@@ -1,4 +1,4 @@
-"""``corolla api``: serve a swarm's model over an OpenAI-compatible HTTP API."""
+"""``corolla api``: serve a swarm's models over an OpenAI-compatible HTTP API."""
 
 from __future__ import annotations
 
@@ -13,35 +13,65 @@ ENGINE_CLOSE_S = 2.0  # on a stop, how long cancelled generations may take to cl
 
 
 def register(sub) -> None:
-    p = sub.add_parser("api", help="serve the model over an OpenAI-compatible HTTP API",
-                       description="Serve MODEL (run by the swarm) at /v1/chat/completions, /v1/completions and "
-                                   "/v1/models, the swarm state at /api/swarm and the web pages at /. SIGTERM or "
+    p = sub.add_parser("api", help="serve the swarm's models over an OpenAI-compatible HTTP API",
+                       description="Serve the models of the swarm at /v1/chat/completions, /v1/completions and "
+                                   "/v1/models (a request goes to the model it names), the swarm state at "
+                                   "/api/swarm and the web pages at /. The MODELs given are served from their "
+                                   "local folders and listed first; any other model the swarm covers is listed "
+                                   "too and served when it is a packaged model (fetched on first use). SIGTERM or "
                                    "Ctrl-C stops it within 10 s: open streams end with an error event.")
-    p.add_argument("model", help="packaged name, local HF folder, GGUF file or Hub repo id")
+    p.add_argument("models", nargs="*", metavar="MODEL",
+                   help="packaged name, local HF folder, GGUF file or Hub repo id (several: each one)")
     add_peers(p)
     add_compression(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     p.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1 requests")
     p.add_argument("--max-concurrent", type=int, default=16,
-                   help="generations run at once; later requests wait in line (default 16)")
+                   help="generations run at once, all models together; later requests wait in line (default 16)")
     p.set_defaults(func=run_api)
+
+
+def local_models(specs: list[str], model_id: str | None) -> dict:
+    """Model id -> local folder for the MODELs given (``--model-id`` names the first)."""
+    from corolla.errors import CorollaError
+    from corolla.models.resolve import resolve_model
+
+    if model_id is not None and not specs:
+        raise CorollaError("--model-id names the first MODEL: give one")
+    models = {}
+    for i, spec in enumerate(specs):
+        ref = resolve_model(spec)
+        name = model_id if i == 0 and model_id else ref.model_id
+        if name in models:
+            raise CorollaError(f"two of the models given are named {name!r}; give each model once")
+        models[name] = ref.path
+    return models
 
 
 def run_api(args: argparse.Namespace) -> int:
     from corolla.api.app import create_app
-    from corolla.api.engine import SwarmEngine
+    from corolla.api.catalogue import SwarmCatalogue
     from corolla.api.server import serve_forever
-    from corolla.client.model import DistributedModelForCausalLM
+    from corolla.models.loading import load_config
     from corolla.shutdown import STOP, on_stop_signals
+    from corolla.swarm.dht import start_dht
 
     on_stop_signals(interrupt=True)  # while starting: Ctrl-C / SIGTERM interrupt the start-up
-    with DistributedModelForCausalLM.from_pretrained(args.model, initial_peers=args.initial_peers,
-                                                     model_id=args.model_id, compression=args.compression) as model:
-        engine = SwarmEngine(model)
-        app = create_app(engine, api_key=args.api_key, max_concurrent=args.max_concurrent)
-        # a stop ends the open requests (streams with an error event) and cancels their generations
-        serve_forever(app, args.host, args.port,
-                      on_started=lambda base: log.info("serving %s at %s/v1", model.model_id, base))
-        engine.close(min(ENGINE_CLOSE_S, STOP.remaining(margin_s=5.0)))  # their sessions close; then the client
+    models = local_models(args.models, args.model_id)
+    blocks = {model_id: load_config(path).num_hidden_layers for model_id, path in models.items()}
+    dht = start_dht(args.initial_peers, client_mode=True, models=blocks)
+    try:
+        catalogue = SwarmCatalogue(dht, models, client_options={"compression": args.compression})
+        try:
+            catalogue.start()
+            app = create_app(catalogue=catalogue, api_key=args.api_key, max_concurrent=args.max_concurrent)
+            # a stop ends the open requests (streams with an error event) and cancels their generations
+            serve_forever(app, args.host, args.port,
+                          on_started=lambda base: log.info("serving %s at %s/v1",
+                                                           ", ".join(models) or "the swarm's models", base))
+        finally:  # their sessions close; then the clients
+            catalogue.close(min(ENGINE_CLOSE_S, STOP.remaining(margin_s=5.0)))
+    finally:
+        dht.shutdown()
     return 0

@@ -1,7 +1,11 @@
-// corolla swarm page: polls /api/swarm every 2 s and draws block coverage and the server table.
+// corolla swarm page: polls /api/swarm every 2 s ({"models": [state, ...]}) and draws, for each model
+// of the swarm, its block coverage strip and its server table.
 "use strict";
 
 const REFRESH_MS = 2000;
+const COLUMNS = ["Server", "Blocks", "State", "Forward tok/s", "Inference steps/s", "Sessions / queued",
+  "Cache tokens left", "Precision", "Version"];
+const NUMERIC = new Set(["Forward tok/s", "Inference steps/s", "Sessions / queued", "Cache tokens left"]);
 const $ = (id) => document.getElementById(id);
 
 function el(tag, props = {}, ...children) {
@@ -17,11 +21,12 @@ function el(tag, props = {}, ...children) {
 
 const fmt = (x, digits = 1) => (typeof x === "number" && Number.isFinite(x) ? x.toLocaleString(undefined, { maximumFractionDigits: digits }) : "—");
 const shortId = (id) => (id && id.length > 14 ? id.slice(0, 6) + "…" + id.slice(-6) : id || "?");
+const missingOf = (data) => (data.coverage || []).filter((c) => !Number(c)).length;
 
 function renderBlocks(data) {
   const n = data.num_blocks || (data.coverage || []).length;
-  const strip = $("blocks");
-  strip.replaceChildren();
+  const strip = el("div", { className: "blocks", dataset: { testid: "blocks" } });
+  strip.setAttribute("aria-label", `blocks of ${data.model_id || "?"} coloured by the number of servers holding them`);
   for (let i = 0; i < n; i++) {
     const c = Number(data.coverage?.[i] ?? 0);
     strip.append(el("div", {
@@ -29,6 +34,7 @@ function renderBlocks(data) {
       dataset: { testid: "block", index: i, coverage: c },
     }, n <= 64 ? String(i) : ""));
   }
+  return strip;
 }
 
 function renderServers(data) {
@@ -52,22 +58,36 @@ function renderServers(data) {
       el("td", {}, [s.dtype, s.quant && s.quant !== "none" ? s.quant : null].filter(Boolean).join(" · ") || "—"),
       el("td", {}, s.version || "—"));
   });
-  if (rows.length === 0) rows.push(el("tr", {}, el("td", { colSpan: 9, className: "summary" }, "no servers announce this model")));
-  $("server-rows").replaceChildren(...rows);
+  if (rows.length === 0) rows.push(el("tr", {}, el("td", { colSpan: COLUMNS.length, className: "summary" }, "no servers announce this model")));
+  const head = el("tr", {}, ...COLUMNS.map((c) => el("th", { className: NUMERIC.has(c) ? "num" : "" }, c)));
+  return el("table", { className: "servers", dataset: { testid: "servers" } }, el("thead", {}, head), el("tbody", {}, ...rows));
 }
 
 function renderSummary(data) {
   const cov = data.coverage || [];
-  const missing = cov.filter((c) => !c).length;
+  const missing = missingOf(data);
   const online = (data.servers || []).filter((s) => String(s.state).toLowerCase() === "online").length;
-  $("model-id").textContent = data.model_id || "?";
-  document.title = `corolla — swarm — ${data.model_id || ""}`;
-  const summary = $("summary");
-  summary.replaceChildren(
+  return el("div", { className: "summary", dataset: { testid: "summary", uncovered: missing } },
     el("b", {}, String(data.num_blocks ?? cov.length)), " blocks · ",
     el("b", {}, String((data.servers || []).length)), ` servers (${online} online) · `,
     missing ? el("b", { style: "color:var(--danger)" }, `${missing} blocks uncovered`) : "every block covered");
-  summary.dataset.uncovered = missing;
+}
+
+function renderModel(data) {
+  return el("section", { className: "model", dataset: { testid: "model", modelId: data.model_id || "" } },
+    el("h2", {}, el("span", { dataset: { testid: "model-id" } }, data.model_id || "?")),
+    renderSummary(data), renderBlocks(data), renderServers(data));
+}
+
+function render(models) {
+  const covered = models.filter((m) => missingOf(m) === 0 && (m.num_blocks || 0) > 0).length;
+  $("overview").replaceChildren(
+    el("b", {}, String(models.length)), ` model${models.length === 1 ? "" : "s"} · `,
+    el("b", {}, String(covered)), " fully covered");
+  document.title = `corolla — swarm — ${models.map((m) => m.model_id).join(", ")}`;
+  const sections = models.map(renderModel);
+  if (sections.length === 0) sections.push(el("p", { className: "summary" }, "no model is announced in this swarm yet"));
+  $("models").replaceChildren(...sections);
 }
 
 async function refresh() {
@@ -76,7 +96,7 @@ async function refresh() {
     const r = await fetch("api/swarm", { cache: "no-store" });
     if (!r.ok) throw new Error(`HTTP ${r.status}`);
     const data = await r.json();
-    renderSummary(data); renderBlocks(data); renderServers(data);
+    render(Array.isArray(data.models) ? data.models : []);
     status.textContent = "updated " + new Date().toLocaleTimeString();
     status.classList.remove("error");
     document.body.dataset.loaded = "true";
