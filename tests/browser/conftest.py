@@ -65,8 +65,12 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture
-def web(request, chromium, web_app_url, tmp_path_factory):
+def web(request, web_app_url, chromium, tmp_path_factory):
     """A fresh browser context and page (empty localStorage) on the app; page errors collected.
+
+    The app (and the swarm behind it) starts before the browser: a DHT process forked from this one
+    after Playwright started would inherit the pipe to Playwright's driver, and Playwright's exit would
+    wait for that process (forever, for a session-scoped swarm).
 
     Yields a namespace: ``page``, ``url`` (the app's base URL), ``errors`` (uncaught page errors
     and console errors, as text).
