@@ -235,6 +235,7 @@ def test_status_without_a_model_lists_every_model(multi_swarm, capsys, monkeypat
     assert main(["swarm", "status", *peers]) == 0
     text = capsys.readouterr().out
     assert "2 models in this swarm" in text and all(m in text for m in multi_swarm.folders)
+    assert "MiB per block" in text and "?" not in text  # every server announced what its blocks weigh
     # one model by the name the swarm lists it under: no need for its files
     qwen = next(m for m in multi_swarm.folders if "qwen2" in m)
     assert main(["swarm", "status", qwen, *peers, "--json"]) == 0

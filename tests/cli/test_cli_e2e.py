@@ -83,7 +83,11 @@ def test_generate_matches_local_model(swarm_up, smollm2_dir):
     assert result.stdout.strip() == local_greedy_text(smollm2_dir, prompt, 12).strip()
 
 
-def test_swarm_status(swarm_up):
+def test_swarm_status(swarm_up, smollm2_dir):
+    import torch
+
+    from corolla.models.loading import block_sizes, load_config
+
     _, peers, _, _ = swarm_up
     result = subprocess.run([*CLI, "swarm", "status", "smollm2-135m", "--initial-peers", *peers, "--json"],
                             capture_output=True, text=True, timeout=120)
@@ -91,6 +95,9 @@ def test_swarm_status(swarm_up):
     status = json.loads(result.stdout)
     assert status["num_blocks"] == 30 and all(c == 1 for c in status["coverage"])
     assert sorted((s["start_block"], s["end_block"]) for s in status["servers"]) == [(0, 15), (15, 30)]
+    sizes = block_sizes(smollm2_dir, load_config(smollm2_dir), torch.float32)
+    for s in status["servers"]:  # measured once loaded = read from the checkpoint's headers
+        assert s["weight_bytes"] == sum(sizes[s["start_block"] : s["end_block"]]) > 0
     table = subprocess.run([*CLI, "swarm", "status", "smollm2-135m", "--initial-peers", *peers],
                            capture_output=True, text=True, timeout=120)
     assert table.returncode == 0 and "blocks with no server: none" in table.stdout

@@ -159,3 +159,18 @@ def test_lora_gradients_through_the_swarm_equal_transformers(family_swarm):
     for name, p in adapter.named_parameters():
         assert p.grad.abs().max() > 0, name
         assert ((got[name] - p.grad).abs().max() / p.grad.abs().max()).item() < 1e-4, name
+
+
+def test_servers_announce_what_their_blocks_weigh(family_swarm):
+    """Each server's weight_bytes (measured once loaded) = its blocks' bytes from the checkpoint's
+    headers in its dtype: what placement and `swarm status` go by."""
+    from corolla.models.loading import block_sizes, load_config
+
+    sut, _ = family_swarm
+    config = load_config(sut.folder)
+    sizes = {dtype: block_sizes(sut.folder, config, dtype) for dtype in (torch.float32, torch.bfloat16)}
+    servers = sut.swarm.state().servers
+    assert len(servers) == 7
+    for s in servers:
+        i = s.info
+        assert i.weight_bytes == sum(sizes[getattr(torch, i.dtype)][i.start_block : i.end_block]), i

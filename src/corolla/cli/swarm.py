@@ -206,13 +206,13 @@ def _print_overview(states, as_json: bool) -> int:
         console.print("the swarm serves no model yet (no server announces one)")
         return 3
     table = Table(title=f"{len(states)} model{'s' if len(states) != 1 else ''} in this swarm")
-    for col in ("model", "blocks", "servers online", "servers per block", "blocks with no server"):
+    for col in ("model", "blocks", "MiB per block", "servers online", "servers per block", "blocks with no server"):
         table.add_column(col)
     for state in states:
         coverage = state.coverage()
         online = sum(s.info.state is ServerState.ONLINE for s in state.servers)
-        table.add_row(state.model_id, str(state.num_blocks), f"{online} of {len(state.servers)}", _strip(coverage),
-                      _ranges([b for b, c in enumerate(coverage) if c == 0]) or "none")
+        table.add_row(state.model_id, str(state.num_blocks), _per_block_mib(state), f"{online} of {len(state.servers)}",
+                      _strip(coverage), _ranges([b for b, c in enumerate(coverage) if c == 0]) or "none")
     console.print(table)
     return 3 if incomplete else 0
 
@@ -228,13 +228,14 @@ def _print_model(state, as_json: bool) -> int:
 
     table = Table(title=f"{state.model_id}: {state.num_blocks} blocks, {len(state.servers)} servers")
     for col in ("peer", "name", "blocks", "state", "steps/s", "prefill tok/s", "sessions", "queued", "dtype",
-                "adapters", "version"):
+                "weights MiB", "adapters", "version"):
         table.add_column(col)
     for s in state.servers:
         i = s.info
         table.add_row(s.peer_id[-12:], i.public_name or "", f"{i.start_block}:{i.end_block}", i.state.value,
                       f"{i.inference_rps:.1f}", f"{i.forward_tps:.0f}", str(i.active_sessions), str(i.queued_requests),
-                      i.dtype, ", ".join(i.adapters), i.version)
+                      i.dtype + ("" if i.quant == "none" else f" {i.quant}"), _mib(i.weight_bytes),
+                      ", ".join(i.adapters), i.version)
     console = Console()
     console.print(table)
     console.print(f"servers per block: {_strip(coverage)}")
@@ -242,6 +243,21 @@ def _print_model(state, as_json: bool) -> int:
     console.print(f"blocks with no server: {_ranges(missing) or 'none'}")
     console.print(f"blocks with a single server: {_ranges(single) or 'none'}")
     return 0 if not missing else 3
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f}" if n else "?"
+
+
+def _per_block_mib(state) -> str:
+    """What one block weighs as its servers announce it (their weights over their blocks; a range
+    where servers differ: other dtypes or quantisation)."""
+    per_block = sorted(s.info.weight_bytes / (s.info.end_block - s.info.start_block)
+                       for s in state.servers if s.info.weight_bytes)
+    if not per_block:
+        return "?"
+    low, high = _mib(int(per_block[0])), _mib(int(per_block[-1]))
+    return low if low == high else f"{low}–{high}"
 
 
 def _ranges(blocks: list[int]) -> str:

@@ -148,7 +148,7 @@ class Server:
         log.info("loading blocks %d:%d of %s (%s)", start, end, self.model_id, self.config.dtype)
         span = quantize_span(load_span(self.path, self.model_config, start, end, self.dtype), self.config.quant,
                              self.dtype)
-        self.weight_bytes = module_bytes(span)
+        self.weight_bytes = module_bytes(span.layers)  # the blocks (rotary tables aside)
         if self.config.throughput is not None:
             self.throughput = Throughput(self.config.throughput, self.config.throughput * 16)
         else:

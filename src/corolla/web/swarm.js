@@ -4,8 +4,8 @@
 
 const REFRESH_MS = 2000;
 const COLUMNS = ["Server", "Blocks", "State", "Forward tok/s", "Inference steps/s", "Sessions / queued",
-  "Cache tokens left", "Precision", "Version"];
-const NUMERIC = new Set(["Forward tok/s", "Inference steps/s", "Sessions / queued", "Cache tokens left"]);
+  "Cache tokens left", "Weights MiB", "Precision", "Version"];
+const NUMERIC = new Set(["Forward tok/s", "Inference steps/s", "Sessions / queued", "Cache tokens left", "Weights MiB"]);
 const $ = (id) => document.getElementById(id);
 
 function el(tag, props = {}, ...children) {
@@ -55,6 +55,7 @@ function renderServers(data) {
       el("td", { className: "num" }, fmt(s.inference_rps, 1)),
       el("td", { className: "num", dataset: { testid: "load" } }, `${fmt(s.active_sessions, 0)} / ${fmt(s.queued_requests, 0)}`),
       el("td", { className: "num" }, fmt(s.cache_tokens_left, 0)),
+      el("td", { className: "num", dataset: { testid: "weights" } }, s.weight_bytes ? fmt(s.weight_bytes / 1048576, 1) : "—"),
       el("td", {}, [s.dtype, s.quant && s.quant !== "none" ? s.quant : null].filter(Boolean).join(" · ") || "—"),
       el("td", {}, s.version || "—"));
   });
