@@ -398,3 +398,12 @@ def test_remote_call_turns_transport_failures_into_remote_call_errors():
     with pytest.raises(SessionClosedError):  # not a transport failure: unchanged
         with remote_call("call to peer"):
             raise SessionClosedError("closed")
+
+
+def test_truncate_to_is_validated():
+    ok = decode_meta(encode_meta(InferenceMeta(position=4, truncate_to=4)), InferenceMeta)
+    assert ok.truncate_to == 4
+    for bad in ({"position": 4, "truncate_to": -1}, {"position": 4, "truncate_to": 3},
+                {"position": 4, "truncate_to": 4, "route": [{"peer_id": "Qm1", "session_id": "abcdefgh"}]}):
+        with pytest.raises(BadRequestError):
+            decode_meta(msgpack.packb(bad), InferenceMeta)

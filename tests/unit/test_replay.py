@@ -55,3 +55,14 @@ def test_a_link_whose_push_connection_failed_is_not_asked_to_push_again():
     assert session._push_route(0)[0] == ()
     assert peers(session._push_route(1)[0]) == ["C"] and session._push_route(1)[1] == "A"
     assert session.push_failures == 2
+
+
+def test_cut_steps_keeps_exactly_the_first_tokens():
+    from corolla.client.session import cut_steps
+
+    inputs = [torch.randn(1, 5, 4), torch.randn(1, 1, 4), torch.randn(1, 3, 4)]
+    for length in range(10):
+        kept = cut_steps(inputs, length)
+        joined = torch.cat(kept, 1) if kept else torch.empty(1, 0, 4)
+        assert torch.equal(joined, torch.cat(inputs, 1)[:, :length])
+    assert cut_steps(inputs, 6)[:2] == inputs[:2] and len(cut_steps(inputs, 6)) == 2

@@ -196,3 +196,18 @@ def test_concurrent_opens_never_exceed_the_limit():
         th.join(timeout=10)
     assert results.count("ok") == 5 and results.count("busy") == 11
     assert len(t) == 5
+
+
+# --- truncate (speculative decoding's rollback) ----------------------------------------------------------
+def test_truncate_rolls_back_within_the_session_and_refuses_past_it():
+    from corolla.server.sessions import truncate
+
+    s = Session("session-1", "peer", 0, 2, max_length=64, position=10, pushed={4, 8, 9})
+    truncate(s, 7)
+    assert s.position == 7 and s.pushed == {4}
+    check_step(s, hidden(tokens=3), 7)  # the next step starts at the new length
+    truncate(s, 7)  # to the current length: nothing changes
+    truncate(s, 0)
+    assert s.position == 0
+    with pytest.raises(BadRequestError, match="holds 0"):
+        truncate(s, 1)

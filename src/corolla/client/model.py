@@ -20,6 +20,7 @@ from corolla.client.head_batching import HeadBatcher
 from corolla.client.remote import SwarmClient
 from corolla.client.sampling import Sampler, SamplingParams
 from corolla.client.session import InferenceSession
+from corolla.client.speculative import DraftConfig, SpeculationStats, make_drafter, speculate
 from corolla.client.training import RemoteBlocks, SwarmAdapter, causal_lm_loss
 from corolla.models.loading import load_config, load_head
 from corolla.models.resolve import resolve_model
@@ -37,6 +38,8 @@ class DistributedModelForCausalLM:
         self._active: InferenceSession | None = None
         self.adapter: SwarmAdapter | None = None  # client-owned trainable tensors (see corolla.client.training)
         self.blocks = RemoteBlocks(client)
+        self.draft_config = DraftConfig()  # speculative decoding's draft lengths (generate(draft=...))
+        self.last_speculation: SpeculationStats | None = None  # acceptance of the last speculative generate
 
     @classmethod
     def from_pretrained(
@@ -161,6 +164,7 @@ class DistributedModelForCausalLM:
         session: InferenceSession | None = None,
         max_length: int | None = None,
         tokenizer: Any = None,
+        draft: Any = None,
         **_: Any,
     ) -> torch.Tensor:
         """Hugging Face-style generation; returns ``input_ids`` followed by the new tokens.
@@ -168,12 +172,18 @@ class DistributedModelForCausalLM:
         ``streamer`` is any HF streamer (``put``/``end``); ``callback`` gets each step's new
         tokens [B]. Inside ``inference_session`` (or with ``session=``), ``input_ids`` are the
         new tokens only: the session already holds everything before them.
+
+        ``draft``: speculative decoding (batch 1): ``"lookup"`` (prompt lookup), a small causal LM
+        with the same tokenizer, its name or folder, or a drafter (see
+        :mod:`corolla.client.speculative`). Greedy output is plain greedy decoding's; sampled
+        tokens keep the target's distribution.
         """
         params = SamplingParams(do_sample, temperature, top_k, top_p, repetition_penalty, seed)
         new_tokens = []
         for tokens in self.stream(
             input_ids, params=params, max_new_tokens=max_new_tokens, stop_strings=stop_strings,
             eos_token_id=eos_token_id, streamer=streamer, session=session, max_length=max_length, tokenizer=tokenizer,
+            draft=draft,
         ):
             new_tokens.append(tokens)
             if callback is not None:
@@ -195,8 +205,9 @@ class DistributedModelForCausalLM:
         session: InferenceSession | None = None,
         max_length: int | None = None,
         tokenizer: Any = None,
+        draft: Any = None,
     ) -> Iterator[torch.Tensor]:
-        """Yield the new tokens [B] of each step as they are generated."""
+        """Yield the new tokens [B] of each step as they are generated (``draft``: see ``generate``)."""
         session = session or self._active
         owned = session is None
         if input_ids is not None and input_ids.dim() == 1:
@@ -221,7 +232,14 @@ class DistributedModelForCausalLM:
         cohort = None  # this step's company from the last LM head batch (see HeadBatcher)
         if streamer is not None and input_ids is not None:
             streamer.put(input_ids.cpu())
+        drafter = make_drafter(draft)
+        if drafter is not None and feed.shape[0] != 1:
+            raise ValueError("speculative decoding (draft=...) takes one sequence at a time (batch size 1)")
         try:
+            if drafter is not None:
+                yield from self._speculate(session, drafter, sampler, context, feed, max_new_tokens, eos, stops,
+                                           tokenizer, streamer)
+                return
             with torch.inference_mode():
                 for index in range(max_new_tokens):
                     hidden = session.step(self._embed(feed, session), cohort)  # [B, T, H] -> [B, T, H]
@@ -248,6 +266,44 @@ class DistributedModelForCausalLM:
                 streamer.end()
             if owned:
                 session.close()
+
+    def _speculate(self, session: InferenceSession, drafter: Any, sampler: Sampler, context: torch.Tensor,
+                   feed: torch.Tensor, max_new_tokens: int, eos: set[int], stops: list[str], tokenizer: Any,
+                   streamer: Any) -> Iterator[torch.Tensor]:
+        """``stream``'s loop with speculative decoding (batch 1); same stopping rules."""
+        offset = session.position - (session.token_ids.shape[1] if session.token_ids is not None else 0)
+        stats = self.last_speculation = SpeculationStats()
+
+        def target(ids: torch.Tensor, n: int) -> torch.Tensor:
+            hidden = session.step(self._embed(ids, session))  # [1, T, H]
+            session.pending_ids = None
+            return self.head.logits(hidden[:, -n:, :])[0]  # [n, V]
+
+        generated: list[torch.Tensor] = []
+        try:
+            with torch.inference_mode():
+                for token in speculate(
+                    drafter=drafter, sampler=sampler, context=context, feed=feed, target=target,
+                    rollback=lambda n: session.truncate(session.position - n),
+                    budget=lambda: session.max_length - session.position, max_new_tokens=max_new_tokens,
+                    config=self.draft_config, stats=stats,
+                ):
+                    tokens = torch.tensor([token], dtype=torch.long)
+                    generated.append(tokens)
+                    context = torch.cat([context, tokens[:, None]], dim=1)
+                    if streamer is not None:
+                        streamer.put(tokens.cpu())
+                    yield tokens
+                    if token in eos or (stops and _hits_stop(tokenizer, generated, stops)):
+                        break
+        finally:
+            if generated and not session._closed:
+                # the servers keep everything but the last token (sent with the next step)
+                keep = offset + context.shape[1] - 1
+                if session.position > keep:
+                    session.truncate(keep)
+                session.token_ids = context[:, :-1]
+                session.pending_ids = context[:, -1:]
 
     def close(self) -> None:
         self.client.close()

@@ -63,14 +63,20 @@ class _HopStream:
         await self.send(hidden, position)
         return (await self.receive()).hidden
 
+    async def step_truncating(self, hidden: torch.Tensor, position: int) -> torch.Tensor:
+        """A step that first rolls the server's session back to ``position`` tokens."""
+        await self.send(hidden, position, truncate=True)
+        return (await self.receive()).hidden
+
     async def send(
         self, hidden: torch.Tensor, position: int, route: tuple[PushTarget, ...] = (), push_from: str | None = None,
-        cohort: Cohort | None = None,
+        cohort: Cohort | None = None, truncate: bool = False,
     ) -> None:
+        """``truncate``: the session on the server is rolled back to ``position`` tokens first."""
         codec = self.client.config.compression
         meta = InferenceMeta(position=position, open=None if self._opened else self.open_meta,
                              route=route or None, push_from=push_from, compression=None if codec == "none" else codec,
-                             cohort=cohort)
+                             cohort=cohort, truncate_to=position if truncate else None)
         tensors = encode(hidden, codec) + (self._adapter_tensors if not self._opened else [])
         request = runtime_pb2.ExpertRequest(uid=self.client.model_id, tensors=tensors, metadata=encode_meta(meta))
         with remote_call(f"call to {self.hop.peer_id}"):
@@ -112,6 +118,18 @@ class StepAnswer:
 class _HopState:
     stream: _HopStream
     inputs: list[torch.Tensor] = dataclasses.field(default_factory=list)  # every input sent, per step
+
+
+def cut_steps(inputs: list[torch.Tensor], length: int) -> list[torch.Tensor]:
+    """The kept inputs [B, T_i, H] cut to their first ``length`` tokens in all."""
+    kept, total = [], 0
+    for x in inputs:
+        if total >= length:
+            break
+        take = min(x.shape[1], length - total)
+        kept.append(x if take == x.shape[1] else x[:, :take])
+        total += take
+    return kept
 
 
 def merge_steps(inputs: list[torch.Tensor], max_tokens: int) -> list[torch.Tensor]:
@@ -157,6 +175,8 @@ class InferenceSession:
         # kept for generate(): tokens already in the servers' caches, and one sampled but not sent
         self.token_ids: torch.Tensor | None = None
         self.pending_ids: torch.Tensor | None = None
+        self._rollback = False  # the next step tells every hop to truncate to `position` first
+        self.truncations = 0
 
     @property
     def chain(self) -> list[Hop]:
@@ -166,6 +186,25 @@ class InferenceSession:
     def entry_peer(self) -> str | None:
         """The server that receives this session's steps first (None before the first step)."""
         return self._hops[0].stream.hop.peer_id if self._hops else None
+
+    def truncate(self, length: int) -> None:
+        """Roll the session back to its first ``length`` positions (soft-prompt positions
+        included), e.g. drafted tokens that speculative decoding rejected. Costs no round trip:
+        the next step tells every server to drop what is past ``length`` before computing it, and
+        the inputs kept for replay are cut to ``length`` at once, so a failover afterwards replays
+        exactly what the servers keep."""
+        if self._closed:
+            raise SessionClosedError("this inference session is closed")
+        if not 0 <= length <= self.position:
+            raise ValueError(f"cannot truncate the session to {length} positions: it holds {self.position}")
+        if length == self.position:
+            return
+        with self._lock:
+            for state in self._hops:
+                state.inputs[:] = cut_steps(state.inputs, length)
+        self.position = length
+        self._rollback = True
+        self.truncations += 1
 
     def step(self, hidden: torch.Tensor, cohort: Cohort | None = None) -> torch.Tensor:
         """``hidden [B, T, H]`` through every block. ``cohort``: the steps of other sessions that
@@ -194,6 +233,7 @@ class InferenceSession:
                 raise SessionClosedError("this inference session was closed during a step")
             if failed is None:
                 self.position += hidden.shape[1]
+                self._rollback = False
                 return x
             peer = self._hops[failed].stream.hop.peer_id
             while True:  # recover hop `failed`; a replacement that fails too is retried
@@ -238,8 +278,9 @@ class InferenceSession:
                 if pushed:
                     self.pushed_inputs += 1
                 else:
-                    route, push_from = self._push_route(i)
-                    await state.stream.send(x, self.position, route, push_from, cohort)
+                    # a rollback travels only from the client to each hop (pushes carry none)
+                    route, push_from = ((), None) if self._rollback else self._push_route(i)
+                    await state.stream.send(x, self.position, route, push_from, cohort, truncate=self._rollback)
                 answer = await state.stream.receive()
             except CorollaError as e:
                 return x, i, e

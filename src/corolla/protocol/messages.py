@@ -173,6 +173,18 @@ class InferenceMeta(_Wire):
     push_from: PeerIdStr | None = None
     compression: Codec | None = None  # how this step's tensors travel, and how the answer should
     cohort: Cohort | None = None
+    # roll the session back before this step: its length becomes ``truncate_to`` (keys and values
+    # past it are dropped; speculative decoding rejects drafted tokens so). Must be at most the
+    # session's length, and ``position`` must equal it. Such a step is never pushed on
+    truncate_to: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _truncate_at_position(self) -> InferenceMeta:
+        if self.truncate_to is not None and self.truncate_to != self.position:
+            raise ValueError(f"truncate_to {self.truncate_to} must equal the step's position {self.position}")
+        if self.truncate_to is not None and self.route:
+            raise ValueError("a step that truncates the session is not pushed on (leave route out)")
+        return self
 
 
 class PushMeta(_Wire):

@@ -46,7 +46,7 @@ from corolla.server.config import ServerConfig
 from corolla.server.kv import CacheBudget
 from corolla.server.priority import PriorityExecutor
 from corolla.server.push import PushLinks
-from corolla.server.sessions import SessionTable, check_hidden, check_step
+from corolla.server.sessions import SessionTable, check_hidden, check_step, truncate
 from corolla.server.training import Graph, TrainingRunner
 
 log = logging.getLogger(__name__)
@@ -403,7 +403,8 @@ class BlockHandlers:
                         elif meta.open is not None:
                             raise BadRequestError(f"session {session.id} is already open on this stream")
                         session.push_from = meta.push_from
-                        if meta.position in session.pushed and meta.position < session.position:
+                        if (meta.truncate_to is None and meta.position in session.pushed
+                                and meta.position < session.position):
                             continue  # a push that timed out for its sender still reached us: done already
                         codec = meta.compression
                         n = _codec_tensors(codec)
@@ -416,6 +417,8 @@ class BlockHandlers:
                         elif len(request.tensors) > n:
                             raise BadRequestError("adapter tensors travel only with the message that opens a session")
                         position, route, cohort = meta.position, meta.route, meta.cohort
+                        if meta.truncate_to is not None:
+                            truncate(session, meta.truncate_to)
                     check_step(session, hidden, position)
                     push = bool(route) and self.pushes is not None
                     out, next_cohort = await self.batcher.submit(

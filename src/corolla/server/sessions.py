@@ -105,6 +105,16 @@ def check_hidden(
     return hidden
 
 
+def truncate(session: Session, length: int) -> None:
+    """Roll ``session`` back to its first ``length`` tokens (keys and values past them are
+    overwritten by the next steps). ``0 <= length <= session.position``, else BadRequestError."""
+    if not 0 <= length <= session.position:
+        raise BadRequestError(
+            f"cannot truncate session {session.id} to {length} tokens: it holds {session.position}")
+    session.position = length
+    session.pushed = {p for p in session.pushed if p < length}
+
+
 def check_step(session: Session, hidden: torch.Tensor, position: int) -> None:
     batch, tokens, _ = hidden.shape
     if position != session.position:

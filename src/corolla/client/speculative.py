@@ -1,0 +1,253 @@
+"""Speculative decoding: draft k tokens cheaply, verify them in one step through the swarm.
+
+A step through the chain costs a round trip per hop whatever its length, so checking k drafted
+tokens costs about what one token does. The target's logits at every drafted position come back
+together; the drafts it agrees with are kept, the first it disagrees with is replaced by the
+target's own token, and the servers roll their caches back past it (``InferenceSession.truncate``,
+sent with the next step: no extra round trip).
+
+- greedy: a draft is kept when it is the target's argmax, so the output is plain greedy decoding's;
+- sampling: standard speculative sampling (Leviathan et al. 2023; Chen et al. 2023): a draft ``d``
+  drawn from ``q`` is kept with probability ``min(1, p(d)/q(d))``, else the token is drawn from
+  ``normalize(max(0, p - q))``; after all k are kept one more comes from ``p``. Every token is then
+  distributed as plain sampling from ``p`` (the target's scores after the same logits processors).
+
+Drafters propose ``(tokens, q)``: ``q`` [k, V] the draft's probabilities, or None for a
+deterministic guess (one-hot ``q``). :class:`PromptLookup` copies what followed the latest earlier
+occurrence of the context's last n-gram (no model: edits that copy most of a file), and
+:class:`DraftModel` runs a small local model with the target's tokenizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from corolla.client.sampling import Sampler
+
+
+@dataclasses.dataclass(frozen=True)
+class DraftConfig:
+    k: int = 4  # tokens drafted per step at first ...
+    min_k: int = 1  # ... then adapted to the acceptance rate within these bounds
+    max_k: int = 10
+
+
+@dataclasses.dataclass
+class SpeculationStats:
+    steps: int = 0  # verification steps through the swarm
+    drafted: int = 0
+    accepted: int = 0
+    emitted: int = 0
+
+    @property
+    def acceptance(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def tokens_per_step(self) -> float:
+        return self.emitted / self.steps if self.steps else 0.0
+
+
+class PromptLookup:
+    """Drafts by copying: the tokens that followed the latest earlier occurrence of the context's
+    last ``n``-gram (longest ``n`` first, ``max_ngram`` down to ``min_ngram``)."""
+
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1):
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+
+    def propose(self, context: torch.Tensor, k: int, sampler: Sampler | None = None):
+        ids = context[0]
+        length = ids.shape[0]
+        for n in range(min(self.max_ngram, length - 1), self.min_ngram - 1, -1):
+            tail = ids[length - n :]
+            windows = ids[: length - 1].unfold(0, n, 1)  # windows that end before the last token
+            hits = (windows == tail).all(dim=1).nonzero().flatten()
+            if hits.numel():
+                start = int(hits[-1]) + n
+                return ids[start : start + k].clone(), None
+        return ids[:0].clone(), None
+
+
+class DraftModel:
+    """A small local causal LM sharing the target's vocabulary; keeps its own KV cache and crops it
+    to what the context still shares with what it has seen."""
+
+    def __init__(self, model: Any):
+        self.model = model.eval()
+        self._cache = None
+        self._seen = torch.empty(0, dtype=torch.long)  # ids whose keys and values the cache holds
+
+    @classmethod
+    def load(cls, name: str | Path) -> DraftModel:
+        from transformers import AutoModelForCausalLM
+
+        from corolla.models.resolve import resolve_model
+
+        path = resolve_model(str(name)).path
+        return cls(AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32))
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.config.vocab_size)
+
+    def _logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """Feed ``ids`` [T] after what the cache holds; the logits of the last one [V]."""
+        from transformers import DynamicCache
+
+        if self._cache is None:
+            self._cache = DynamicCache()
+        out = self.model(ids[None], cache=self._cache, use_cache=True)
+        self._cache = out.cache
+        self._seen = torch.cat([self._seen, ids])
+        return out.logits[0, -1].float()
+
+    def propose(self, context: torch.Tensor, k: int, sampler: Sampler | None = None):
+        ids = context[0]
+        common = 0
+        limit = min(self._seen.shape[0], ids.shape[0] - 1)  # the last context token is always fed
+        if limit > 0:
+            same = (self._seen[:limit] == ids[:limit]).int().cumprod(0)
+            common = int(same.sum())
+        if self._cache is not None and common < self._seen.shape[0]:
+            if common == 0:
+                self._cache = None
+            else:
+                self._cache.crop(common - self._seen.shape[0])  # a negative count: drop that many
+            self._seen = self._seen[:common]
+        tokens, probs = [], []
+        with torch.inference_mode():
+            logits = self._logits(ids[common:])
+            running = ids
+            for i in range(k):
+                if sampler is not None and sampler.params.do_sample:
+                    q = torch.softmax(sampler.processors(running[None], logits[None])[0], dim=-1)
+                    token = torch.multinomial(q, 1, generator=sampler.generator)[0]
+                    probs.append(q)
+                else:
+                    scores = sampler.processors(running[None], logits[None])[0] if sampler is not None else logits
+                    token = scores.argmax()
+                tokens.append(token)
+                running = torch.cat([running, token[None]])
+                if i + 1 < k:
+                    logits = self._logits(token[None])
+        drafted = torch.stack(tokens) if tokens else ids[:0]
+        return drafted, (torch.stack(probs) if probs else None)
+
+
+def make_drafter(draft: Any) -> Any:
+    """``"lookup"``, a drafter object (``propose``), a causal LM, or a model name/folder."""
+    if draft is None:
+        return None
+    if isinstance(draft, str) and draft == "lookup":
+        return PromptLookup()
+    if hasattr(draft, "propose"):
+        return draft
+    if isinstance(draft, torch.nn.Module):
+        return DraftModel(draft)
+    return DraftModel.load(draft)
+
+
+def verify(
+    sampler: Sampler, context: torch.Tensor, drafts: torch.Tensor, q: torch.Tensor | None, logits: torch.Tensor
+) -> tuple[list[int], int]:
+    """The tokens this step emits and how many drafts were accepted.
+
+    ``context`` [1, L]: the tokens before the first verified position; ``drafts`` [d];
+    ``q`` [d, V] or None (deterministic drafts); ``logits`` [d + 1, V]: the target's at the
+    position of each draft and after the last one. Emits the accepted drafts and then one token
+    of the target's (a replacement for the first rejected draft, or one more after all of them).
+    """
+    out: list[int] = []
+    running = context
+    for j in range(drafts.shape[0] + 1):
+        scores = sampler.processors(running, logits[j : j + 1].float())[0]  # [V]
+        if not sampler.params.do_sample:
+            target = int(scores.argmax())
+            out.append(target)
+            if j == drafts.shape[0] or target != int(drafts[j]):
+                return out, j
+        else:
+            p = torch.softmax(scores, dim=-1)
+            if j == drafts.shape[0]:
+                out.append(int(torch.multinomial(p, 1, generator=sampler.generator)[0]))
+                return out, j
+            d = int(drafts[j])
+            q_d = float(q[j, d]) if q is not None else 1.0
+            u = float(torch.rand((), generator=sampler.generator))
+            if u < min(1.0, float(p[d]) / q_d) if q_d > 0 else False:
+                out.append(d)
+            else:
+                if q is not None:
+                    residual = (p - q[j].to(p.dtype)).clamp_min(0)
+                else:
+                    residual = p.clone()
+                    residual[d] = 0
+                total = float(residual.sum())
+                residual = residual / total if total > 0 else p
+                out.append(int(torch.multinomial(residual, 1, generator=sampler.generator)[0]))
+                return out, j
+        running = torch.cat([running, torch.tensor([[out[-1]]], dtype=running.dtype)], dim=1)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def adapt_k(k: int, drafted: int, accepted: int, config: DraftConfig) -> int:
+    """More drafts when all were accepted, fewer when fewer than half were."""
+    if drafted == 0:
+        return k
+    if accepted == drafted:
+        return min(config.max_k, k + 2)
+    if accepted * 2 < drafted:
+        return max(config.min_k, k - 1)
+    return k
+
+
+def speculate(
+    *,
+    drafter: Any,
+    sampler: Sampler,
+    context: torch.Tensor,
+    feed: torch.Tensor,
+    target: Callable[[torch.Tensor, int], torch.Tensor],
+    rollback: Callable[[int], None],
+    budget: Callable[[], int],
+    max_new_tokens: int,
+    config: DraftConfig = DraftConfig(),
+    stats: SpeculationStats | None = None,
+) -> Iterator[int]:
+    """Yield new tokens one at a time (the caller stops iterating at EOS or a stop string).
+
+    ``feed`` [1, F]: tokens not yet in the target's cache (the end of ``context`` [1, L]);
+    ``target(ids [1, T], n)``: runs ``ids`` through the target, returns the logits [n, V] of its
+    last ``n`` positions; ``rollback(n)``: drop the last ``n`` positions from the target's cache;
+    ``budget()``: how many more positions the target's cache may take.
+    """
+    stats = stats if stats is not None else SpeculationStats()
+    k, produced = config.k, 0
+    while produced < max_new_tokens:
+        # never draft past max_new_tokens nor past what the session may hold
+        room = min(k, max_new_tokens - produced - 1, budget() - feed.shape[1])
+        drafts, q = drafter.propose(context, room, sampler) if room > 0 else (context[0, :0], None)
+        drafts = drafts[: max(room, 0)]
+        q = q[: drafts.shape[0]] if q is not None else None
+        d = drafts.shape[0]
+        logits = target(torch.cat([feed, drafts[None].to(feed.dtype)], dim=1), d + 1)  # [d + 1, V]
+        tokens, accepted = verify(sampler, context, drafts, q, logits)
+        stats.steps += 1
+        stats.drafted += d
+        stats.accepted += accepted
+        if accepted < d:
+            rollback(d - accepted)
+        k = adapt_k(k, d, accepted, config)
+        for token in tokens:
+            produced += 1
+            stats.emitted += 1
+            context = torch.cat([context, torch.tensor([[token]], dtype=context.dtype)], dim=1)
+            yield token
+            if produced >= max_new_tokens:
+                return
+        feed = context[:, -1:]

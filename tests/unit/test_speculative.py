@@ -1,0 +1,158 @@
+"""Speculative decoding against a local target: drafters, acceptance, and that sampling keeps
+the target's distribution (chi-square against the exact probabilities, fixed seeds)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from corolla.client.sampling import Sampler, SamplingParams
+from corolla.client.speculative import DraftConfig, DraftModel, PromptLookup, SpeculationStats, adapt_k, speculate
+from tests.tiny_models import save_tiny_model
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    target = AutoModelForCausalLM.from_pretrained(save_tiny_model("llama", tmp_path_factory.mktemp("t"))).eval()
+    draft = AutoModelForCausalLM.from_pretrained(save_tiny_model("qwen2", tmp_path_factory.mktemp("d"), seed=1)).eval()
+    return target, draft
+
+
+class LocalTarget:
+    """The target as ``speculate`` sees it, recomputed from scratch each step (no cache)."""
+
+    def __init__(self, model, max_length: int = 512):
+        self.model, self.ids, self.max_length, self.calls = model, torch.empty(1, 0, dtype=torch.long), max_length, 0
+
+    def __call__(self, ids, n):
+        self.calls += 1
+        self.ids = torch.cat([self.ids, ids], 1)
+        with torch.inference_mode():
+            return self.model(self.ids).logits[0, -n:].float()
+
+    def rollback(self, n):
+        assert 0 < n <= self.ids.shape[1]
+        self.ids = self.ids[:, :-n]
+
+    def budget(self):
+        return self.max_length - self.ids.shape[1]
+
+
+def run(model, drafter, params, prompt, new, config=None, stats=None):
+    target = LocalTarget(model)
+    out = list(speculate(drafter=drafter, sampler=Sampler(params), context=prompt, feed=prompt, target=target,
+                         rollback=target.rollback, budget=target.budget, max_new_tokens=new,
+                         config=config or DraftConfig(), stats=stats))
+    # the target's cache holds the prompt and every emitted token but (at most) the last
+    assert target.ids[0].tolist() == (prompt[0].tolist() + out)[: target.ids.shape[1]]
+    return out, target
+
+
+def plain_greedy(model, prompt, new):
+    ids = prompt
+    for _ in range(new):
+        with torch.inference_mode():
+            ids = torch.cat([ids, model(ids).logits[:, -1:].argmax(-1)], 1)
+    return ids[0, prompt.shape[1]:].tolist()
+
+
+def test_prompt_lookup_copies_what_followed_the_last_match():
+    lookup = PromptLookup(max_ngram=2)
+    ctx = torch.tensor([[5, 6, 7, 8, 9, 1, 5, 6]])
+    drafts, q = lookup.propose(ctx, 3)
+    assert drafts.tolist() == [7, 8, 9] and q is None
+    assert lookup.propose(torch.tensor([[1, 2, 3]]), 3)[0].tolist() == []  # no earlier n-gram
+    assert lookup.propose(torch.tensor([[4, 2, 4]]), 5)[0].tolist() == [2, 4]  # 1-gram, up to the end
+
+
+def test_k_adapts_within_bounds():
+    config = DraftConfig(k=4, min_k=1, max_k=6)
+    assert adapt_k(4, 4, 4, config) == 6 and adapt_k(6, 6, 6, config) == 6
+    assert adapt_k(4, 4, 0, config) == 3 and adapt_k(1, 1, 0, config) == 1
+    assert adapt_k(4, 4, 2, config) == 4 and adapt_k(4, 0, 0, config) == 4
+
+
+@pytest.mark.parametrize("drafter", ["lookup", "model", "self"])
+def test_greedy_output_is_plain_greedy(models, drafter):
+    target, draft = models
+    prompt = torch.tensor([[3, 17, 42, 3, 17, 42, 3, 17, 99, 5, 3, 17]])
+    d = {"lookup": PromptLookup(), "model": DraftModel(draft), "self": DraftModel(target)}[drafter]
+    stats = SpeculationStats()
+    out, target_run = run(target, d, SamplingParams(), prompt, 40, stats=stats)
+    assert out == plain_greedy(target, prompt, 40)
+    assert stats.emitted == 40 and stats.steps < 40 if drafter == "self" else True
+    if drafter == "self":  # a draft identical to the target is always right: k grows, few steps
+        assert stats.accepted == stats.drafted and stats.steps <= 10
+
+
+def test_greedy_with_repetition_penalty_is_plain(models):
+    target, _ = models
+    prompt = torch.tensor([[3, 17, 42, 3, 17, 42, 3, 17]])
+    params = SamplingParams(repetition_penalty=1.3)
+    out, _ = run(target, DraftModel(target), params, prompt, 20)
+    sampler, ids = Sampler(params), prompt
+    for _ in range(20):
+        with torch.inference_mode():
+            ids = torch.cat([ids, sampler.next_tokens(ids, target(ids).logits[:, -1])[:, None]], 1)
+    assert out == ids[0, prompt.shape[1]:].tolist()
+
+
+def _exact_marginals(model, prompt, params):
+    """p(t1) and the marginal p(t2) = sum_t1 p(t1) p(t2 | t1), after the sampler's processors."""
+    sampler = Sampler(params)
+    with torch.inference_mode():
+        p1 = torch.softmax(sampler.processors(prompt, model(prompt).logits[:, -1].float()), -1)[0]
+        support = p1.nonzero().flatten()
+        rows = torch.cat([prompt.expand(len(support), -1), support[:, None]], 1)
+        p2_given = torch.softmax(sampler.processors(rows, model(rows).logits[:, -1].float()), -1)
+    return p1, (p1[support, None] * p2_given).sum(0)
+
+
+def _chi_square_p(counts: torch.Tensor, expected_p: torch.Tensor, n: int) -> float:
+    expected = expected_p.double() * n
+    big = expected >= 5
+    obs = torch.cat([counts[big].double(), counts[~big].double().sum()[None]])
+    exp = torch.cat([expected[big], expected[~big].sum()[None]])
+    keep = exp > 0
+    if bool((obs[~keep] > 0).any()):
+        return 0.0  # a token the target never samples
+    obs, exp = obs[keep], exp[keep]
+    stat = float(((obs - exp) ** 2 / exp).sum())
+    df = max(1, int(keep.sum()) - 1)
+    return float(torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64),
+                                         torch.tensor(stat / 2, dtype=torch.float64)))
+
+
+@pytest.mark.parametrize("drafter", ["model", "lookup"])
+def test_sampling_keeps_the_targets_distribution(models, drafter):
+    target, draft = models
+    base = dict(do_sample=True, temperature=1.5, top_k=8)
+    # [5, b, 9, 9, 5]: lookup proposes [b, 9]; pick b that the target samples next about half the time
+    rows = torch.tensor([[5, b, 9, 9, 5] for b in range(320)])
+    with torch.inference_mode():
+        p = torch.softmax(Sampler(SamplingParams(**base)).processors(rows, target(rows).logits[:, -1].float()), -1)
+    own = p[torch.arange(320), torch.arange(320)]
+    b = int((own - 0.5).abs().argmin())
+    assert 0.1 < float(own[b]) < 0.9
+    prompt = torch.tensor([[5, b, 9, 9, 5]])
+    p1, p2 = _exact_marginals(target, prompt, SamplingParams(**base))
+    if drafter == "model":  # a draft close to the target but not equal: some drafts accepted, some not
+        near = copy.deepcopy(target)
+        with torch.no_grad():
+            near.lm_head.weight.add_(torch.randn(near.lm_head.weight.shape, generator=torch.Generator().manual_seed(0)))
+        d = DraftModel(near)
+    else:
+        d = PromptLookup()
+    n, vocab = 1500, p1.shape[0]
+    first, second = torch.zeros(vocab), torch.zeros(vocab)
+    stats = SpeculationStats()
+    for seed in range(n):
+        out, _ = run(target, d, SamplingParams(**base, seed=seed), prompt, 3, config=DraftConfig(k=2), stats=stats)
+        first[out[0]] += 1
+        second[out[1]] += 1
+    assert 0 < stats.accepted < stats.drafted  # both the accept and the resample paths ran
+    assert _chi_square_p(first, p1, n) > 0.001
+    assert _chi_square_p(second, p2, n) > 0.001
