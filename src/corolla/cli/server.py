@@ -42,6 +42,8 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all interfaces)")
     p.add_argument("--port", type=int, default=0, help="TCP port (default: any free port)")
     p.add_argument("--announce-host", default=None, help="public address to announce, if behind NAT or 0.0.0.0")
+    p.add_argument("--announce-port", type=int, default=None,
+                   help="TCP port to announce instead of --port (behind a port forward or a proxy)")
     p.add_argument("--identity", default=None, metavar="FILE", help="private key file for a stable peer id")
     p.add_argument("--public-name", default=None, help="a name shown in `swarm status`")
     p.add_argument("--max-session-length", type=int, default=8192, help="tokens per session (default 8192)")
@@ -125,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
     config = ServerConfig(
         model=args.model, start_block=start, end_block=end, num_blocks=args.num_blocks, model_id=args.model_id,
         dtype=args.dtype, quant=args.quant, initial_peers=tuple(args.initial_peers), new_swarm=args.new_swarm,
-        host=args.host, port=args.port, announce_host=args.announce_host, identity_path=args.identity,
+        host=args.host, port=args.port, announce_host=args.announce_host,
+        announce_port=args.announce_port, identity_path=args.identity,
         public_name=args.public_name,
         max_session_length=args.max_session_length, max_backward_tokens=args.max_backward_tokens,
         max_lora_rank=args.max_lora_rank, max_held_train_tokens=args.max_held_train_tokens,

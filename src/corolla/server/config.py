@@ -21,6 +21,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 0
     announce_host: str | None = None
+    announce_port: int | None = None  # announce this port instead of ``port`` (a proxy or a port forward)
     identity_path: str | None = None
     public_name: str | None = None
     # limits every request is checked against

@@ -102,7 +102,8 @@ class Server:
         self.model_id = cfg.model_id or ref.model_id
         self.block_bytes = block_sizes(ref.path, self.model_config, self.dtype, cfg.quant)
         host_maddrs = [f"/ip4/{cfg.host}/tcp/{cfg.port}"]
-        announce_maddrs = [f"/ip4/{cfg.announce_host}/tcp/{cfg.port}"] if cfg.announce_host else None
+        announce_maddrs = ([f"/ip4/{cfg.announce_host or cfg.host}/tcp/{cfg.announce_port or cfg.port}"]
+                           if cfg.announce_host or cfg.announce_port else None)
         self.dht = start_dht(
             cfg.initial_peers, host_maddrs=host_maddrs, announce_maddrs=announce_maddrs,
             identity_path=cfg.identity_path, models={self.model_id: self.total},
