@@ -45,6 +45,10 @@ def register(sub) -> None:
     p.add_argument("--announce-port", type=int, default=None,
                    help="TCP port to announce instead of --port (behind a port forward or a proxy)")
     p.add_argument("--identity", default=None, metavar="FILE", help="private key file for a stable peer id")
+    p.add_argument("--use-relay", action="store_true",
+                   help="behind NAT or a firewall (no inbound connections): be reachable through a relay peer")
+    p.add_argument("--relay", nargs="+", default=[], metavar="MADDR",
+                   help="with --use-relay: the peers to relay through (default: the --initial-peers)")
     p.add_argument("--public-name", default=None, help="a name shown in `swarm status`")
     p.add_argument("--max-session-length", type=int, default=8192, help="tokens per session (default 8192)")
     p.add_argument("--max-backward-tokens", type=int, default=2048,
@@ -129,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype, quant=args.quant, initial_peers=tuple(args.initial_peers), new_swarm=args.new_swarm,
         host=args.host, port=args.port, announce_host=args.announce_host,
         announce_port=args.announce_port, identity_path=args.identity,
-        public_name=args.public_name,
+        public_name=args.public_name, use_relay=args.use_relay, relays=tuple(args.relay),
         max_session_length=args.max_session_length, max_backward_tokens=args.max_backward_tokens,
         max_lora_rank=args.max_lora_rank, max_held_train_tokens=args.max_held_train_tokens,
         train_hold_s=args.train_hold_s, max_sessions=args.max_sessions, torch_threads=args.torch_threads,

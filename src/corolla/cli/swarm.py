@@ -183,7 +183,8 @@ def _model_state(dht, spec: str | None, model_id: str | None):
 
 def _state_json(state) -> dict:
     return {"model_id": state.model_id, "num_blocks": state.num_blocks, "coverage": state.coverage(),
-            "servers": [{"peer_id": s.peer_id, **s.info.model_dump(mode="json")} for s in state.servers]}
+            "servers": [{"peer_id": s.peer_id, **s.info.model_dump(mode="json"), "relayed": s.info.relayed}
+                        for s in state.servers]}
 
 
 def _strip(coverage: list[int]) -> str:
@@ -227,12 +228,13 @@ def _print_model(state, as_json: bool) -> int:
     from rich.table import Table
 
     table = Table(title=f"{state.model_id}: {state.num_blocks} blocks, {len(state.servers)} servers")
-    for col in ("peer", "name", "blocks", "state", "steps/s", "prefill tok/s", "sessions", "queued", "dtype",
+    for col in ("peer", "name", "address", "blocks", "state", "steps/s", "prefill tok/s", "sessions", "queued", "dtype",
                 "weights MiB", "adapters", "version"):
         table.add_column(col)
     for s in state.servers:
         i = s.info
-        table.add_row(s.peer_id[-12:], i.public_name or "", f"{i.start_block}:{i.end_block}", i.state.value,
+        table.add_row(s.peer_id[-12:], i.public_name or "", _address(s.peer_id, i), f"{i.start_block}:{i.end_block}",
+                      i.state.value,
                       f"{i.inference_rps:.1f}", f"{i.forward_tps:.0f}", str(i.active_sessions), str(i.queued_requests),
                       i.dtype + ("" if i.quant == "none" else f" {i.quant}"), _mib(i.weight_bytes),
                       ", ".join(i.adapters), i.version)
@@ -243,6 +245,16 @@ def _print_model(state, as_json: bool) -> int:
     console.print(f"blocks with no server: {_ranges(missing) or 'none'}")
     console.print(f"blocks with a single server: {_ranges(single) or 'none'}")
     return 0 if not missing else 3
+
+
+def _address(peer_id: str, info) -> str:
+    """Where the server says it is reached (its multiaddrs, less the trailing /p2p/PEER); a relayed
+    one as ``relayed via`` its relay's address."""
+    addrs = [a.removesuffix(f"/p2p/{peer_id}") for a in info.addrs]
+    if info.relayed:  # its direct addresses (behind NAT) reach nobody
+        relays = dict.fromkeys(a.split("/p2p-circuit")[0] for a in addrs if "/p2p-circuit" in a)
+        return "relayed via " + "\n".join(relays)
+    return "\n".join(addrs) or "?"
 
 
 def _mib(n: int) -> str:

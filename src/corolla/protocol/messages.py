@@ -100,11 +100,20 @@ class ServerInfo(_Wire):
     # round-trip times (seconds) to the servers holding the following blocks, by peer id
     next_pings: dict[Annotated[str, Field(max_length=64)], float] = Field(default_factory=dict, max_length=64)
 
+    # the multiaddrs the server's p2p daemon says others reach it at (for people reading `swarm status`:
+    # clients dial by peer id); behind NAT with a relay, only relayed ones (.../p2p-circuit/...)
+    addrs: tuple[Annotated[str, Field(max_length=256)], ...] = Field(default=(), max_length=16)
+
     @model_validator(mode="after")
     def _span_not_empty(self) -> ServerInfo:
         if self.end_block <= self.start_block:
             raise ValueError(f"empty span {self.start_block}:{self.end_block}")
         return self
+
+    @property
+    def relayed(self) -> bool:
+        """Reached through a relay (``corolla server --use-relay``): it announces /p2p-circuit addresses."""
+        return any("/p2p-circuit" in addr for addr in self.addrs)
 
 
 MODELS_KEY = "corolla.models"  # the DHT key that lists every model of a swarm (never a block key: no integer suffix)

@@ -23,6 +23,9 @@ class ServerConfig:
     announce_host: str | None = None
     announce_port: int | None = None  # announce this port instead of ``port`` (a proxy or a port forward)
     identity_path: str | None = None
+    # behind NAT: be reachable through a libp2p circuit relay (``relays``; default: the initial peers)
+    use_relay: bool = False
+    relays: tuple[str, ...] = ()
     public_name: str | None = None
     # limits every request is checked against
     max_session_length: int = 8192  # tokens per session (prompt + generated)

@@ -53,6 +53,7 @@ class Server:
         self.next_pings: dict[str, float] = {}
         self.block_bytes: list[int] = []  # per block of the model, from the checkpoint's headers
         self.weight_bytes = 0  # of the loaded span, measured
+        self.addrs: tuple[str, ...] = ()  # where others reach us, as our p2p daemon says (see _read_addrs)
 
     # ---- info --------------------------------------------------------------------------------
     def info(self, state: ServerState | None = None, span: tuple[int, int] | None = None) -> ServerInfo:
@@ -79,6 +80,7 @@ class Server:
             max_backward_tokens=self.config.max_backward_tokens,
             weight_bytes=self.weight_bytes or sum(self.block_bytes[start:end]),
             next_pings={peer: round(rtt, 6) for peer, rtt in sorted(self.next_pings.items())[:64]},
+            addrs=self.addrs,
         )
 
     def _announce(self, info: ServerInfo | None = None, wait: bool = True):
@@ -107,6 +109,7 @@ class Server:
         self.dht = start_dht(
             cfg.initial_peers, host_maddrs=host_maddrs, announce_maddrs=announce_maddrs,
             identity_path=cfg.identity_path, models={self.model_id: self.total},
+            use_relay=cfg.use_relay, relays=cfg.relays,
         )
         self.peer_id = self.dht.peer_id.to_base58()
         self.start, self.end = self._choose_blocks()
@@ -175,6 +178,7 @@ class Server:
         rng = random.Random(self.peer_id)  # servers seeing the same gap should not all move at once
         next_rebalance = time.monotonic() + self.config.rebalance_period_s * (1 + rng.random())
         while not stop.is_set():
+            await self._until(stop, self._guarded(self._read_addrs(), "reading our addresses"))
             await self._until(stop, self._guarded(self._announce(wait=False), "announcing to the DHT"))
             await self._until(stop, self._guarded(self._measure_pings(), "measuring pings"))
             if (self.auto_placed and self.config.rebalance_period_s > 0 and time.monotonic() >= next_rebalance
@@ -217,6 +221,11 @@ class Server:
         if self.handlers.pushes is not None:
             self.handlers.pushes.close()
         log.info("left the swarm")
+
+    async def _read_addrs(self) -> None:
+        """Our visible multiaddrs, as the daemon has them now (a relayed address comes once a relay
+        reserved us a slot): shown by `swarm status`."""
+        self.addrs = tuple(str(a) for a in await self.p2p.get_visible_maddrs(latest=True))[:16]
 
     async def _measure_pings(self) -> None:
         """Round trips to the servers holding the block right after ours (used by client routing)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 
@@ -77,8 +78,15 @@ def start_dht(
     announce_maddrs: Sequence[str] | None = None,
     identity_path: str | None = None,
     models: Mapping[str, int] | None = None,
+    use_relay: bool = False,
+    relays: Sequence[str] = (),
 ):
     """Start a DHT node in a background process; raise if it cannot reach ``initial_peers``.
+
+    ``use_relay``: this node accepts no inbound connection (NAT, firewall), so it reserves a slot on
+    a libp2p circuit relay and announces its address through it (``/p2p-circuit``): ``relays``, by
+    default the initial peers. Every peer offers relaying already (p2pd's ``-relayService``
+    defaults on) and reaches relayed peers (``use_relay``, hivemind's default).
 
     ``models`` (model id -> number of blocks): the models whose block records this node guards;
     the node remembers them (:func:`dht_models`), so that a server announcing through it also
@@ -86,20 +94,50 @@ def start_dht(
     """
     import hivemind
 
-    dht = hivemind.DHT(
-        initial_peers=list(initial_peers),
-        start=True,
-        client_mode=client_mode,
-        host_maddrs=list(host_maddrs),
-        announce_maddrs=list(announce_maddrs) if announce_maddrs else None,
-        identity_path=identity_path,
-        record_validators=[ServerInfoValidator(models)],
-        startup_timeout=STARTUP_TIMEOUT_S,
-        check_if_identity_free=False,
-        num_workers=2,
-    )
+    relay_kwargs = {}
+    if use_relay:
+        relay_kwargs = dict(use_auto_relay=True, force_reachability="private",
+                            trusted_relays=list(relays or initial_peers))
+    with _static_relays(use_relay):
+        dht = hivemind.DHT(
+            initial_peers=list(initial_peers),
+            start=True,
+            client_mode=client_mode,
+            host_maddrs=list(host_maddrs),
+            announce_maddrs=list(announce_maddrs) if announce_maddrs else None,
+            identity_path=identity_path,
+            record_validators=[ServerInfoValidator(models)],
+            startup_timeout=STARTUP_TIMEOUT_S,
+            check_if_identity_free=False,
+            num_workers=2,
+            **relay_kwargs,
+        )
     dht.corolla_models = dict(models or {})
     return dht
+
+
+@contextlib.contextmanager
+def _static_relays(enabled: bool):
+    """While inside (when ``enabled``), p2pd starts with ``-relayDiscovery=0``: it reserves a slot on
+    its trusted relays at once. hivemind's P2P.create has no argument for it, and with discovery on
+    (p2pd's default) go-libp2p's autorelay waits for 4 candidate relays or 3 minutes (its boot
+    delay) before reserving anything: a server behind NAT would stay unreachable that long. The DHT
+    process is forked inside, so it inherits the patch; this process gets the original back."""
+    if not enabled:
+        yield
+        return
+    from hivemind.p2p.p2p_daemon import P2P
+
+    original = P2P.__dict__["_make_process_args"]
+
+    def make_process_args(*args, **kwargs):
+        return original.__func__(*args, **kwargs, relayDiscovery=False)
+
+    P2P._make_process_args = staticmethod(make_process_args)
+    try:
+        yield
+    finally:
+        P2P._make_process_args = original
 
 
 def dht_models(dht) -> dict[str, int]:
