@@ -10,8 +10,9 @@ When one side closes (EOF or error), the other side is closed once the data alre
 closing side has been delivered. ``delay_s`` and ``bandwidth_bps`` may be changed while it runs (new
 chunks use the new values).
 
-``ProxyThread`` runs proxies on an event loop in a background thread, for synchronous callers (the
-benchmarks): ``with ProxyThread() as pt: p = pt.add(("127.0.0.1", 9000), delay_s=0.025)``.
+``ProxyThread`` runs proxies on an event loop in a background thread, for synchronous callers:
+``with ProxyThread() as pt: p = pt.add(("127.0.0.1", 9000), delay_s=0.025)``; ``ProxyProcess`` runs them
+in a child process (this file run as a script) for callers that fork (see there; the benchmark uses it).
 
 benchmarks/ is not a package: ``benchmarks/wan.py`` imports this as ``import wanproxy`` and the unit
 tests (``tests/unit/test_wan_proxy.py``) load it by path.
@@ -165,3 +166,86 @@ class ProxyThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
+
+
+class ProxyProcess:
+    """Proxies in a child process of their own, driven over its stdin/stdout (``add``, ``set_delay``,
+    ``bytes_forwarded``). Use this, not ``ProxyThread``, when the caller forks later (hivemind's DHT
+    does): a forked child keeps copies of the proxy's sockets, so a connection the proxy closes never
+    reaches the other side as closed."""
+
+    def __init__(self):
+        import subprocess
+        import sys
+
+        self._proc = subprocess.Popen([sys.executable, "-u", __file__], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True)
+
+    def _ask(self, line: str) -> str:
+        self._proc.stdin.write(line + "\n")
+        self._proc.stdin.flush()
+        answer = self._proc.stdout.readline().strip()
+        if not answer.startswith("ok"):
+            raise RuntimeError(f"proxy process: {line!r} -> {answer!r}")
+        return answer[2:].strip()
+
+    def add(self, target: tuple[str, int], delay_s: float = 0.0, bandwidth_bps: float | None = None,
+            port: int = 0) -> int:
+        """A proxy to ``target``; returns the port it listens on."""
+        return int(self._ask(f"add {target[0]} {target[1]} {delay_s} {bandwidth_bps or 0} {port}"))
+
+    def set_delay(self, delay_s: float) -> None:
+        self._ask(f"delay {delay_s}")
+
+    def bytes_forwarded(self) -> int:
+        return int(self._ask("bytes"))
+
+    def __enter__(self) -> ProxyProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with contextlib.suppress(Exception):
+            self._ask("quit")
+        try:
+            self._proc.wait(10)
+        except Exception:
+            self._proc.kill()
+            self._proc.wait()
+
+
+async def _serve_commands() -> None:
+    """The child of ``ProxyProcess``: one command a line on stdin, one answer ("ok ..." / "error ...") a line."""
+    import sys
+
+    loop = asyncio.get_running_loop()
+    proxies: list[WanProxy] = []
+    try:
+        while line := await loop.run_in_executor(None, sys.stdin.readline):
+            cmd, *args = line.split()
+            try:
+                if cmd == "add":
+                    host, port, delay, bps, listen = args
+                    proxy = WanProxy((host, int(port)), float(delay), float(bps) or None, port=int(listen))
+                    await proxy.start()
+                    proxies.append(proxy)
+                    answer = str(proxy.port)
+                elif cmd == "delay":
+                    for p in proxies:
+                        p.delay_s = float(args[0])
+                    answer = ""
+                elif cmd == "bytes":
+                    answer = str(sum(p.bytes_forwarded for p in proxies))
+                elif cmd == "quit":
+                    break
+                else:
+                    raise ValueError(f"unknown command {cmd!r}")
+                print("ok", answer, flush=True)
+            except Exception as e:  # noqa: BLE001 - reported to the parent
+                print("error", repr(e), flush=True)
+    finally:
+        await asyncio.gather(*(p.close() for p in proxies))
+        print("ok", flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(_serve_commands())

@@ -187,3 +187,32 @@ def test_proxy_thread_for_synchronous_callers():
     t.join(5)
     srv.close()
     assert not t.is_alive()
+
+
+def test_proxy_process_for_callers_that_fork():
+    import socket
+    import threading
+
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        conn, _ = srv.accept()
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    with wanproxy.ProxyProcess() as pp:
+        port = pp.add(srv.getsockname(), delay_s=0.0)
+        pp.set_delay(0.05)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+            t0 = time.perf_counter()
+            c.sendall(b"ping")
+            assert c.recv(4) == b"ping"
+            assert time.perf_counter() - t0 >= 0.095
+        assert pp.bytes_forwarded() == 8
+    assert pp._proc.returncode == 0
+    t.join(5)
+    srv.close()
+    assert not t.is_alive()
