@@ -41,6 +41,7 @@ class Lab:
         self.net, self.folder, self.logs = net, folder, logs
         self.servers: dict[str, tuple[netns.Host, subprocess.Popen, str]] = {}  # name -> host, process, peer id
         self.peers: list[str] = []
+        self.relayed: dict = {}  # swarm status --json servers by peer id, see wait_relayed
 
     def wait_for(self, log: Path, text: str, proc: subprocess.Popen, timeout_s: float = 300) -> str:
         deadline = time.monotonic() + timeout_s
@@ -58,6 +59,18 @@ class Lab:
         return client.popen([*CLIENT, str(self.folder), "tiny", PROMPT, str(NEW_TOKENS), str(pause_at),
                              ",".join(allowed), *self.peers],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def wait_relayed(self, timeout_s: float = 120) -> dict:
+        """``swarm status --json``'s servers by peer id, once the NAT server announces a relayed
+        address (a relay reserved it a slot, and it re-read its addresses and announced them)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            result = self.status("--json")
+            assert result.returncode == 0, result.stderr[-2000:]
+            servers = {s["peer_id"]: s for s in json.loads(result.stdout)["servers"]}
+            if servers.get(self.peer("nat"), {}).get("relayed") or time.monotonic() > deadline:
+                return servers
+            time.sleep(1)
 
     def status(self, *args: str) -> subprocess.CompletedProcess:
         return self.net.hosts[3].run([*CLI, "swarm", "status", "tiny", "--initial-peers", *self.peers, *args],
@@ -91,6 +104,7 @@ def lab(tmp_path_factory):
         for name, (host, proc) in started.items():
             text = lab.wait_for(logs / f"server-{name}.log", "corolla-server ready", proc)
             lab.servers[name] = (host, proc, text.split("corolla-server ready peer_id=")[1].split()[0])
+        lab.relayed = lab.wait_relayed()
         yield lab
     finally:
         net.close()
@@ -125,14 +139,7 @@ def test_generate_through_a_relayed_server(lab, expected):
 
 
 def test_swarm_status_shows_addresses_and_relayed(lab):
-    deadline = time.monotonic() + 60
-    while True:  # the relayed address comes once the relay reserved a slot and the server re-announced
-        result = lab.status("--json")
-        assert result.returncode == 0, result.stderr[-2000:]
-        servers = {s["peer_id"]: s for s in json.loads(result.stdout)["servers"]}
-        if servers.get(lab.peer("nat"), {}).get("relayed") or time.monotonic() > deadline:
-            break
-        time.sleep(1)
+    servers = lab.relayed  # swarm status --json, read in h4 once the NAT server announced a relayed address
     boot, h2, h3 = lab.net.hosts[0], lab.net.hosts[1], lab.net.hosts[2]
     a, b, nat = servers[lab.peer("a")], servers[lab.peer("b")], servers[lab.peer("nat")]
     assert a["addrs"] == [f"/ip4/{h2.ip}/tcp/{PORT + 1}/p2p/{lab.peer('a')}"] and not a["relayed"]
