@@ -83,6 +83,17 @@ def test_generate_matches_local_model(swarm_up, smollm2_dir):
     assert result.stdout.strip() == local_greedy_text(smollm2_dir, prompt, 12).strip()
 
 
+def test_generate_with_a_draft_prints_the_same(swarm_up, smollm2_dir):
+    _, peers, _, _ = swarm_up
+    prompt = "def add(a, b):\n    return a + b\n\ndef add(a, b):\n"
+    expected = local_greedy_text(smollm2_dir, prompt, 12).strip()
+    for draft in ("lookup", str(smollm2_dir)):
+        result = subprocess.run([*CLI, "generate", "smollm2-135m", prompt, "--max-new-tokens", "12", "--draft", draft,
+                                 "--initial-peers", *peers], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.strip() == expected, draft
+
+
 def test_swarm_status(swarm_up, smollm2_dir):
     import torch
 

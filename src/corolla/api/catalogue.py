@@ -93,7 +93,7 @@ class SwarmCatalogue:
     def __init__(self, dht, models: Mapping[str, Path], *, engines: Mapping[str, Engine] | None = None,
                  client_options: Mapping | None = None, state_max_age_s: float = 1.0,
                  open_engine: OpenEngine | None = None, resolve: Callable[[str], Path] | None = None,
-                 read_swarm: Callable | None = None):
+                 read_swarm: Callable | None = None, draft=None):
         from corolla.models.loading import load_config
         from corolla.swarm.discovery import fetch_swarm_overview
 
@@ -102,6 +102,7 @@ class SwarmCatalogue:
         self.num_blocks = {model_id: load_config(path).num_hidden_layers for model_id, path in self.folders.items()}
         self.state_max_age_s = state_max_age_s
         self._client_options = dict(client_options or {})
+        self.draft = draft  # speculative decoding for every engine it opens (see SwarmEngine)
         self._open_engine = open_engine or self._open_swarm_engine
         self._resolve = resolve or resolve_packaged_folder
         self._read_swarm = read_swarm or fetch_swarm_overview
@@ -189,7 +190,7 @@ class SwarmCatalogue:
         model = DistributedModelForCausalLM.from_pretrained(folder, dht=self.dht, model_id=model_id,
                                                             **self._client_options)
         try:
-            return SwarmEngine(model, state_max_age_s=self.state_max_age_s)
+            return SwarmEngine(model, state_max_age_s=self.state_max_age_s, draft=self.draft)
         except BaseException:
             model.close()
             raise

@@ -29,8 +29,9 @@ class SwarmEngine:
     uses only servers hosting it (:meth:`SwarmClient.with_adapter`).
     """
 
-    def __init__(self, model, *, state_max_age_s: float = 1.0):
+    def __init__(self, model, *, state_max_age_s: float = 1.0, draft=None):
         self.model = model
+        self.draft = _usable_draft(model, draft)
         self.model_id: str = model.model_id
         _ = model.tokenizer  # load it now, not in the first requests' threads at once
         self._tokenizer_lock = threading.Lock()  # HF fast tokenizers are not safe to share across threads
@@ -91,7 +92,7 @@ class SwarmEngine:
             self._open += 1
             self._sessions.add(session)
         tokens = self.model.stream(ids, params=params, max_new_tokens=options.max_tokens, eos_token_id=sorted(eos),
-                                   session=session)
+                                   session=session, draft=self._drafter())
         try:
             for step in tokens:
                 token = int(step[0])
@@ -107,6 +108,12 @@ class SwarmEngine:
                 self._open -= 1
                 self._sessions.discard(session)
                 self._open_lock.notify_all()
+
+    def _drafter(self):
+        """A drafter of this request's own (a draft model's cache is per generation)."""
+        from corolla.client.speculative import make_drafter
+
+        return make_drafter(self.draft)
 
     def close(self, timeout_s: float) -> bool:
         """Refuse new generations, close the inference sessions of the open ones (their servers free
@@ -135,6 +142,19 @@ class SwarmEngine:
                 state = fetch_swarm_state(client.dht, client.model_id, client.num_blocks)
                 self._state = (now, swarm_json(state))
             return self._state[1]
+
+
+def _usable_draft(model, draft):
+    """``draft`` ("lookup" or a local causal LM) if it fits ``model``: a draft model must share its
+    vocabulary; one that does not is left out (with a warning), not an error for the other models."""
+    if draft is None or draft == "lookup":
+        return draft
+    vocab = getattr(getattr(draft, "config", None), "vocab_size", None)
+    if vocab != getattr(model.config, "vocab_size", None):
+        log.warning("the draft model's vocabulary (%s) is not %s's (%s): %s decodes without it",
+                    vocab, model.model_id, getattr(model.config, "vocab_size", None), model.model_id)
+        return None
+    return draft
 
 
 def swarm_json(state) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from corolla.cli.common import add_compression, add_peers
+from corolla.cli.common import add_compression, add_draft, add_peers, load_draft
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ def register(sub) -> None:
     p.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1 requests")
     p.add_argument("--max-concurrent", type=int, default=16,
                    help="generations run at once, all models together; later requests wait in line (default 16)")
+    add_draft(p)
     p.set_defaults(func=run_api)
 
 
@@ -62,7 +63,8 @@ def run_api(args: argparse.Namespace) -> int:
     blocks = {model_id: load_config(path).num_hidden_layers for model_id, path in models.items()}
     dht = start_dht(args.initial_peers, client_mode=True, models=blocks)
     try:
-        catalogue = SwarmCatalogue(dht, models, client_options={"compression": args.compression})
+        catalogue = SwarmCatalogue(dht, models, client_options={"compression": args.compression},
+                                   draft=load_draft(args.draft))
         try:
             catalogue.start()
             app = create_app(catalogue=catalogue, api_key=args.api_key, max_concurrent=args.max_concurrent)

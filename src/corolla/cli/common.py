@@ -29,6 +29,24 @@ def add_sampling(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop when this text appears (repeatable)")
     g.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    add_draft(g)
+
+
+def add_draft(parser) -> None:
+    parser.add_argument("--draft", default=None, metavar="MODEL|lookup",
+                        help="speculative decoding: draft tokens with `lookup` (copies from the prompt and the "
+                             "output so far: edits of a file) or a small local MODEL with the same tokenizer "
+                             "(e.g. qwen2.5-coder-0.5b for qwen2.5-coder-1.5b); the swarm checks several per step. "
+                             "Same output as without (greedy), same distribution (sampling)")
+
+
+def load_draft(spec: str | None):
+    """``--draft``'s value as what ``generate(draft=...)`` takes (a model is loaded once, here)."""
+    if spec is None or spec == "lookup":
+        return spec
+    from corolla.client.speculative import DraftModel
+
+    return DraftModel.load(spec).model
 
 
 def sampling_params(args: argparse.Namespace):

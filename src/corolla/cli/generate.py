@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from corolla.cli.common import add_compression, add_peers, add_sampling, sampling_params
+from corolla.cli.common import add_compression, add_peers, add_sampling, load_draft, sampling_params
 
 
 def register(sub) -> None:
@@ -56,6 +56,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from corolla.client.chat import render, stream_text
 
+    draft = load_draft(args.draft)
     with _open(args) as model:
         tok = model.tokenizer
         if args.chat_template:
@@ -63,7 +64,7 @@ def run_generate(args: argparse.Namespace) -> int:
         else:
             ids = torch.tensor([tok(args.prompt)["input_ids"]], dtype=torch.long)
         stream_text(model, ids, sys.stdout, params=sampling_params(args), max_new_tokens=args.max_new_tokens,
-                    stop_strings=args.stop or None)
+                    stop_strings=args.stop or None, draft=draft)
     return 0
 
 
@@ -71,7 +72,7 @@ def chat_with(model, args: argparse.Namespace) -> int:
     from corolla.client.chat import chat
 
     chat(model, params=sampling_params(args), max_new_tokens=args.max_new_tokens, stop_strings=args.stop or None,
-         system=getattr(args, "system", None))
+         system=getattr(args, "system", None), draft=load_draft(getattr(args, "draft", None)))
     return 0
 
 

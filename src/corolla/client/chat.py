@@ -22,7 +22,7 @@ def render(tokenizer, messages: list[dict]) -> torch.Tensor:
 
 def chat(model, *, params: SamplingParams = SamplingParams(), max_new_tokens: int = 256,
          stop_strings: list[str] | None = None, system: str | None = None, max_length: int = 4096,
-         stdin: TextIO = sys.stdin, out: TextIO = sys.stdout) -> int:
+         stdin: TextIO = sys.stdin, out: TextIO = sys.stdout, draft=None) -> int:
     """Read user messages line by line until EOF; answer each. Returns the number of turns."""
     messages: list[dict] = [{"role": "system", "content": system}] if system else []
     interactive = stdin.isatty()
@@ -48,7 +48,7 @@ def chat(model, *, params: SamplingParams = SamplingParams(), max_new_tokens: in
             if interactive:
                 out.write("assistant> ")
             answer = stream_text(model, ids[:, known.shape[1]:], out, params=params, max_new_tokens=max_new_tokens,
-                                 stop_strings=stop_strings, session=session)
+                                 stop_strings=stop_strings, session=session, draft=draft)
             messages.append({"role": "assistant", "content": answer})
             turns += 1
     finally:
@@ -64,12 +64,13 @@ def _held_ids(session: InferenceSession) -> torch.Tensor:
 
 def stream_text(model, new_ids: torch.Tensor, out: TextIO, *, params: SamplingParams = SamplingParams(),
                 max_new_tokens: int = 256, stop_strings: list[str] | None = None,
-                session: InferenceSession | None = None) -> str:
-    """Generate from ``new_ids`` [1, T], writing text to ``out`` as it comes (until EOS); returns it."""
+                session: InferenceSession | None = None, draft=None) -> str:
+    """Generate from ``new_ids`` [1, T], writing text to ``out`` as it comes (until EOS); returns it.
+    ``draft``: speculative decoding (see ``DistributedModelForCausalLM.generate``)."""
     decoder = TextDelta(model.tokenizer)
     eos = model.eos_token_ids()
     for tokens in model.stream(new_ids, params=params, max_new_tokens=max_new_tokens, stop_strings=stop_strings,
-                               session=session):
+                               session=session, draft=draft):
         token = int(tokens[0])
         if token in eos:
             break
