@@ -79,6 +79,9 @@ class WanProxy:
         except OSError:
             c_writer.close()
             return
+        except asyncio.CancelledError:  # closed while dialling the target: the client must see it too
+            c_writer.close()
+            raise
         # the first pipe to finish (EOF or error on its side, its data delivered) ends the connection
         pipes = [self._spawn(self._pipe(c_reader, s_writer)), self._spawn(self._pipe(s_reader, c_writer))]
         try:

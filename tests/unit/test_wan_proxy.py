@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import statistics
 import sys
@@ -85,7 +86,9 @@ def test_delay_does_not_serialise_the_stream_and_order_is_kept():
             writer.close()
             await writer.wait_closed()
         assert got == sent
-        assert 2 * delay <= elapsed < 2 * delay + n * 0.001 + 0.5, elapsed  # serialised would be n * delay
+        # at least the round trip; serialised chunks would take n * delay = 20 s (a loaded machine stretches
+        # the writer's 200 short sleeps, so the upper bound leaves room for that and nothing more)
+        assert 2 * delay <= elapsed < n * delay / 4, elapsed
     _run(body)
 
 
@@ -150,14 +153,21 @@ def test_close_with_open_connections_leaves_no_task():
         conns = [await asyncio.open_connection("127.0.0.1", proxy.port) for _ in range(3)]
         for _, w in conns:
             w.write(b"pending")  # still in the delay queue when the proxy closes
-        await asyncio.sleep(0.01)
+        deadline = asyncio.get_running_loop().time() + 5.0  # accepted and dialled: a condition, not a sleep
+        while proxy.connections < 3 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.005)
         assert proxy.connections == 3
         await proxy.close()
         assert not proxy._tasks
         for r, w in conns:
-            assert await asyncio.wait_for(r.read(), 5.0) == b""  # closed by the proxy
+            try:  # closed by the proxy: EOF, or a reset where the proxy's side still held unread bytes
+                rest = await asyncio.wait_for(r.read(), 5.0)
+            except ConnectionResetError:
+                rest = b""
+            assert rest == b""
             w.close()
-            await w.wait_closed()
+            with contextlib.suppress(ConnectionResetError):
+                await w.wait_closed()
     _run(body)
 
 
