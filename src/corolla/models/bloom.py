@@ -75,20 +75,15 @@ class BloomFamily(DecoderFamily):
     lora_modules = LORA_MODULES
     layers_path = "transformer.h"
     base_prefix = "transformer."
+    head_tensors = {"embed_tokens.weight": "transformer.word_embeddings.weight",
+                    "embed_norm.weight": "transformer.word_embeddings_layernorm.weight",
+                    "embed_norm.bias": "transformer.word_embeddings_layernorm.bias",
+                    "norm.weight": "transformer.ln_f.weight", "norm.bias": "transformer.ln_f.bias"}
 
     def check(self, config: Any) -> None:
         if config.pretraining_tp > 1 and config.slow_but_exact:
             raise UnsupportedModelError("BLOOM with slow_but_exact tensor-parallel slicing is not supported; "
                                         "set slow_but_exact to false in config.json (same math, faster)")
-
-    def head_tensor_names(self, config: Any) -> dict[str, str]:
-        names = {"embed_tokens.weight": "transformer.word_embeddings.weight",
-                 "embed_norm.weight": "transformer.word_embeddings_layernorm.weight",
-                 "embed_norm.bias": "transformer.word_embeddings_layernorm.bias",
-                 "norm.weight": "transformer.ln_f.weight", "norm.bias": "transformer.ln_f.bias"}
-        if not getattr(config, "tie_word_embeddings", False):
-            names["lm_head.weight"] = "lm_head.weight"
-        return names
 
     def build_span(self, config: Any, start: int, end: int) -> BloomSpan:
         return BloomSpan(self, config, start, end)

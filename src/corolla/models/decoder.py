@@ -244,9 +244,13 @@ class DecoderFamily:
             span = self.build_span(config, 0, 1)
         return {target: span.lora_shape(target) for target in self.lora_modules}
 
+    # the client head's tensors but its LM head: local parameter name -> checkpoint tensor name
+    head_tensors = {"embed_tokens.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight"}
+
     def head_tensor_names(self, config: Any) -> dict[str, str]:
-        """Local parameter name -> checkpoint tensor name, for the client's head."""
-        names = {"embed_tokens.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight"}
+        """Local parameter name -> checkpoint tensor name, for the client's head: ``head_tensors``,
+        plus the LM head unless the config ties it to the token embeddings."""
+        names = dict(self.head_tensors)
         if not getattr(config, "tie_word_embeddings", False):
             names["lm_head.weight"] = "lm_head.weight"
         return names

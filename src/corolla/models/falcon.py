@@ -93,17 +93,12 @@ class FalconFamily(DecoderFamily):
     attn_implementation = "sdpa"  # the layers are only weights here: FalconSpan.step attends itself
     layers_path = "transformer.h"
     base_prefix = "transformer."
+    head_tensors = {"embed_tokens.weight": "transformer.word_embeddings.weight",
+                    "norm.weight": "transformer.ln_f.weight", "norm.bias": "transformer.ln_f.bias"}
 
     def check(self, config: Any) -> None:
         if getattr(config, "alibi", False):
             raise UnsupportedModelError("Falcon with ALiBi (falcon-rw) is not supported; rotary Falcon models are")
-
-    def head_tensor_names(self, config: Any) -> dict[str, str]:
-        names = {"embed_tokens.weight": "transformer.word_embeddings.weight",
-                 "norm.weight": "transformer.ln_f.weight", "norm.bias": "transformer.ln_f.bias"}
-        if not getattr(config, "tie_word_embeddings", False):
-            names["lm_head.weight"] = "lm_head.weight"
-        return names
 
     def build_span(self, config: Any, start: int, end: int) -> FalconSpan:
         return FalconSpan(self, config, start, end)
