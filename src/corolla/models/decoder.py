@@ -80,8 +80,7 @@ class DecoderSpan(nn.Module):
         self.window = family.window(self.config)
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
-        self.layers.load_state_dict(state, strict=True, assign=True)
-        adopt_linears(self.layers, self.lora_modules)  # assign=True keeps modules; re-tag to be sure
+        self.layers.load_state_dict(state, strict=True, assign=True)  # swaps parameters, keeps __init__'s SpanLinears
 
     def kv_layout(self, dtype: torch.dtype) -> KVLayout:
         cfg = self.config
