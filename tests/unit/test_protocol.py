@@ -15,6 +15,7 @@ from corolla.protocol.messages import (
     ErrorInfo,
     ForwardMeta,
     InferenceMeta,
+    PushMeta,
     ResponseMeta,
     ServerInfo,
     ServerState,
@@ -400,10 +401,15 @@ def test_remote_call_turns_transport_failures_into_remote_call_errors():
             raise SessionClosedError("closed")
 
 
-def test_truncate_to_is_validated():
-    ok = decode_meta(encode_meta(InferenceMeta(position=4, truncate_to=4)), InferenceMeta)
-    assert ok.truncate_to == 4
-    for bad in ({"position": 4, "truncate_to": -1}, {"position": 4, "truncate_to": 3},
-                {"position": 4, "truncate_to": 4, "route": [{"peer_id": "Qm1", "session_id": "abcdefgh"}]}):
+def test_truncate_to_and_step_are_validated():
+    route = [{"peer_id": "Qm1", "session_id": "abcdefgh"}]
+    ok = decode_meta(encode_meta(InferenceMeta(position=4, truncate_to=4, step=9, route=route)), InferenceMeta)
+    assert (ok.truncate_to, ok.step, len(ok.route)) == (4, 9, 1)  # a rolling-back step is pushed on too
+    pushed = decode_meta(encode_meta(PushMeta(session_id="abcdefgh", position=4, truncate_to=4, step=9)), PushMeta)
+    assert (pushed.truncate_to, pushed.step) == (4, 9)
+    for bad in ({"position": 4, "truncate_to": -1}, {"position": 4, "truncate_to": 3}, {"position": 4, "step": -1},
+                {"position": 4, "step": 2**63}, {"position": 4, "step": 1.5}):
         with pytest.raises(BadRequestError):
             decode_meta(msgpack.packb(bad), InferenceMeta)
+        with pytest.raises(BadRequestError):
+            decode_meta(msgpack.packb({**bad, "session_id": "abcdefgh"}), PushMeta)

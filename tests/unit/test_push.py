@@ -136,7 +136,11 @@ class _Links:
     async def push(self, peer_id, request, timeout_s):
         if isinstance(self.outcome, BaseException):
             raise self.outcome
-        return self.outcome
+
+        async def ack():
+            return self.outcome
+
+        return ack()
 
 
 @pytest.mark.parametrize("outcome, code", [
@@ -169,3 +173,109 @@ def test_a_failed_push_is_reported_to_the_client_with_why(handlers, outcome, cod
     assert answer.error is None and answer.position == 3  # the step itself succeeded
     assert not answer.pushed
     assert answer.push_error is not None and answer.push_error.code == code
+
+
+class _HeldLinks:
+    """PushLinks whose acknowledgement waits for the test to give it (an outcome or an exception)."""
+
+    def __init__(self):
+        self.sent: list[PushMeta] = []
+        self.acks: list[asyncio.Future] = []
+
+    async def push(self, peer_id, request, timeout_s):
+        self.sent.append(decode_meta(request.metadata, PushMeta))
+        ack = asyncio.get_running_loop().create_future()
+        self.acks.append(ack)
+
+        async def acknowledged():
+            outcome = await ack
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+
+        return acknowledged()
+
+
+def test_a_numbered_step_is_answered_before_its_push_is_acknowledged_and_a_late_failure_is_a_notice(handlers):
+    """The client needs a hop's answer as soon as it can have it (waiting for the next hop's
+    acknowledgement cost a round trip per step); should the push fail afterwards, the notice
+    names the step, and a notice never comes for a push that was taken."""
+    opening = SessionOpen(model_id="tiny", session_id="session-late-1", start_block=0, end_block=3, max_length=32)
+    route = (PushTarget(peer_id="12D3KooWNext", session_id="next-session-2"),)
+    x = [torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(20 + i)) for i in range(3)]
+
+    async def scenario():
+        links = _HeldLinks()
+        saved, handlers.pushes = handlers.pushes, links
+        try:
+            client_q: asyncio.Queue = asyncio.Queue()
+            stream = handlers.rpc_inference(_queue_iter(client_q), _Context(_Peer(CLIENT)))
+            client_q.put_nowait(_request(InferenceMeta(position=0, open=opening, route=route, step=1), x[0]))
+            first = _meta(await asyncio.wait_for(anext(stream), 10))  # no acknowledgement yet
+            assert (first.pushed, first.step, first.push_error, len(links.acks)) == (True, 1, None, 1)
+            links.acks[0].set_result(ResponseMeta(position=2))  # taken: no notice
+
+            client_q.put_nowait(_request(InferenceMeta(position=2, route=route, step=2), x[1]))
+            second = _meta(await asyncio.wait_for(anext(stream), 10))
+            assert (second.pushed, second.step, second.position) == (True, 2, 4)
+            links.acks[1].set_exception(ConnectionError("push stream to the next peer closed"))
+            notice = await asyncio.wait_for(anext(stream), 10)
+            assert not notice.tensors
+            notice = _meta(notice)
+            assert (notice.notice, notice.step, notice.push_error.code) == (True, 2, "RemoteCallError")
+
+            # a refusal too; and a rolling-back step is pushed with its truncation
+            client_q.put_nowait(_request(InferenceMeta(position=3, truncate_to=3, route=route, step=3), x[2]))
+            third = _meta(await asyncio.wait_for(anext(stream), 10))
+            assert (third.pushed, third.position, links.sent[2].truncate_to, links.sent[2].step) == (True, 5, 3, 3)
+            links.acks[2].set_result(ResponseMeta(error=ErrorInfo(code="UnknownSessionError", message="gone")))
+            refused = _meta(await asyncio.wait_for(anext(stream), 10))
+            assert (refused.notice, refused.step, refused.push_error.code) == (True, 3, "UnknownSessionError")
+            client_q.put_nowait(None)
+            assert [r async for r in stream] == []
+        finally:
+            handlers.pushes = saved
+
+    asyncio.run(scenario())
+
+
+def test_numbered_steps_are_answered_once_whichever_copy_comes_first(handlers):
+    """A pushed step and the client's copy of it (sent after a notice, or a retry) are one step;
+    numbers tell a rolled-back step from an earlier one at the same position."""
+    opening = SessionOpen(model_id="tiny", session_id="session-once-1", start_block=0, end_block=3, max_length=32)
+    x = [torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(30 + i)) for i in range(4)]
+
+    async def scenario():
+        client_q: asyncio.Queue = asyncio.Queue()
+        stream = handlers.rpc_inference(_queue_iter(client_q), _Context(_Peer(CLIENT)))
+
+        async def push(meta: PushMeta, hidden: torch.Tensor) -> ResponseMeta:
+            q: asyncio.Queue = asyncio.Queue()
+            q.put_nowait(_request(meta, hidden))
+            q.put_nowait(None)
+            return [_meta(r) async for r in handlers.rpc_push(_queue_iter(q), _Context(_Peer(PREVIOUS)))][0]
+
+        sid = opening.session_id
+        client_q.put_nowait(_request(InferenceMeta(position=0, open=opening, push_from=PREVIOUS, step=1), x[0]))
+        assert _meta(await anext(stream)).position == 2
+        # step 2 pushed, then the client's copy: one answer
+        assert (await push(PushMeta(session_id=sid, position=2, step=2), x[1])).error is None
+        assert _meta(await anext(stream)).step == 2
+        client_q.put_nowait(_request(InferenceMeta(position=2, push_from=PREVIOUS, step=2), x[1]))
+        # step 3 from the client first, then its push: acknowledged, dropped
+        client_q.put_nowait(_request(InferenceMeta(position=4, push_from=PREVIOUS, step=3), x[2]))
+        third = _meta(await anext(stream))
+        assert (third.step, third.position) == (3, 6)
+        assert (await push(PushMeta(session_id=sid, position=4, step=3), x[2])).error is None
+        # step 4 rolls back to position 4 (same position as step 3) and is pushed: computed, not taken
+        # for step 3's duplicate
+        assert (await push(PushMeta(session_id=sid, position=4, truncate_to=4, step=4), x[3])).error is None
+        fourth = _meta(await anext(stream))
+        assert (fourth.step, fourth.position) == (4, 6)
+        # a rollback past the session's length is refused at the push
+        beyond = await push(PushMeta(session_id=sid, position=7, truncate_to=7, step=5), x[3])
+        assert beyond.error is not None and beyond.error.code == "BadRequestError"
+        client_q.put_nowait(None)
+        assert [r async for r in stream] == []
+
+    asyncio.run(scenario())

@@ -8,6 +8,7 @@ caches — and therefore the output — are the same as if nothing had happened.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import threading
@@ -25,7 +26,16 @@ from corolla.errors import (
     SessionClosedError,
     SessionEvictedError,
 )
-from corolla.protocol.messages import Cohort, ErrorInfo, InferenceMeta, PushTarget, SessionOpen, encode_meta
+from corolla.protocol.messages import (
+    Cohort,
+    ErrorInfo,
+    InferenceMeta,
+    PushTarget,
+    ResponseMeta,
+    SessionOpen,
+    decode_meta,
+    encode_meta,
+)
 from corolla.protocol.rpc import RpcStream, StreamClosedError, remote_call
 from corolla.protocol.tensors import encode
 from corolla.swarm.routing import Hop
@@ -51,6 +61,7 @@ class _HopStream:
         # a client-owned adapter travels once, with the message that opens the session
         self._adapter_tensors = wire_tensors(adapter.block_tensors(hop.start, hop.end)) if spec is not None else []
         self._stream: RpcStream | None = None
+        self._next: asyncio.Future | None = None  # the read of the stream's next message, once started
         self._opened = False
         self._closed = False  # by close(): no stream opens after it
 
@@ -70,13 +81,14 @@ class _HopStream:
 
     async def send(
         self, hidden: torch.Tensor, position: int, route: tuple[PushTarget, ...] = (), push_from: str | None = None,
-        cohort: Cohort | None = None, truncate: bool = False,
+        cohort: Cohort | None = None, truncate: bool = False, step: int | None = None,
     ) -> None:
-        """``truncate``: the session on the server is rolled back to ``position`` tokens first."""
+        """``truncate``: the session on the server is rolled back to ``position`` tokens first.
+        ``step``: the session's number for this step (see InferenceMeta.step)."""
         codec = self.client.config.compression
         meta = InferenceMeta(position=position, open=None if self._opened else self.open_meta,
                              route=route or None, push_from=push_from, compression=None if codec == "none" else codec,
-                             cohort=cohort, truncate_to=position if truncate else None)
+                             cohort=cohort, truncate_to=position if truncate else None, step=step)
         tensors = encode(hidden, codec) + (self._adapter_tensors if not self._opened else [])
         request = runtime_pb2.ExpertRequest(uid=self.client.model_id, tensors=tensors, metadata=encode_meta(meta))
         with remote_call(f"call to {self.hop.peer_id}"):
@@ -90,20 +102,58 @@ class _HopStream:
                 raise StreamClosedError(f"the session stream to {self.hop.peer_id} was closed by this client")
             await self._stream.send(request)
 
-    async def receive(self) -> StepAnswer:
-        """The next step's answer. A server that dies meanwhile is noticed through its closed
-        stream or a failed liveness probe (see :meth:`SwarmClient.answer_of`), not a timeout."""
+    def _message(self) -> asyncio.Future:
+        """The read of the stream's next message: started once and kept until that message is
+        taken, so a read left waiting (raced against another hop's answer) loses nothing."""
         if self._stream is None:
             raise RemoteCallError(f"no stream is open to {self.hop.peer_id}")
-        response = await self.client.answer_of(self.hop.peer_id, self._stream.receive())
-        self._opened = True
-        meta, out = parse_response(response, self.client.config.compression)
-        return StepAnswer(out, meta.pushed, meta.cohort, meta.push_error)
+        if self._next is None:
+            self._next = asyncio.ensure_future(self._stream.receive())
+            self._next.add_done_callback(_retrieved)  # a read nobody takes (its hop was closed) logs nothing
+        return self._next
+
+    async def receive(self) -> StepAnswer:
+        """The next step's answer. A server that dies meanwhile is noticed through its closed
+        stream or a failed liveness probe (see :meth:`SwarmClient.answer_of`), not a timeout.
+        Notices about earlier steps' pushes, which no longer matter, are skipped."""
+        while True:
+            response = await self.client.answer_of(self.hop.peer_id, asyncio.shield(self._message()))
+            self._next = None
+            self._opened = True
+            if decode_meta(response.metadata, ResponseMeta).notice:
+                continue
+            meta, out = parse_response(response, self.client.config.compression)
+            return StepAnswer(out, meta.pushed, meta.cohort, meta.push_error)
+
+    def late_push_error(self, step: int) -> ErrorInfo | None:
+        """After :meth:`_message` finished before this hop's next answer was due: why this hop's
+        push of step ``step`` failed. The message is taken if it is a notice (None for one about an
+        earlier step); a broken stream is a failed push too (and the next step meets the error)."""
+        done = self._next
+        if done.cancelled() or done.exception() is not None:
+            why = "closed" if done.cancelled() else f"broke: {done.exception()}"
+            return ErrorInfo(code=RemoteCallError.__name__, message=f"the stream to {self.hop.peer_id} {why}"[:4096])
+        try:
+            meta = decode_meta(done.result().metadata, ResponseMeta)
+        except CorollaError as e:
+            meta = ResponseMeta(error=ErrorInfo(code=type(e).__name__, message=str(e)[:4096]))
+        if not meta.notice:  # an answer no step asked for: a broken server
+            return meta.error or ErrorInfo(code=RemoteCallError.__name__,
+                                           message=f"{self.hop.peer_id} answered a step it was not sent")
+        self._next = None
+        if meta.step != step:
+            return None
+        return meta.push_error or ErrorInfo(code=RemoteCallError.__name__, message="push failed")
 
     async def close(self) -> None:
         self._closed = True
-        if self._stream is not None:
+        if self._stream is not None:  # a read still waiting then fails with the stream
             await self._stream.close()
+
+
+def _retrieved(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,6 +227,7 @@ class InferenceSession:
         self.pending_ids: torch.Tensor | None = None
         self._rollback = False  # the next step tells every hop to truncate to `position` first
         self.truncations = 0
+        self._steps = 0  # steps numbered so far (InferenceMeta.step)
 
     @property
     def chain(self) -> list[Hop]:
@@ -227,8 +278,10 @@ class InferenceSession:
             self._adopt(0, 0, [_HopState(_HopStream(self.client, hop, self.max_length, self.adapter)) for hop in hops])
         failures = 0
         index, x = 0, hidden
+        self._steps += 1  # the step's number: the same on every hop, and when it is retried after a failure
         while True:
-            x, failed, error = self.client.loop.run(self._run_chain(x, index, cohort if index == 0 else None))
+            x, failed, error = self.client.loop.run(
+                self._run_chain(x, index, cohort if index == 0 else None, self._steps))
             if self._closed:  # what failed was our own close (from another thread): not the server's fault
                 raise SessionClosedError("this inference session was closed during a step")
             if failed is None:
@@ -263,33 +316,57 @@ class InferenceSession:
         hop = self._hops[index].stream.hop
         return hop.start, hop.end
 
-    async def _run_chain(self, x: torch.Tensor, index: int, cohort: Cohort | None = None):
+    async def _run_chain(self, x: torch.Tensor, index: int, cohort: Cohort | None = None, step: int | None = None):
         """Send ``x`` through hops ``index:``; on failure return where it stopped.
 
         With ``ClientConfig.push`` each request names the hops after it (their open sessions),
         and a server pushes its output straight to the next one, which starts computing at once;
         the client only reads each hop's output (kept for replay) and sends a step itself where
-        a push did not happen (a hop just opened or replaced, a push refused or lost).
+        a push did not happen (a hop just opened or replaced, a push refused or lost). A server
+        answers as soon as its push is sent; should the push then fail, its notice (matched by
+        ``step``) comes while the client waits for the next hop's answer, which cannot come.
         """
         pushed = False
         for i in range(index, len(self._hops)):
             state = self._hops[i]
+            answer = None
             try:
                 if pushed:
-                    self.pushed_inputs += 1
-                else:
-                    # a rollback travels only from the client to each hop (pushes carry none)
-                    route, push_from = ((), None) if self._rollback else self._push_route(i)
-                    await state.stream.send(x, self.position, route, push_from, cohort, truncate=self._rollback)
-                answer = await state.stream.receive()
+                    answer, error = await self._pushed_answer(i, step)
+                    if error is None:
+                        self.pushed_inputs += 1
+                    else:  # the push into this hop failed after all: send the step ourselves
+                        self._push_failed(i - 1, error)
+                        pushed = False
+                if not pushed:
+                    route, push_from = self._push_route(i)
+                    await state.stream.send(x, self.position, route, push_from, cohort, truncate=self._rollback,
+                                            step=step)
+                answer = await (answer if answer is not None else state.stream.receive())
             except CorollaError as e:
                 return x, i, e
+            finally:
+                if isinstance(answer, asyncio.Future) and not answer.done():
+                    answer.cancel()
             if answer.push_error is not None and i + 1 < len(self._hops):
                 self._push_failed(i, answer.push_error)
             state.inputs.append(x)
             x, pushed, cohort = answer.hidden, answer.pushed, answer.cohort
         self.cohort = cohort
         return x, None, None
+
+    async def _pushed_answer(self, i: int, step: int) -> tuple[asyncio.Future, ErrorInfo | None]:
+        """Hop ``i``'s answer to the step hop ``i - 1`` pushed to it (a future), and None; or, if
+        hop ``i - 1`` says first that the push failed (or its stream broke), why."""
+        answer = asyncio.ensure_future(self._hops[i].stream.receive())
+        before = self._hops[i - 1].stream
+        while True:
+            await asyncio.wait({answer, before._message()}, return_when=asyncio.FIRST_COMPLETED)
+            if answer.done():
+                return answer, None
+            error = before.late_push_error(step)
+            if error is not None:
+                return answer, error
 
     def _push_failed(self, index: int, error: ErrorInfo) -> None:
         """Hop ``index`` says its push to the next hop did not happen: we send that step ourselves.

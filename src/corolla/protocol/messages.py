@@ -20,6 +20,7 @@ PROTOCOL_VERSION = 1
 MAX_META_BYTES = 64 * 1024
 
 ModelId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")]
+StepNumber = Annotated[int, Field(ge=0, le=2**62)]
 SessionId = Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")]
 BlockIndex = Annotated[int, Field(ge=0, le=100_000)]
 PeerIdStr = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[1-9A-HJ-NP-Za-km-z]+$")]  # base58
@@ -184,16 +185,23 @@ class InferenceMeta(_Wire):
     cohort: Cohort | None = None
     # roll the session back before this step: its length becomes ``truncate_to`` (keys and values
     # past it are dropped; speculative decoding rejects drafted tokens so). Must be at most the
-    # session's length, and ``position`` must equal it. Such a step is never pushed on
+    # session's length, and ``position`` must equal it. Pushed on with the step, so every hop rolls back
     truncate_to: int | None = Field(default=None, ge=0)
+    # the client's number for this step of its session, the same on every hop and for a copy it
+    # sends again (a push it was told failed, a retry after failover); it lets a server answer each
+    # step once, whichever copy (pushed or sent) arrives first, and lets the client match a late
+    # push failure to its step. Without it, the server acknowledges a push before answering.
+    step: StepNumber | None = None
 
     @model_validator(mode="after")
     def _truncate_at_position(self) -> InferenceMeta:
-        if self.truncate_to is not None and self.truncate_to != self.position:
-            raise ValueError(f"truncate_to {self.truncate_to} must equal the step's position {self.position}")
-        if self.truncate_to is not None and self.route:
-            raise ValueError("a step that truncates the session is not pushed on (leave route out)")
+        _check_truncate(self.truncate_to, self.position)
         return self
+
+
+def _check_truncate(truncate_to: int | None, position: int) -> None:
+    if truncate_to is not None and truncate_to != position:
+        raise ValueError(f"truncate_to {truncate_to} must equal the step's position {position}")
 
 
 class PushMeta(_Wire):
@@ -204,6 +212,13 @@ class PushMeta(_Wire):
     route: tuple[PushTarget, ...] | None = Field(default=None, max_length=64)  # where the receiver pushes on
     compression: Codec | None = None
     cohort: Cohort | None = None
+    truncate_to: int | None = Field(default=None, ge=0)  # as in InferenceMeta: the step rolls the session back
+    step: StepNumber | None = None  # the client's step number (InferenceMeta.step)
+
+    @model_validator(mode="after")
+    def _truncate_at_position(self) -> PushMeta:
+        _check_truncate(self.truncate_to, self.position)
+        return self
 
 
 class ForwardMeta(_Wire):
@@ -239,6 +254,10 @@ class ResponseMeta(_Wire):
     # connection to it failed (code RemoteCallError); the client sends the step itself
     push_error: ErrorInfo | None = None
     cohort: Cohort | None = None  # the other outputs of this step's batch that went to the same client
+    step: StepNumber | None = None  # the step this answers (InferenceMeta.step), when the client numbered it
+    # a late word, no tensors: the push of step ``step`` failed (``push_error``) after this server
+    # had answered it with ``pushed`` (it answers once the push is sent, not acknowledged)
+    notice: bool = False
 
 
 M = TypeVar("M", bound=BaseModel)

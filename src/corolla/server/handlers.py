@@ -83,6 +83,12 @@ def _codec_tensors(codec: str | None) -> int:
     return 2 if codec == "int8" else 1
 
 
+def _push_failure(peer_id: str, e: Exception) -> ErrorInfo:
+    log.debug("push to %s failed: %s: %s", peer_id, type(e).__name__, e)
+    reason = "timed out" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
+    return ErrorInfo(code=RemoteCallError.__name__, message=f"push to {peer_id} failed: {reason}"[:4096])
+
+
 def error_response(err: CorollaError) -> runtime_pb2.ExpertResponse:
     meta = ResponseMeta(error=ErrorInfo(code=err.code, message=str(err)[:4096]))
     return runtime_pb2.ExpertResponse(metadata=encode_meta(meta))
@@ -194,8 +200,8 @@ class BlockHandlers:
 
     def _ok(self, out: torch.Tensor, position: int | None = None, pushed: bool = False,
             codec: str | None = None, cohort: Cohort | None = None,
-            push_error: ErrorInfo | None = None) -> runtime_pb2.ExpertResponse:
-        meta = ResponseMeta(position=position, pushed=pushed, cohort=cohort, push_error=push_error)
+            push_error: ErrorInfo | None = None, step: int | None = None) -> runtime_pb2.ExpertResponse:
+        meta = ResponseMeta(position=position, pushed=pushed, cohort=cohort, push_error=push_error, step=step)
         return runtime_pb2.ExpertResponse(tensors=encode(out, codec), metadata=encode_meta(meta))
 
     # ---- compute (runs on the compute thread) -----------------------------------------------
@@ -271,8 +277,14 @@ class BlockHandlers:
                 if session.push_from != sender:
                     raise BadRequestError(f"session {meta.session_id} does not accept pushes from this peer")
                 hidden = self._hidden(request, meta.compression)
-                check_step(session, hidden, meta.position)
-                session.inbox.put_nowait(("push", meta.position, hidden, meta.route, meta.compression, meta.cohort))
+                if meta.step is None or meta.step not in session.done_steps:  # else: its client's copy came first
+                    if meta.truncate_to is None:
+                        check_step(session, hidden, meta.position)
+                    elif meta.truncate_to > session.position:
+                        raise BadRequestError(f"cannot truncate session {meta.session_id} to {meta.truncate_to} "
+                                              f"tokens: it holds {session.position}")
+                    session.inbox.put_nowait(("push", meta.position, hidden, meta.route, meta.compression,
+                                              meta.cohort, meta.step, meta.truncate_to))
                 yield runtime_pb2.ExpertResponse(metadata=encode_meta(ResponseMeta(position=meta.position)))
             except CorollaError as e:
                 yield error_response(e)
@@ -340,25 +352,38 @@ class BlockHandlers:
             if graph is not None:
                 graph.free()
 
-    async def _push(self, route: tuple[PushTarget, ...], out: torch.Tensor, position: int,
-                    codec: str | None, cohort: Cohort | None) -> ErrorInfo | None:
-        """Send our output of the step at ``position`` to the next hop; None if it took it,
-        else why not (for the client, which then sends the step itself)."""
+    async def _push(self, route: tuple[PushTarget, ...], out: torch.Tensor, position: int, codec: str | None,
+                    cohort: Cohort | None, step: int | None, truncate_to: int | None):
+        """Send our output of the step at ``position`` to the next hop. Returns (why it could not
+        be sent, for the client, which then sends the step itself; or None) and the coroutine of
+        its acknowledgement, whose failure, if any, the client must hear of later."""
         target, *rest = route
         request = runtime_pb2.ExpertRequest(
             uid=self.model_id, tensors=encode(out, codec),
             metadata=encode_meta(PushMeta(session_id=target.session_id, position=position, route=tuple(rest) or None,
-                                          compression=codec, cohort=cohort)),
+                                          compression=codec, cohort=cohort, step=step, truncate_to=truncate_to)),
         )
         try:
-            meta = await self.pushes.push(target.peer_id, request, self.config.push_timeout_s)
-        except Exception as e:  # the connection failed or the push timed out
-            log.debug("push to %s failed: %s: %s", target.peer_id, type(e).__name__, e)
-            reason = "timed out" if isinstance(e, TimeoutError) else f"{type(e).__name__}: {e}"
-            return ErrorInfo(code=RemoteCallError.__name__, message=f"push to {target.peer_id} failed: {reason}"[:4096])
+            return None, await self.pushes.push(target.peer_id, request, self.config.push_timeout_s)
+        except Exception as e:  # the connection failed or the send timed out
+            return _push_failure(target.peer_id, e), None
+
+    async def _acknowledged(self, ack, peer_id: str) -> ErrorInfo | None:
+        """None once the next hop took the push, else why not."""
+        try:
+            meta = await ack
+        except Exception as e:  # the connection failed or the acknowledgement timed out
+            return _push_failure(peer_id, e)
         if meta.error is not None:
-            log.debug("push to %s refused: %s", target.peer_id, meta.error.message)
+            log.debug("push to %s refused: %s", peer_id, meta.error.message)
         return meta.error
+
+    async def _watch_push(self, ack, peer_id: str, step: int, inbox: asyncio.Queue) -> None:
+        """Await a push's acknowledgement after the step was answered; a failure goes to the client
+        as a notice (through ``inbox``, so it leaves in order on the session's stream)."""
+        error = await self._acknowledged(ack, peer_id)
+        if error is not None:
+            inbox.put_nowait(("notice", step, error))
 
     async def rpc_inference(
         self, requests: AsyncIterator[runtime_pb2.ExpertRequest], context: P2PContext
@@ -369,6 +394,7 @@ class BlockHandlers:
         peer = context.remote_id.to_base58()
         inbox: asyncio.Queue = asyncio.Queue()
         reader = asyncio.create_task(_read_into(requests, inbox))
+        watches: set[asyncio.Task] = set()  # acknowledgements of pushes already answered
         try:
             while True:
                 try:
@@ -382,11 +408,23 @@ class BlockHandlers:
                 if item[0] == "end":
                     return  # the client closed the stream
                 try:
+                    if item[0] == "notice":
+                        _, step, error = item
+                        yield runtime_pb2.ExpertResponse(metadata=encode_meta(
+                            ResponseMeta(step=step, notice=True, push_error=error)))
+                        continue
                     if item[0] == "push":
-                        _, position, hidden, route, codec, cohort = item
-                        if position != session.position:
+                        _, position, hidden, route, codec, cohort, step, truncate_to = item
+                        if step is not None and step in session.done_steps:
                             continue  # the client's own copy of this step came first
-                        session.pushed = {p for p in session.pushed if p > position - 8} | {position}
+                        if truncate_to is not None:
+                            if truncate_to > session.position:
+                                continue  # cannot be this session's next step
+                            truncate(session, truncate_to)
+                        elif position != session.position:
+                            continue  # the client's own copy of this step came first
+                        if step is None:
+                            session.pushed = {p for p in session.pushed if p > position - 8} | {position}
                     else:
                         request = item[1]
                         meta = decode_meta(request.metadata, InferenceMeta)
@@ -403,7 +441,10 @@ class BlockHandlers:
                         elif meta.open is not None:
                             raise BadRequestError(f"session {session.id} is already open on this stream")
                         session.push_from = meta.push_from
-                        if (meta.truncate_to is None and meta.position in session.pushed
+                        step, truncate_to = meta.step, meta.truncate_to
+                        if step is not None and step in session.done_steps:
+                            continue  # computed from its push already, and answered
+                        if (step is None and truncate_to is None and meta.position in session.pushed
                                 and meta.position < session.position):
                             continue  # a push that timed out for its sender still reached us: done already
                         codec = meta.compression
@@ -423,9 +464,20 @@ class BlockHandlers:
                     push = bool(route) and self.pushes is not None
                     out, next_cohort = await self.batcher.submit(
                         session, hidden, position, cohort, destination=route[0].peer_id if push else peer)
-                    push_error = await self._push(route, out, position, codec, next_cohort) if push else None
+                    if step is not None:
+                        session.done_steps = {s for s in session.done_steps if s > step - 16} | {step}
+                    push_error = None
+                    if push:
+                        push_error, ack = await self._push(route, out, position, codec, next_cohort, step, truncate_to)
+                        if ack is not None and step is None:  # an unnumbered step: answered once acknowledged
+                            push_error = await self._acknowledged(ack, route[0].peer_id)
+                        elif ack is not None:  # answered now; a failure is told later, by the step's number
+                            watch = asyncio.create_task(self._watch_push(ack, route[0].peer_id, step, inbox))
+                            watches.add(watch)
+                            watch.add_done_callback(watches.discard)
                     pushed = push and push_error is None
-                    yield self._ok(out, session.position, pushed, codec, None if pushed else next_cohort, push_error)
+                    yield self._ok(out, session.position, pushed, codec, None if pushed else next_cohort, push_error,
+                                   step)
                 except CorollaError as e:
                     yield error_response(e)
                     await _until_client_closes(inbox)
@@ -437,6 +489,8 @@ class BlockHandlers:
                     return
         finally:
             reader.cancel()
+            for watch in list(watches):
+                watch.cancel()
             if session is not None:
                 self.sessions.close(session)
                 self.batcher.release(session)

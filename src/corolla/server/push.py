@@ -2,7 +2,8 @@
 
 A unary call through the p2p daemons opens a new stream each time, which costs about as much
 as the client relaying the step itself; a stream per next server, kept open, is what makes
-pushing faster than relaying. Each push is acknowledged, in order, on the same stream.
+pushing faster than relaying. Each push is acknowledged, in order, on the same stream; the
+pusher need not wait for the acknowledgement before it answers its client (see ``rpc_inference``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from hivemind.proto import runtime_pb2
 
@@ -47,7 +50,8 @@ class PushLink:
                 if not future.done():
                     future.set_exception(StreamClosedError(f"push stream to {self.peer_id} closed"))
 
-    async def push(self, request: runtime_pb2.ExpertRequest, timeout_s: float) -> ResponseMeta:
+    async def send(self, request: runtime_pb2.ExpertRequest, timeout_s: float) -> asyncio.Future:
+        """Send ``request``; the future resolves to its acknowledgement (or fails with the stream)."""
         future = asyncio.get_running_loop().create_future()
         async with asyncio.timeout(timeout_s):
             async with self._sending:
@@ -58,8 +62,7 @@ class PushLink:
                     self._reader = asyncio.create_task(self._read())
                 self._waiting.append(future)
                 await self._stream.send(request)
-            response = await future
-        return decode_meta(response.metadata, ResponseMeta)
+        return future
 
     def close(self) -> None:
         self.broken = True
@@ -76,17 +79,36 @@ class PushLinks:
         self.p2p = p2p
         self._links: dict[str, PushLink] = {}
 
-    async def push(self, peer_id: str, request: runtime_pb2.ExpertRequest, timeout_s: float) -> ResponseMeta:
+    async def push(self, peer_id: str, request: runtime_pb2.ExpertRequest,
+                   timeout_s: float) -> Coroutine[Any, Any, ResponseMeta]:
+        """Send ``request`` to ``peer_id``; returns once it is sent, with a coroutine (to be
+        awaited) for its acknowledgement, which comes within what is left of ``timeout_s`` or
+        fails. A link that fails either is dropped: the next push opens a fresh stream."""
         link = self._links.get(peer_id)
         if link is None or link.broken:
             link = self._links[peer_id] = PushLink(self.p2p, peer_id)
+        deadline = asyncio.get_running_loop().time() + timeout_s
         try:
-            return await link.push(request, timeout_s)
+            future = await link.send(request, timeout_s)
         except BaseException:
-            link.close()  # slow or broken: the next push opens a fresh stream
-            if self._links.get(peer_id) is link:
-                del self._links[peer_id]
+            self._drop(peer_id, link)
             raise
+        return self._acknowledged(peer_id, link, future, deadline)
+
+    async def _acknowledged(self, peer_id: str, link: PushLink, future: asyncio.Future,
+                            deadline: float) -> ResponseMeta:
+        try:
+            async with asyncio.timeout_at(deadline):
+                response = await future
+        except BaseException:
+            self._drop(peer_id, link)  # slow or broken
+            raise
+        return decode_meta(response.metadata, ResponseMeta)
+
+    def _drop(self, peer_id: str, link: PushLink) -> None:
+        link.close()
+        if self._links.get(peer_id) is link:
+            del self._links[peer_id]
 
     def close(self) -> None:
         for link in self._links.values():

@@ -29,6 +29,7 @@ class Session:
     inbox: Any = None  # the stream's asyncio.Queue: pushes from the previous hop land here
     push_from: str | None = None  # the only peer whose pushes this session accepts
     pushed: set[int] = dataclasses.field(default_factory=set)  # recent positions computed from a push
+    done_steps: set[int] = dataclasses.field(default_factory=set)  # numbers of the recent steps computed
     last_used: float = dataclasses.field(default_factory=time.monotonic)  # for idle expiry and LRU eviction
     closed: bool = False  # its stream ended; the batcher frees its cache once no step of it runs
     evicted: bool = False  # its cache was dropped for room: the next step tells the client to replay
