@@ -10,15 +10,27 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from corolla.client.sampling import Sampler, SamplingParams
-from corolla.client.speculative import DraftConfig, DraftModel, PromptLookup, SpeculationStats, adapt_k, speculate
+from corolla.client.speculative import (
+    DraftConfig,
+    DraftModel,
+    LocalLM,
+    PromptLookup,
+    SpeculationStats,
+    adapt_k,
+    speculate,
+)
 from tests.tiny_models import save_tiny_model
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    target = AutoModelForCausalLM.from_pretrained(save_tiny_model("llama", tmp_path_factory.mktemp("t"))).eval()
-    draft = AutoModelForCausalLM.from_pretrained(save_tiny_model("qwen2", tmp_path_factory.mktemp("d"), seed=1)).eval()
-    return target, draft
+def folders(tmp_path_factory):
+    return (save_tiny_model("llama", tmp_path_factory.mktemp("t")),
+            save_tiny_model("qwen2", tmp_path_factory.mktemp("d"), seed=1))
+
+
+@pytest.fixture(scope="module")
+def models(folders):
+    return tuple(AutoModelForCausalLM.from_pretrained(f).eval() for f in folders)
 
 
 class LocalTarget:
@@ -75,17 +87,39 @@ def test_k_adapts_within_bounds():
     assert adapt_k(4, 4, 2, config) == 4 and adapt_k(4, 0, 0, config) == 4
 
 
-@pytest.mark.parametrize("drafter", ["lookup", "model", "self"])
-def test_greedy_output_is_plain_greedy(models, drafter):
+@pytest.mark.parametrize("drafter", ["lookup", "model", "self", "local", "local-self"])
+def test_greedy_output_is_plain_greedy(models, folders, drafter):
     target, draft = models
     prompt = torch.tensor([[3, 17, 42, 3, 17, 42, 3, 17, 99, 5, 3, 17]])
-    d = {"lookup": PromptLookup(), "model": DraftModel(draft), "self": DraftModel(target)}[drafter]
+    d = {"lookup": PromptLookup, "model": lambda: DraftModel(draft), "self": lambda: DraftModel(target),
+         "local": lambda: DraftModel(LocalLM.load(folders[1])),
+         "local-self": lambda: DraftModel(LocalLM.load(folders[0]))}[drafter]()
+    drafter = drafter.removeprefix("local-")
     stats = SpeculationStats()
     out, target_run = run(target, d, SamplingParams(), prompt, 40, stats=stats)
     assert out == plain_greedy(target, prompt, 40)
     assert stats.emitted == 40 and stats.steps < 40 if drafter == "self" else True
     if drafter == "self":  # a draft identical to the target is always right: k grows, few steps
         assert stats.accepted == stats.drafted and stats.steps <= 10
+
+
+def test_a_local_lm_drafts_what_transformers_drafts_and_rolls_back(models, folders):
+    """corolla's model code (``LocalLM``, what ``DraftModel.load`` picks) proposes the Hugging Face
+    model's drafts, and after a rollback (a context that left the drafted path) the same as a fresh one."""
+    _, draft = models
+    local = LocalLM.load(folders[1])
+    ctx = torch.tensor([[3, 17, 42, 3, 17, 42, 3, 17, 99, 5]])
+    ours, theirs = DraftModel(local), DraftModel(draft)
+    for step in range(4):
+        mine, _ = ours.propose(ctx, 3)
+        assert mine.tolist() == theirs.propose(ctx, 3)[0].tolist()
+        # keep one draft, then a token of our own: the drafter's cache rolls back past the other two
+        ctx = torch.cat([ctx, mine[None, :1], torch.tensor([[7 + step]])], 1)
+    assert ours.propose(ctx, 5)[0].tolist() == DraftModel(local).propose(ctx, 5)[0].tolist()
+
+
+def test_draft_model_load_uses_corolla_kernels_for_known_families(folders):
+    assert isinstance(DraftModel.load(folders[1]).model, LocalLM)
 
 
 def test_greedy_with_repetition_penalty_is_plain(models):

@@ -73,9 +73,37 @@ class PromptLookup:
         return ids[:0].clone(), None
 
 
+class LocalLM(torch.nn.Module):
+    """A whole small causal LM on corolla's own model code: every block in one span (the fast
+    few-row matmuls of :mod:`corolla.models.step`), embeddings, final norm and LM head. Its cache
+    (a ``GrowingKV``) rolls back for free: writing at a position drops what was past it."""
+
+    def __init__(self, config: Any, span: torch.nn.Module, head: torch.nn.Module):
+        super().__init__()
+        self.config, self.span, self.head = config, span, head
+
+    @classmethod
+    def load(cls, folder: str | Path, dtype: torch.dtype = torch.float32) -> LocalLM:
+        from corolla.models.loading import load_config, load_head, load_span
+
+        config = load_config(Path(folder))
+        span = load_span(Path(folder), config, 0, config.num_hidden_layers, dtype)
+        return cls(config, span, load_head(Path(folder), config, dtype))
+
+    def new_cache(self) -> Any:
+        return self.span.new_cache()
+
+    def last_logits(self, ids: torch.Tensor, cache: Any, position: int) -> torch.Tensor:
+        """Feed ``ids`` [T] at ``position`` of ``cache`` (dropping what it held past it); the
+        logits after the last one [V]."""
+        hidden = self.span(self.head.embed(ids[None]), cache, position)  # [1, T, H]
+        return self.head.logits(hidden[:, -1:])[0, -1].float()
+
+
 class DraftModel:
-    """A small local causal LM sharing the target's vocabulary; keeps its own KV cache and crops it
-    to what the context still shares with what it has seen."""
+    """A small local causal LM sharing the target's vocabulary (a :class:`LocalLM`, or any
+    Hugging Face causal LM); keeps its own KV cache and rolls it back to what the context still
+    shares with what it has seen, so each step feeds only the tokens it has not seen."""
 
     def __init__(self, model: Any):
         self.model = model.eval()
@@ -84,12 +112,18 @@ class DraftModel:
 
     @classmethod
     def load(cls, name: str | Path) -> DraftModel:
-        from transformers import AutoModelForCausalLM
-
+        """A packaged model's name or a folder; on corolla's model code where its family is
+        supported, else through transformers."""
+        from corolla.errors import UnsupportedModelError
         from corolla.models.resolve import resolve_model
 
         path = resolve_model(str(name)).path
-        return cls(AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32))
+        try:
+            return cls(LocalLM.load(path))
+        except UnsupportedModelError:
+            from transformers import AutoModelForCausalLM
+
+            return cls(AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32))
 
     @property
     def vocab_size(self) -> int:
@@ -97,14 +131,29 @@ class DraftModel:
 
     def _logits(self, ids: torch.Tensor) -> torch.Tensor:
         """Feed ``ids`` [T] after what the cache holds; the logits of the last one [V]."""
-        from transformers import DynamicCache
+        if isinstance(self.model, LocalLM):
+            if self._cache is None:
+                self._cache = self.model.new_cache()
+            logits = self.model.last_logits(ids, self._cache, self._seen.shape[0])
+        else:
+            from transformers import DynamicCache
 
-        if self._cache is None:
-            self._cache = DynamicCache()
-        out = self.model(ids[None], cache=self._cache, use_cache=True)
-        self._cache = out.cache
+            if self._cache is None:
+                self._cache = DynamicCache()
+            out = self.model(ids[None], cache=self._cache, use_cache=True)
+            self._cache = out.cache
+            logits = out.logits[0, -1].float()
         self._seen = torch.cat([self._seen, ids])
-        return out.logits[0, -1].float()
+        return logits
+
+    def _rollback(self, common: int) -> None:
+        """Forget every position from ``common`` on."""
+        if self._cache is not None and common < self._seen.shape[0]:
+            if common == 0:
+                self._cache = None
+            elif not isinstance(self.model, LocalLM):  # a LocalLM's cache is overwritten in place
+                self._cache.crop(common - self._seen.shape[0])  # a negative count: drop that many
+            self._seen = self._seen[:common]
 
     def propose(self, context: torch.Tensor, k: int, sampler: Sampler | None = None):
         ids = context[0]
@@ -113,12 +162,7 @@ class DraftModel:
         if limit > 0:
             same = (self._seen[:limit] == ids[:limit]).int().cumprod(0)
             common = int(same.sum())
-        if self._cache is not None and common < self._seen.shape[0]:
-            if common == 0:
-                self._cache = None
-            else:
-                self._cache.crop(common - self._seen.shape[0])  # a negative count: drop that many
-            self._seen = self._seen[:common]
+        self._rollback(common)
         tokens, probs = [], []
         with torch.inference_mode():
             logits = self._logits(ids[common:])
@@ -147,7 +191,7 @@ def make_drafter(draft: Any) -> Any:
         return PromptLookup()
     if hasattr(draft, "propose"):
         return draft
-    if isinstance(draft, torch.nn.Module):
+    if isinstance(draft, torch.nn.Module):  # a LocalLM or a Hugging Face causal LM
         return DraftModel(draft)
     return DraftModel.load(draft)
 
