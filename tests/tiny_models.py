@@ -62,10 +62,11 @@ TINY = {
 }
 
 
-def save_tiny_model(family: str, folder: Path, seed: int = 0) -> Path:
+def save_tiny_model(family: str, folder: Path, seed: int = 0, **overrides) -> Path:
+    """``overrides``: config fields that differ from ``TINY[family]`` (e.g. ``num_hidden_layers``)."""
     import transformers
 
-    spec = dict(TINY[family])
+    spec = dict(TINY[family], **overrides)
     config = getattr(transformers, spec.pop("cls"))(**spec)
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config)
