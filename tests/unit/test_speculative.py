@@ -16,8 +16,10 @@ from corolla.client.speculative import (
     LocalLM,
     PromptLookup,
     SpeculationStats,
+    ThreadTuner,
     adapt_k,
     speculate,
+    torch_threads,
 )
 from tests.tiny_models import save_tiny_model
 
@@ -128,6 +130,38 @@ def test_a_local_lm_drafts_what_transformers_drafts_and_rolls_back(models, folde
 
 def test_draft_model_load_uses_corolla_kernels_for_known_families(folders):
     assert isinstance(DraftModel.load(folders[1]).model, LocalLM)
+
+
+def test_thread_tuner_uses_the_fastest_and_tries_the_others_now_and_then():
+    tuner = ThreadTuner([1, 2], patience=10)
+    assert tuner.choose() == 1  # each candidate is tried first
+    tuner.record(1, 0.3)
+    assert tuner.untried() == 2 and tuner.choose() == 2
+    tuner.record(2, 3.0)  # a busy machine: two threads wait on each other
+    picks = []
+    for _ in range(100):
+        picks.append(tuner.choose())
+        tuner.record(picks[-1], 0.3 if picks[-1] == 1 else 3.0)
+    # tried again once in 100 calls: after 10 x (3.0 - 0.3) s spent on the fast one
+    assert picks.count(2) == 1 and picks.index(2) == 90
+    tuner.record(2, 0.1)  # the machine got quiet: a try again that wins
+    assert tuner.best() == 2 and tuner.choose() == 2
+
+
+def test_torch_threads_restores_the_count():
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_a_draft_model_tries_each_thread_count_on_the_prompt(models):
+    _, draft = models
+    tuner = ThreadTuner([1, 2])
+    d = DraftModel(draft, tuner=tuner)
+    d.propose(torch.tensor([[3, 17, 42, 3, 17, 42, 3, 17]]), 3)
+    assert set(tuner.mean) == {1, 2}  # the prompt's first two tokens were fed one at a time, one per count
+    assert DraftModel(draft).tuner is DraftModel(draft).tuner  # one tuner per set of weights
 
 
 def test_greedy_with_repetition_penalty_is_plain(models):

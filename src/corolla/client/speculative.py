@@ -20,8 +20,11 @@ occurrence of the context's last n-gram (no model: edits that copy most of a fil
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,8 @@ class SpeculationStats:
     drafted: int = 0
     accepted: int = 0
     emitted: int = 0
+    draft_s: float = 0.0  # wall time spent drafting ...
+    target_s: float = 0.0  # ... and in verification steps (the swarm and the LM head)
 
     @property
     def acceptance(self) -> float:
@@ -100,15 +105,86 @@ class LocalLM(torch.nn.Module):
         return self.head.logits(hidden[:, -1:])[0, -1].float()
 
 
+class ThreadTuner:
+    """How many torch threads a draft model's forward passes use, chosen by measuring them.
+
+    Each few-row matmul of a decode step is a parallel region (about 170 a token for a 24-block
+    model). On a quiet machine more threads read the weights faster; while other processes keep
+    the cores busy, every region waits for a descheduled thread, and one thread is several times
+    faster (qwen2.5-coder-0.5b here with 1.5 of 2 CPUs taken by others: 0.3-0.6 s a draft token
+    on 1 thread, 2-4 s on 2). Candidates: 1 and the process's thread count. Each one's seconds per
+    decode-sized call are a moving average; the best is used, and another is tried again once the
+    time spent since its last try reaches ``patience`` times what it cost extra then (trying
+    costs about 1/patience of the time, and a change of the machine's load is followed)."""
+
+    def __init__(self, candidates: Iterable[int], patience: float = 10.0, smoothing: float = 0.3):
+        self.candidates = sorted(set(candidates))
+        self.patience, self.smoothing = patience, smoothing
+        self.mean: dict[int, float] = {}  # threads -> seconds per call
+        self.credit = dict.fromkeys(self.candidates, 0.0)  # seconds spent since each was last tried
+        self._last: int | None = None
+
+    @classmethod
+    def default(cls) -> ThreadTuner:
+        return cls({1, torch.get_num_threads()})
+
+    def untried(self) -> int | None:
+        return next((c for c in self.candidates if c not in self.mean), None)
+
+    def best(self) -> int:
+        return min(self.mean, key=self.mean.__getitem__) if self.mean else self.candidates[-1]
+
+    def choose(self) -> int:
+        untried = self.untried()
+        if untried is not None:
+            return untried
+        best = self.best()
+        for c in self.candidates:
+            if c != best and self.credit[c] >= self.patience * (self.mean[c] - self.mean[best]):
+                return c
+        return best
+
+    def record(self, threads: int, seconds: float) -> None:
+        if threads in self.mean and self._last == threads:
+            self.mean[threads] += self.smoothing * (seconds - self.mean[threads])
+        else:  # a first try, or a try again after a while: the machine may have changed since
+            self.mean[threads] = seconds
+        self._last = threads
+        for c in self.candidates:
+            self.credit[c] = 0.0 if c == threads else self.credit[c] + seconds
+
+
+_TUNERS: weakref.WeakKeyDictionary[torch.nn.Module, ThreadTuner] = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with ``n`` torch threads (the setting is the process's), then restore the previous count."""
+    before = torch.get_num_threads()
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n != before:
+            torch.set_num_threads(before)
+
+
 class DraftModel:
     """A small local causal LM sharing the target's vocabulary (a :class:`LocalLM`, or any
     Hugging Face causal LM); keeps its own KV cache and rolls it back to what the context still
     shares with what it has seen, so each step feeds only the tokens it has not seen."""
 
-    def __init__(self, model: Any):
+    # a call that feeds at most this many tokens is timed for the thread tuner (a decode step's cost)
+    TIMED_TOKENS = 4
+
+    def __init__(self, model: Any, tuner: ThreadTuner | None = None):
         self.model = model.eval()
         self._cache = None
         self._seen = torch.empty(0, dtype=torch.long)  # ids whose keys and values the cache holds
+        if tuner is None:  # kept with the weights: every generation that drafts with them learns from the others
+            tuner = _TUNERS.get(model) or _TUNERS.setdefault(model, ThreadTuner.default())
+        self.tuner = tuner
 
     @classmethod
     def load(cls, name: str | Path) -> DraftModel:
@@ -130,7 +206,24 @@ class DraftModel:
         return int(self.model.config.vocab_size)
 
     def _logits(self, ids: torch.Tensor) -> torch.Tensor:
-        """Feed ``ids`` [T] after what the cache holds; the logits of the last one [V]."""
+        """Feed ``ids`` [T] after what the cache holds, with the tuner's thread count; the logits of
+        the last one [V]. While the tuner has an untried thread count, a long feed (a prompt) gives
+        its first tokens one at a time to try them."""
+        while ids.shape[0] > 1 and (untried := self.tuner.untried()) is not None:
+            self._timed_forward(ids[:1], untried)
+            ids = ids[1:]
+        threads = self.tuner.choose() if ids.shape[0] <= self.TIMED_TOKENS else self.tuner.best()
+        return self._timed_forward(ids, threads)
+
+    def _timed_forward(self, ids: torch.Tensor, threads: int) -> torch.Tensor:
+        start = time.perf_counter()
+        with torch_threads(threads):
+            logits = self._forward(ids)
+        if ids.shape[0] <= self.TIMED_TOKENS:
+            self.tuner.record(threads, time.perf_counter() - start)
+        return logits
+
+    def _forward(self, ids: torch.Tensor) -> torch.Tensor:
         if isinstance(self.model, LocalLM):
             if self._cache is None:
                 self._cache = self.model.new_cache()
@@ -275,11 +368,15 @@ def speculate(
     while produced < max_new_tokens:
         # never draft past max_new_tokens nor past what the session may hold
         room = min(k, max_new_tokens - produced - 1, budget() - feed.shape[1])
+        t0 = time.perf_counter()
         drafts, q = drafter.propose(context, room, sampler) if room > 0 else (context[0, :0], None)
+        t1 = time.perf_counter()
         drafts = drafts[: max(room, 0)]
         q = q[: drafts.shape[0]] if q is not None else None
         d = drafts.shape[0]
         logits = target(torch.cat([feed, drafts[None].to(feed.dtype)], dim=1), d + 1)  # [d + 1, V]
+        stats.draft_s += t1 - t0
+        stats.target_s += time.perf_counter() - t1
         tokens, accepted = verify(sampler, context, drafts, q, logits)
         stats.steps += 1
         stats.drafted += d
