@@ -128,6 +128,42 @@ def test_a_local_lm_drafts_what_transformers_drafts_and_rolls_back(models, folde
     assert ours.propose(ctx, 5)[0].tolist() == DraftModel(local).propose(ctx, 5)[0].tolist()
 
 
+def test_drafts_made_ahead_are_what_a_fresh_drafter_proposes(folders):
+    local = LocalLM.load(folders[1])
+    ctx = torch.tensor([[3, 17, 42, 3, 17, 42, 3, 17, 99, 5]])
+    d = DraftModel(local)
+    drafts, _ = d.propose(ctx, 3)
+    assert d.extend(lambda: False, 4) == 4  # as if the step verifying them were slow
+    accepted = torch.cat([ctx, drafts[None]], 1)
+    path = d.propose(accepted, 5)[0]  # all accepted: 4 known ahead, 1 more
+    assert d.ahead_used == 4 and path.tolist() == DraftModel(local).propose(accepted, 5)[0].tolist()
+    # the target took the first draft path token only, then a token of its own: off the path, fed again
+    off = torch.cat([ctx, drafts[None], path[None, :1], torch.tensor([[int(path[1]) + 1]])], 1)
+    assert d.propose(off, 4)[0].tolist() == DraftModel(local).propose(off, 4)[0].tolist()
+
+
+class AheadDrafter(DraftModel):
+    """Drafts exactly ``n`` tokens ahead per step, however fast the step is (deterministic tests)."""
+
+    n = 3
+
+    def extend(self, stop, limit):
+        return super().extend(lambda: False, min(limit, self.n))
+
+
+@pytest.mark.parametrize("which", ["self", "other"])
+def test_greedy_with_drafts_made_ahead_is_plain_greedy(models, which):
+    target, draft = models
+    prompt = torch.tensor([[3, 17, 42, 3, 17, 42, 3, 17, 99, 5, 3, 17]])
+    d = AheadDrafter(target if which == "self" else draft)
+    stats = SpeculationStats()
+    out, _ = run(target, d, SamplingParams(), prompt, 40, config=DraftConfig(k=2, max_k=4), stats=stats)
+    assert out == plain_greedy(target, prompt, 40)
+    assert stats.ahead_drafted > 0
+    if which == "self":  # every draft is accepted and the target's next token is the draft's: used
+        assert stats.ahead_used >= stats.drafted // 2
+
+
 def test_draft_model_load_uses_corolla_kernels_for_known_families(folders):
     assert isinstance(DraftModel.load(folders[1]).model, LocalLM)
 

@@ -25,6 +25,7 @@ import dataclasses
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,10 @@ class DraftConfig:
     k: int = 4  # tokens drafted per step at first ...
     min_k: int = 1  # ... then adapted to the acceptance rate within these bounds
     max_k: int = 10
+    # greedy, with a drafter that can ``extend``: draft further while each step is in flight (the
+    # step runs in a worker thread); they are the next step's drafts when the target accepts all of
+    # this step's and its own next token is the draft's
+    ahead: bool = True
 
 
 @dataclasses.dataclass
@@ -48,6 +53,8 @@ class SpeculationStats:
     emitted: int = 0
     draft_s: float = 0.0  # wall time spent drafting ...
     target_s: float = 0.0  # ... and in verification steps (the swarm and the LM head)
+    ahead_drafted: int = 0  # tokens drafted while a step was in flight ...
+    ahead_used: int = 0  # ... and those that a later step sent as drafts
 
     @property
     def acceptance(self) -> float:
@@ -182,6 +189,13 @@ class DraftModel:
         self.model = model.eval()
         self._cache = None
         self._seen = torch.empty(0, dtype=torch.long)  # ids whose keys and values the cache holds
+        # greedy: the draft's own choice after everything seen, and where its own choices start in
+        # ``_seen`` (fed to draft further): a context that lies on that path knows its drafts already
+        self._tail: torch.Tensor | None = None
+        self._own_from = 0
+        self._sampler: Sampler | None = None
+        self.ahead_drafted = 0  # tokens drafted by ``extend`` (while a step was in flight) ...
+        self.ahead_used = 0  # ... and those a later ``propose`` returned without computing them
         if tuner is None:  # kept with the weights: every generation that drafts with them learns from the others
             tuner = _TUNERS.get(model) or _TUNERS.setdefault(model, ThreadTuner.default())
         self.tuner = tuner
@@ -241,39 +255,76 @@ class DraftModel:
 
     def _rollback(self, common: int) -> None:
         """Forget every position from ``common`` on."""
-        if self._cache is not None and common < self._seen.shape[0]:
-            if common == 0:
+        if common < self._seen.shape[0]:
+            if self._cache is not None and common == 0:
                 self._cache = None
-            elif not isinstance(self.model, LocalLM):  # a LocalLM's cache is overwritten in place
+            elif self._cache is not None and not isinstance(self.model, LocalLM):  # a LocalLM's is overwritten
                 self._cache.crop(common - self._seen.shape[0])  # a negative count: drop that many
             self._seen = self._seen[:common]
+            self._tail = None
+
+    def _choose(self, logits: torch.Tensor) -> torch.Tensor:
+        """The greedy draft after ``_seen`` (the sampler's processors see ``_seen`` as the context)."""
+        sampler = self._sampler
+        scores = sampler.processors(self._seen[None], logits[None])[0] if sampler is not None else logits
+        return scores.argmax()
+
+    def _advance(self) -> None:
+        """Feed the greedy draft ``_tail`` and choose the next one."""
+        self._tail = self._choose(self._logits(self._tail[None]))
 
     def propose(self, context: torch.Tensor, k: int, sampler: Sampler | None = None):
         ids = context[0]
-        common = 0
-        limit = min(self._seen.shape[0], ids.shape[0] - 1)  # the last context token is always fed
-        if limit > 0:
-            same = (self._seen[:limit] == ids[:limit]).int().cumprod(0)
-            common = int(same.sum())
-        self._rollback(common)
-        tokens, probs = [], []
+        n = ids.shape[0]
+        length = min(self._seen.shape[0], n)
+        common = int((self._seen[:length] == ids[:length]).int().cumprod(0).sum()) if length else 0
+        sampling = sampler is not None and sampler.params.do_sample
         with torch.inference_mode():
-            logits = self._logits(ids[common:])
-            running = ids
-            for i in range(k):
-                if sampler is not None and sampler.params.do_sample:
-                    q = torch.softmax(sampler.processors(running[None], logits[None])[0], dim=-1)
-                    token = torch.multinomial(q, 1, generator=sampler.generator)[0]
-                    probs.append(q)
-                else:
-                    scores = sampler.processors(running[None], logits[None])[0] if sampler is not None else logits
-                    token = scores.argmax()
-                tokens.append(token)
-                running = torch.cat([running, token[None]])
-                if i + 1 < k:
-                    logits = self._logits(token[None])
-        drafted = torch.stack(tokens) if tokens else ids[:0]
-        return drafted, (torch.stack(probs) if probs else None)
+            if sampling:
+                return self._sample(ids, k, sampler, common)
+            self._sampler = sampler
+            if not (common == n and n >= self._own_from and self._tail is not None):
+                # the context left the path drafted so far: its last token is always fed (its logits)
+                self._rollback(min(common, n - 1))
+                self._tail = self._choose(self._logits(ids[self._seen.shape[0] :]))
+                self._own_from = n
+            else:  # drafted already, by ``extend`` while the step that accepted them was in flight
+                self.ahead_used += min(k, self._seen.shape[0] - n + 1)
+            while self._seen.shape[0] - n + 1 < k:
+                self._advance()
+        return torch.cat([self._seen[n:], self._tail[None]])[:k], None
+
+    def extend(self, stop: Callable[[], bool], limit: int) -> int:
+        """Draft further along the greedy path of the last ``propose`` (as if all its drafts were
+        accepted) until ``stop()`` or ``limit`` tokens past them; returns how many it drafted.
+        Meant to run while the step verifying those drafts is in flight: when the target accepts
+        them all and its own next token is the draft's, the next ``propose`` finds its drafts here."""
+        if self._tail is None:
+            return 0
+        drafted = 0
+        with torch.inference_mode():
+            while drafted < limit and not stop():
+                self._advance()
+                drafted += 1
+        self.ahead_drafted += drafted
+        return drafted
+
+    def _sample(self, ids: torch.Tensor, k: int, sampler: Sampler, common: int):
+        """Sampled drafts and their probabilities ``q`` [k, V], each drawn afresh."""
+        self._rollback(min(common, ids.shape[0] - 1))
+        logits = self._logits(ids[self._seen.shape[0] :])
+        tokens, probs = [], []
+        running = ids
+        for i in range(k):
+            q = torch.softmax(sampler.processors(running[None], logits[None])[0], dim=-1)
+            token = torch.multinomial(q, 1, generator=sampler.generator)[0]
+            probs.append(q)
+            tokens.append(token)
+            running = torch.cat([running, token[None]])
+            if i + 1 < k:
+                logits = self._logits(token[None])
+        self._tail = None  # sampled, not greedy: nothing to reuse
+        return (torch.stack(tokens), torch.stack(probs)) if tokens else (ids[:0], None)
 
 
 def make_drafter(draft: Any) -> Any:
@@ -364,6 +415,16 @@ def speculate(
     ``budget()``: how many more positions the target's cache may take.
     """
     stats = stats if stats is not None else SpeculationStats()
+    ahead = config.ahead and not sampler.params.do_sample and hasattr(drafter, "extend")
+    with contextlib.ExitStack() as stack:
+        # a step in flight is always waited for before a token is yielded: closing this generator never leaves one
+        pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="corolla-verify")) if ahead else None
+        yield from _speculate_loop(drafter, sampler, context, feed, target, rollback, budget, max_new_tokens,
+                                   config, stats, pool)
+
+
+def _speculate_loop(drafter, sampler, context, feed, target, rollback, budget, max_new_tokens, config, stats,
+                    pool: ThreadPoolExecutor | None) -> Iterator[int]:
     k, produced = config.k, 0
     while produced < max_new_tokens:
         # never draft past max_new_tokens nor past what the session may hold
@@ -374,9 +435,18 @@ def speculate(
         drafts = drafts[: max(room, 0)]
         q = q[: drafts.shape[0]] if q is not None else None
         d = drafts.shape[0]
-        logits = target(torch.cat([feed, drafts[None].to(feed.dtype)], dim=1), d + 1)  # [d + 1, V]
+        ids = torch.cat([feed, drafts[None].to(feed.dtype)], dim=1)
+        if pool is not None and d > 0:
+            step = pool.submit(target, ids, d + 1)
+            # in the step's shadow (the network, the servers): the drafts after these, should all be accepted
+            drafter.extend(step.done, config.max_k + 1)
+            logits = step.result()
+        else:
+            logits = target(ids, d + 1)  # [d + 1, V]
         stats.draft_s += t1 - t0
         stats.target_s += time.perf_counter() - t1
+        stats.ahead_drafted = getattr(drafter, "ahead_drafted", 0)
+        stats.ahead_used = getattr(drafter, "ahead_used", 0)
         tokens, accepted = verify(sampler, context, drafts, q, logits)
         stats.steps += 1
         stats.drafted += d
