@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 
@@ -12,6 +12,13 @@ from hivemind.dht.validation import DHTRecord, RecordValidatorBase
 from hivemind.utils.serializer import MSGPackSerializer
 
 from corolla.protocol.messages import MODELS_KEY, ModelRecord, ServerInfo, block_key
+from corolla.swarm.relay import (
+    RELAY_START_ATTEMPTS,
+    _static_relays,
+    check_relay,
+    public_maddr,
+    serves_as_relay,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,19 +92,44 @@ def start_dht(
 
     ``use_relay``: this node accepts no inbound connection (NAT, firewall), so it reserves a slot on
     a libp2p circuit relay and announces its address through it (``/p2p-circuit``): ``relays``, by
-    default the initial peers. Every peer offers relaying already (p2pd's ``-relayService``
-    defaults on) and reaches relayed peers (``use_relay``, hivemind's default).
+    default the initial peers. Every peer reaches relayed peers (``use_relay``, hivemind's default),
+    and a full peer with a public address relays for them: see :mod:`corolla.swarm.relay` for how
+    it makes sure its relay keeps their reservations and does not cut their connections short.
 
     ``models`` (model id -> number of blocks): the models whose block records this node guards;
     the node remembers them (:func:`dht_models`), so that a server announcing through it also
     lists its model under ``corolla.models`` with the right number of blocks.
     """
+    start = functools.partial(_start_dht, initial_peers, client_mode=client_mode, host_maddrs=host_maddrs,
+                              announce_maddrs=announce_maddrs, identity_path=identity_path, models=models,
+                              use_relay=use_relay, relays=relays)
+    if not serves_as_relay(host_maddrs, announce_maddrs, client_mode=client_mode, use_relay=use_relay):
+        return start()
+    for attempt in range(1, RELAY_START_ATTEMPTS + 1):
+        dht = start(force_reachability="public")
+        relay = next((m for m in visible_maddrs(dht) if "/p2p-circuit" not in m and public_maddr(m)), None)
+        if relay is None or check_relay(relay) is not False:  # None: could not tell (logged); start anyway
+            return dht
+        if attempt == RELAY_START_ATTEMPTS:
+            log.warning("relayed connections through this peer are cut after 128 KiB (p2pd's default relay "
+                        "answered %d starts in a row): servers behind NAT should relay through another peer",
+                        attempt)
+            return dht
+        log.info("p2pd's default relay (128 KiB per connection) answered instead of the configured one; "
+                 "starting the p2p daemon again (%d/%d)", attempt, RELAY_START_ATTEMPTS)
+        dht.shutdown()
+
+
+def _start_dht(initial_peers, *, client_mode, host_maddrs, announce_maddrs, identity_path, models, use_relay,
+               relays, force_reachability: str | None = None):
     import hivemind
 
     relay_kwargs = {}
     if use_relay:
         relay_kwargs = dict(use_auto_relay=True, force_reachability="private",
                             trusted_relays=list(relays or initial_peers))
+    elif force_reachability:
+        relay_kwargs = dict(force_reachability=force_reachability)
     with _static_relays(use_relay):
         dht = hivemind.DHT(
             initial_peers=list(initial_peers),
@@ -114,30 +146,6 @@ def start_dht(
         )
     dht.corolla_models = dict(models or {})
     return dht
-
-
-@contextlib.contextmanager
-def _static_relays(enabled: bool):
-    """While inside (when ``enabled``), p2pd starts with ``-relayDiscovery=0``: it reserves a slot on
-    its trusted relays at once. hivemind's P2P.create has no argument for it, and with discovery on
-    (p2pd's default) go-libp2p's autorelay waits for 4 candidate relays or 3 minutes (its boot
-    delay) before reserving anything: a server behind NAT would stay unreachable that long. The DHT
-    process is forked inside, so it inherits the patch; this process gets the original back."""
-    if not enabled:
-        yield
-        return
-    from hivemind.p2p.p2p_daemon import P2P
-
-    original = P2P.__dict__["_make_process_args"]
-
-    def make_process_args(*args, **kwargs):
-        return original.__func__(*args, **kwargs, relayDiscovery=False)
-
-    P2P._make_process_args = staticmethod(make_process_args)
-    try:
-        yield
-    finally:
-        P2P._make_process_args = original
 
 
 def dht_models(dht) -> dict[str, int]:
