@@ -47,12 +47,14 @@ code-server: $(CODE_SERVER_STAMP)
 
 # lint, then the unit tests and the scripted-model API and assistant tests (tests/assistant/test_light_install.py
 # included) on two workers, offline: an empty model cache and no package index, so a test that needs a real
-# model (those are marked slow and run in `make test`) fails instead of fetching one
+# model (those are marked slow and run in `make test`) fails instead of fetching one; torch on one thread per
+# worker: two workers with a thread per core each wait on each other's threads (on a busy 2-core machine the
+# family tests took 330-390 s so, 33-68 s on one thread)
 CHECK_TESTS := tests/unit tests/api tests/assistant
 check: $(STAMP)
 	$(BIN)/ruff check .
 	home=$$(mktemp -d) && trap 'rm -rf "$$home"' EXIT && \
-	COROLLA_HOME=$$home PIP_NO_INDEX=1 PIP_FIND_LINKS= HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+	COROLLA_HOME=$$home PIP_NO_INDEX=1 PIP_FIND_LINKS= HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 \
 	$(BIN)/python -m pytest -m "not slow" -n 2 -q $(CHECK_TESTS)
 
 test: $(STAMP) $(CHROMIUM) vscode $(CODE_SERVER_STAMP)
