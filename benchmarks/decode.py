@@ -7,7 +7,9 @@ local ones.
 
 Per run it measures
 - TTFT: from the call until the first new token is known (prefill; for the swarm also routing
-  and opening the session streams);
+  and opening the session streams); also for a long prompt (``--long-prompt-tokens``, default
+  512 tokens of source code, 2 new tokens), where the swarm pipelines the prompt's pieces across
+  its servers;
 - tok/s: new tokens / wall time of the whole call (end to end, prefill included);
 - decode tok/s and step ms: from the first new token to the last (decode steps only).
 
@@ -141,6 +143,17 @@ def first_mismatch(a: list[int], b: list[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
+def long_prompt(tokenizer, tokens: int) -> torch.Tensor:
+    """``tokens`` tokens of source code (corolla's own client session module, repeated as needed)."""
+    from corolla.client import session
+
+    text = Path(session.__file__).read_text()
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    while ids.shape[1] < tokens:
+        ids = torch.cat([ids, ids], dim=1)
+    return ids[:, :tokens]
+
+
 # ---- main ----------------------------------------------------------------------------------------
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -155,6 +168,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="how the client and servers send hidden states (default none: float32)")
     p.add_argument("--no-push", action="store_true",
                    help="the client relays every hop's output itself instead of servers pushing it to the next one")
+    p.add_argument("--long-prompt-tokens", type=int, default=512,
+                   help="also time the first token after a prompt this long (default 512; 0 = not)")
+    p.add_argument("--pipeline-chunks", type=int, default=None,
+                   help="pieces a prompt is pipelined in across the servers (default: the client's; 1 = none)")
     p.add_argument("--server-env", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra environment for the server processes, e.g. OMP_WAIT_POLICY=PASSIVE")
     _common.add_quiet_args(p)
@@ -180,6 +197,7 @@ def main(argv=None) -> int:
     path, model_id = ref.path, ref.model_id
     tokenizer = AutoTokenizer.from_pretrained(path)
     ids = _common.chat_ids(tokenizer, MESSAGES)  # [1, T]
+    long_ids = long_prompt(tokenizer, args.long_prompt_tokens) if args.long_prompt_tokens else None
     console.print(f"[bold]{model_id}[/] fp32 greedy, prompt {ids.shape[1]} tokens, {args.new_tokens} new tokens, "
                   f"{args.runs} runs after {args.warmup} warm-up; torch {torch.__version__}, "
                   f"{torch.get_num_threads()} threads, {os.cpu_count()} cpus")
@@ -194,6 +212,10 @@ def main(argv=None) -> int:
 
     quiet = _common.quiet_runner(args)
     run_local = functools.partial(local_run, local, ids, gen_config)
+    long_config = GenerationConfig(max_new_tokens=2, do_sample=False, eos_token_id=None,
+                                   pad_token_id=gen_config.pad_token_id)
+    run_local_long = functools.partial(local_run, local, long_ids, long_config) if long_ids is not None else None
+    long_reference = run_local_long().tokens if run_local_long else None
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=console, transient=True)
     with progress:
@@ -213,6 +235,8 @@ def main(argv=None) -> int:
         swarm = LocalSwarm(str(path), num_blocks, model_id, log_dir=log_dir, server_args=server_args, env=env)
         local_runs: list[Run] = []
         swarm_runs: list[Run] = []
+        long_local: list[Run] = []
+        long_swarm: list[Run] = []
         try:
             with console.status(f"starting {n} server(s) {spans}"):
                 t0 = time.perf_counter()
@@ -220,17 +244,24 @@ def main(argv=None) -> int:
                 startup_s = time.perf_counter() - t0
                 client = DistributedModelForCausalLM.from_pretrained(
                     path, initial_peers=swarm.initial_peers, model_id=model_id, push=not args.no_push,
-                    compression=args.compression)
+                    compression=args.compression,
+                    **({"pipeline_chunks": args.pipeline_chunks} if args.pipeline_chunks else {}))
             run_swarm = functools.partial(swarm_run, client, ids, args.new_tokens)
+            run_swarm_long = functools.partial(swarm_run, client, long_ids, 2) if long_ids is not None else None
             try:
                 with progress:
                     task = progress.add_task(f"swarm of {n} (interleaved with local)", total=args.warmup + args.runs)
                     for i in range(args.warmup + args.runs):
                         if i < args.warmup:
                             run_swarm()
+                            if run_swarm_long:
+                                run_swarm_long()
                         else:
                             local_runs.append(measured(quiet, run_local))
                             swarm_runs.append(measured(quiet, run_swarm))
+                            if run_swarm_long:
+                                long_local.append(measured(quiet, run_local_long))
+                                long_swarm.append(measured(quiet, run_swarm_long))
                         progress.advance(task)
             finally:
                 client.close()
@@ -242,6 +273,8 @@ def main(argv=None) -> int:
                 console.print("[red]local runs disagree with each other[/]")
         setups.append({"servers": n, "spans": spans, "startup_s": startup_s, "local": local_runs,
                        "swarm": swarm_runs, "mismatch": [first_mismatch(reference, r.tokens) for r in swarm_runs],
+                       "long_local": long_local, "long_swarm": long_swarm,
+                       "long_mismatch": [first_mismatch(long_reference, r.tokens) for r in long_swarm],
                        "logs": str(log_dir)})
 
     # ---- report ----------------------------------------------------------------------------------
@@ -253,12 +286,16 @@ def main(argv=None) -> int:
     local_med = medians(all_local)
     table = Table(title=f"{model_id} decode, fp32 greedy, prompt {ids.shape[1]} + {args.new_tokens} new tokens, "
                         f"medians of {args.runs} runs")
+    long_n = long_ids.shape[1] if long_ids is not None else 0
     for col in ("setup", "spans", "TTFT ms", "tok/s", "decode tok/s", "step ms", "paired local tok/s",
-                "ratio tok/s", "ratio decode", "tokens = local", "foreign cpu"):
+                "ratio tok/s", "ratio decode", "ratio TTFT", f"TTFT {long_n} ms", f"ratio TTFT {long_n}",
+                "tokens = local", "foreign cpu"):
         table.add_column(col, justify="left" if col in ("setup", "spans") else "right", no_wrap=col == "spans")
+    all_long_local = [r for s in setups for r in s["long_local"]]
+    long_local_ms = f"{medians(all_long_local)['ttft_ms']:.0f}" if all_long_local else "-"
     table.add_row("local HF", f"0:{num_blocks}", f"{local_med['ttft_ms']:.0f}", f"{local_med['tok_s']:.1f}",
-                  f"{local_med['decode_tok_s']:.1f}", f"{local_med['step_ms_median']:.1f}", "", "1.00", "1.00", "-",
-                  cpu_cell(all_local))
+                  f"{local_med['decode_tok_s']:.1f}", f"{local_med['step_ms_median']:.1f}", "", "1.00", "1.00",
+                  "1.00", long_local_ms, "1.00", "-", cpu_cell(all_local))
     results: dict[str, Any] = {
         "local": {"median": local_med, "runs": [r.summary() for r in all_local]},
         "swarm": {},
@@ -267,15 +304,24 @@ def main(argv=None) -> int:
         n, med, paired = s["servers"], medians(s["swarm"]), medians(s["local"])
         ratio = med["tok_s"] / paired["tok_s"]
         ratio_decode = med["decode_tok_s"] / paired["decode_tok_s"]
-        bad = [m for m in s["mismatch"] if m is not None]
+        ratio_ttft = med["ttft_ms"] / paired["ttft_ms"]
+        bad = [m for m in s["mismatch"] + s["long_mismatch"] if m is not None]
+        long_med = medians(s["long_swarm"]) if s["long_swarm"] else None
+        long_paired = medians(s["long_local"]) if s["long_local"] else None
+        ratio_long = long_med["ttft_ms"] / long_paired["ttft_ms"] if long_med else None
         table.add_row(f"swarm x{n}", ",".join(f"{a}:{b}" for a, b in s["spans"]), f"{med['ttft_ms']:.0f}",
                       f"{med['tok_s']:.1f}", f"{med['decode_tok_s']:.1f}", f"{med['step_ms_median']:.1f}",
-                      f"{paired['tok_s']:.1f}", f"{ratio:.2f}", f"{ratio_decode:.2f}",
+                      f"{paired['tok_s']:.1f}", f"{ratio:.2f}", f"{ratio_decode:.2f}", f"{ratio_ttft:.2f}",
+                      f"{long_med['ttft_ms']:.0f}" if long_med else "-", f"{ratio_long:.2f}" if long_med else "-",
                       "[green]yes[/]" if not bad else f"[red]no, from token {min(bad)}[/]",
-                      cpu_cell(s["swarm"] + s["local"]))
+                      cpu_cell(s["swarm"] + s["local"] + s["long_swarm"] + s["long_local"]))
         results["swarm"][str(n)] = {
             "spans": s["spans"], "startup_s": s["startup_s"], "median": med, "paired_local_median": paired,
-            "ratio_tok_s": ratio, "ratio_decode_tok_s": ratio_decode, "tokens_equal_local": not bad,
+            "ratio_tok_s": ratio, "ratio_decode_tok_s": ratio_decode, "ratio_ttft": ratio_ttft,
+            "long_prompt": {"median": long_med, "paired_local_median": long_paired, "ratio_ttft": ratio_long,
+                            "runs": [r.summary() for r in s["long_swarm"]],
+                            "paired_local_runs": [r.summary() for r in s["long_local"]]},
+            "tokens_equal_local": not bad,
             "first_mismatch": s["mismatch"], "runs": [r.summary() for r in s["swarm"]],
             "paired_local_runs": [r.summary() for r in s["local"]], "logs": s["logs"],
         }
@@ -286,6 +332,7 @@ def main(argv=None) -> int:
 
     results["config"] = {
         "model": model_id, "path": str(path), "dtype": "float32", "prompt_tokens": ids.shape[1],
+        "long_prompt_tokens": long_n, "pipeline_chunks": args.pipeline_chunks,
         "new_tokens": args.new_tokens, "runs": args.runs, "warmup": args.warmup, "servers": args.servers,
         "server_threads": args.server_threads, "push": not args.no_push, "compression": args.compression,
         "server_env": args.server_env, **_common.environment(), "discarded_runs": quiet.discarded,

@@ -106,8 +106,10 @@ def test_kills_at_random_moments_lose_nothing_and_wait_for_no_timeout(swarm, tin
         assert torch.equal(expected, local_greedy(ref, prompt, NEW_TOKENS))
         seed = 0
         for phase, rounds in ROUNDS.items():
-            for _ in range(rounds):
+            done_rounds = 0
+            while done_rounds < rounds:
                 seed += 1
+                assert seed <= 3 * sum(ROUNDS.values()), "the kills keep coming after the generation ended"
                 rng = random.Random(seed)
                 step = rng.randrange(2, NEW_TOKENS - 4)  # the decode step the killer waits for
                 trigger, killed = threading.Event(), {}
@@ -124,16 +126,18 @@ def test_kills_at_random_moments_lose_nothing_and_wait_for_no_timeout(swarm, tin
                     delay = rng.uniform(0.0, prefill_s)
                 else:
                     delay = rng.uniform(0.0, step_s)
+                finished = threading.Event()
                 with model.inference_session(max_length=PROMPT_TOKENS + NEW_TOKENS) as session:
-                    def killer(trigger=trigger, delay=delay, phase=phase, rng=rng, killed=killed):
+                    def killer(trigger=trigger, delay=delay, phase=phase, rng=rng, killed=killed, finished=finished):
                         trigger.wait(60)
-                        time.sleep(delay)
+                        if finished.wait(delay):  # the generation was quicker than the delay (a busy machine
+                            return  # made the undisturbed timings long): this round tests nothing, another one will
                         chain = session.chain
                         # "push": the server the first one is pushing to; else any server of the chain
                         hop = 1 if phase == "push" else rng.randrange(len(chain))
                         victim = next(s for s in swarm.servers if s.peer_id == chain[hop].peer_id)
                         swarm.kill(victim, signal.SIGKILL)
-                        killed.update(victim=victim, hop=hop)
+                        killed.update(victim=victim, hop=hop, at=time.monotonic())
 
                     watch.hook = hook
                     thread = threading.Thread(target=killer, daemon=True)
@@ -141,15 +145,19 @@ def test_kills_at_random_moments_lose_nothing_and_wait_for_no_timeout(swarm, tin
                     try:
                         out = model.generate(prompt, max_new_tokens=NEW_TOKENS, eos_token_id=[])
                     finally:
+                        ended = time.monotonic()
+                        finished.set()
                         watch.hook = None
                         thread.join(60)
                     what = f"{phase} round seed={seed}: killed hop {killed.get('hop')} {delay * 1000:.1f} ms in"
-                    assert "victim" in killed, what
                     assert torch.equal(out, expected), what
-                    assert session.recoveries >= 1, what
+                    late = "victim" not in killed or killed["at"] > ended
+                    assert late or session.recoveries >= 1, what
                     slow = [e for e in session.failures if isinstance(e, PeerUnresponsiveError)]
                     assert not slow, f"{what}: noticed by a timeout: {slow}"
-                replace_dead(swarm, killed["victim"])
+                if "victim" in killed:
+                    replace_dead(swarm, killed["victim"])
+                done_rounds += not late
 
 
 def test_a_frozen_server_is_given_up_by_its_liveness_probe(swarm, tiny, prompt):

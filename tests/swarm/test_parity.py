@@ -129,8 +129,10 @@ def test_servers_push_to_the_next_hop_with_the_same_output(tiny_swarm, tiny_ref,
     ids = torch.randint(0, 320, (1, 10), generator=torch.Generator().manual_seed(11))
     with tiny_swarm.client(2, push=push) as model, model.inference_session(max_length=64) as session:
         out = model.generate(ids, max_new_tokens=12, eos_token_id=[])
-        # the first step opens the streams; from the second on, hops 2 and 3 get their input pushed
-        assert session.pushed_inputs == (2 * 11 if push else 0)
+        # hops 2 and 3 get every step pushed (the first too: the client opens their sessions ahead;
+        # the prompt goes as pieces sent at once, a step each)
+        assert session.steps == 2 + 11 if push else session.steps == 12
+        assert session.pushed_inputs == (2 * session.steps if push else 0)
     assert torch.equal(out, local_greedy(tiny_ref, ids, 12))
 
 

@@ -413,3 +413,19 @@ def test_truncate_to_and_step_are_validated():
             decode_meta(msgpack.packb(bad), InferenceMeta)
         with pytest.raises(BadRequestError):
             decode_meta(msgpack.packb({**bad, "session_id": "abcdefgh"}), PushMeta)
+
+
+def test_open_only_carries_an_opening_and_nothing_else():
+    opening = {"model_id": "m", "session_id": "abcdefgh", "start_block": 0, "end_block": 2, "max_length": 8}
+    ok = decode_meta(msgpack.packb({"position": 0, "open": opening, "open_only": True, "push_from": "Qm1"}),
+                     InferenceMeta)
+    assert ok.open_only and ok.push_from == "Qm1"
+    adapter = {"prompt_len": 2}
+    for bad in ({"position": 0, "open_only": True}, {"position": 3, "open": opening, "open_only": True},
+                {"position": 0, "open": opening, "open_only": True, "step": 1},
+                {"position": 0, "open": opening, "open_only": True, "truncate_to": 0},
+                {"position": 0, "open": opening, "open_only": True,
+                 "route": [{"peer_id": "Qm1", "session_id": "abcdefgh"}]},
+                {"position": 0, "open": {**opening, "adapter": adapter}, "open_only": True}):
+        with pytest.raises(BadRequestError):
+            decode_meta(msgpack.packb(bad), InferenceMeta)

@@ -279,3 +279,43 @@ def test_numbered_steps_are_answered_once_whichever_copy_comes_first(handlers):
         assert [r async for r in stream] == []
 
     asyncio.run(scenario())
+
+
+def test_a_session_opened_ahead_takes_its_first_step_by_push(handlers):
+    """The client opens every hop's session at once (no step, no answer), so the first step can be
+    pushed through the chain; an opening that carries tensors is refused with a typed error."""
+    opening = SessionOpen(model_id="tiny", session_id="session-ahead-1", start_block=0, end_block=3, max_length=32)
+    x = torch.randn(1, 4, 64, generator=torch.Generator().manual_seed(41))
+
+    async def scenario():
+        client_q: asyncio.Queue = asyncio.Queue()
+        stream = handlers.rpc_inference(_queue_iter(client_q), _Context(_Peer(CLIENT)))
+        ahead = InferenceMeta(position=0, open=opening, open_only=True, push_from=PREVIOUS)
+        client_q.put_nowait(runtime_pb2.ExpertRequest(uid="tiny", metadata=encode_meta(ahead)))
+        answer = asyncio.ensure_future(anext(stream))  # the handler runs (as hivemind drives it)
+        for _ in range(100):  # the opening is processed without an answer
+            if handlers.sessions.get(opening.session_id) is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert not answer.done()
+        q: asyncio.Queue = asyncio.Queue()
+        q.put_nowait(_request(PushMeta(session_id=opening.session_id, position=0, step=1), x))
+        q.put_nowait(None)
+        [ack] = [_meta(r) async for r in handlers.rpc_push(_queue_iter(q), _Context(_Peer(PREVIOUS)))]
+        assert ack.error is None
+        first = _meta(await asyncio.wait_for(answer, 10))
+        assert (first.step, first.position) == (1, 4)
+        client_q.put_nowait(None)
+        assert [r async for r in stream] == []
+
+        other = SessionOpen(model_id="tiny", session_id="session-ahead-2", start_block=0, end_block=3, max_length=32)
+        client_q = asyncio.Queue()
+        stream = handlers.rpc_inference(_queue_iter(client_q), _Context(_Peer(CLIENT)))
+        client_q.put_nowait(_request(InferenceMeta(position=0, open=other, open_only=True), x))
+        refused = _meta(await asyncio.wait_for(anext(stream), 10))
+        client_q.put_nowait(None)
+        assert refused.error is not None and refused.error.code == "BadRequestError"
+        assert [r async for r in stream] == []
+        assert handlers.sessions.get(other.session_id) is None
+
+    asyncio.run(scenario())

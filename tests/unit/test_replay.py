@@ -45,7 +45,7 @@ def test_a_link_whose_push_connection_failed_is_not_asked_to_push_again():
     session = InferenceSession(client, max_length=64)
     session._hops = [_HopState(_HopStream(client, Hop(p, i, i + 1), 64)) for i, p in enumerate("ABC")]
     for state in session._hops:
-        state.stream._opened = True
+        state.stream._open_sent = True
     peers = lambda route: [t.peer_id for t in route]  # noqa: E731
     assert peers(session._push_route(0)[0]) == ["B", "C"]
 

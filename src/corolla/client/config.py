@@ -16,6 +16,10 @@ class ClientConfig:
     liveness_timeout_s: float = 2.0  # ... and given up when a probe takes longer (see SwarmClient.answer_of)
     route_timeout_s: float = 30.0  # how long to wait for missing blocks to get a server
     max_chunk_tokens: int = 1024  # prefill is sent in chunks of at most this many tokens (x batch)
+    # through servers that push, a prompt goes as at least this many pieces of at least
+    # pipeline_min_tokens tokens, all sent at once, so that the servers compute them at the same time
+    pipeline_chunks: int = 4
+    pipeline_min_tokens: int = 8
     max_train_tokens: int = 1024  # training calls carry at most this many tokens (whole rows, at least one)
     # a training forward keeps its graph on each server until its backward (one stream per hop and
     # micro-batch) instead of the server recomputing it; False: stateless forward + backward calls

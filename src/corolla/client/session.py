@@ -61,14 +61,33 @@ class _HopStream:
         # a client-owned adapter travels once, with the message that opens the session
         self._adapter_tensors = wire_tensors(adapter.block_tensors(hop.start, hop.end)) if spec is not None else []
         self._stream: RpcStream | None = None
-        self._next: asyncio.Future | None = None  # the read of the stream's next message, once started
-        self._opened = False
+        # what the stream's reader (started with the stream) sorted out: answers (or the error that
+        # ended the stream) in order, and notices of failed pushes by step number
+        self._answers: asyncio.Queue = asyncio.Queue()
+        self._notices: dict[int, ErrorInfo] = {}
+        self._noticed = asyncio.Event()  # set when a notice comes or the stream ends
+        self._ended: BaseException | None = None
+        self._reader: asyncio.Task | None = None
+        self._open_sent = False  # the message that opens the session went out on the stream
         self._closed = False  # by close(): no stream opens after it
 
     @property
     def push_target(self) -> PushTarget | None:
-        """Where the previous hop may push its output to (once this stream is open)."""
-        return PushTarget(peer_id=self.hop.peer_id, session_id=self.open_meta.session_id) if self._opened else None
+        """Where the previous hop may push its output to (once the session's opening is sent)."""
+        return PushTarget(peer_id=self.hop.peer_id, session_id=self.open_meta.session_id) if self._open_sent else None
+
+    @property
+    def can_open_ahead(self) -> bool:
+        """The session can be opened before its first input is known (a client-owned adapter's
+        tensors travel with the first input instead)."""
+        return not self._open_sent and not self._adapter_tensors
+
+    async def open_ahead(self, push_from: str | None) -> None:
+        """Open the session without a step (not answered unless it fails), so that the previous
+        hop can push the first step to it: the first step then crosses the chain once instead
+        of coming back to the client at every hop."""
+        meta = InferenceMeta(position=0, open=self.open_meta, open_only=True, push_from=push_from)
+        await self._send(runtime_pb2.ExpertRequest(uid=self.client.model_id, metadata=encode_meta(meta)))
 
     async def step(self, hidden: torch.Tensor, position: int) -> torch.Tensor:
         await self.send(hidden, position)
@@ -86,74 +105,96 @@ class _HopStream:
         """``truncate``: the session on the server is rolled back to ``position`` tokens first.
         ``step``: the session's number for this step (see InferenceMeta.step)."""
         codec = self.client.config.compression
-        meta = InferenceMeta(position=position, open=None if self._opened else self.open_meta,
+        meta = InferenceMeta(position=position, open=None if self._open_sent else self.open_meta,
                              route=route or None, push_from=push_from, compression=None if codec == "none" else codec,
                              cohort=cohort, truncate_to=position if truncate else None, step=step)
-        tensors = encode(hidden, codec) + (self._adapter_tensors if not self._opened else [])
-        request = runtime_pb2.ExpertRequest(uid=self.client.model_id, tensors=tensors, metadata=encode_meta(meta))
-        with remote_call(f"call to {self.hop.peer_id}"):
-            if self._stream is None:
-                stream = await RpcStream.open(self.client.p2p, self.hop.peer_id, "rpc_inference",
-                                              self.client.config.connect_timeout_s)
-                if self._closed:  # closed while it opened
-                    await stream.close()
-                self._stream = stream
-            if self._closed:
-                raise StreamClosedError(f"the session stream to {self.hop.peer_id} was closed by this client")
-            await self._stream.send(request)
+        tensors = encode(hidden, codec) + (self._adapter_tensors if not self._open_sent else [])
+        await self._send(runtime_pb2.ExpertRequest(uid=self.client.model_id, tensors=tensors,
+                                                   metadata=encode_meta(meta)))
 
-    def _message(self) -> asyncio.Future:
-        """The read of the stream's next message: started once and kept until that message is
-        taken, so a read left waiting (raced against another hop's answer) loses nothing."""
+    async def connect(self) -> None:
+        """Open the stream now (the first send would)."""
+        with remote_call(f"call to {self.hop.peer_id}"):
+            await self._connect()
+
+    async def _send(self, request: runtime_pb2.ExpertRequest) -> None:
+        with remote_call(f"call to {self.hop.peer_id}"):
+            await self._connect()
+            await self._stream.send(request)
+        self._open_sent = True  # the server opens the session before anything that comes after on this stream
+
+    async def _connect(self) -> None:
+        if self._stream is None:
+            stream = await RpcStream.open(self.client.p2p, self.hop.peer_id, "rpc_inference",
+                                          self.client.config.connect_timeout_s)
+            if self._closed:  # closed while it opened
+                await stream.close()
+            self._stream = stream
+            self._reader = asyncio.ensure_future(self._read())
+        if self._closed:
+            raise StreamClosedError(f"the session stream to {self.hop.peer_id} was closed by this client")
+
+    async def _read(self) -> None:
+        """Read the stream to its end, answers into ``_answers``, notices into ``_notices``."""
+        try:
+            while True:
+                response = await self._stream.receive()
+                meta = decode_meta(response.metadata, ResponseMeta)
+                if meta.notice and meta.step is not None:
+                    self._notices = {s: e for s, e in self._notices.items() if s > meta.step - 64}
+                    self._notices[meta.step] = meta.push_error or ErrorInfo(code=RemoteCallError.__name__,
+                                                                            message="the push failed")
+                    self._noticed.set()
+                elif not meta.notice:
+                    self._answers.put_nowait(response)
+        except BaseException as e:  # the stream ended (closed, broken, garbled), or was closed here
+            cancelled = isinstance(e, asyncio.CancelledError)
+            self._ended = StreamClosedError(f"the stream to {self.hop.peer_id} was closed by this client") \
+                if cancelled else e
+            self._answers.put_nowait(self._ended)
+            self._noticed.set()
+            if cancelled:
+                raise
+
+    async def _next_answer(self) -> runtime_pb2.ExpertResponse:
+        item = await self._answers.get()
+        if isinstance(item, BaseException):
+            self._answers.put_nowait(item)  # every later read fails the same way
+            raise item
+        return item
+
+    async def receive(self, step: int | None = None) -> StepAnswer:
+        """The answer to step ``step`` (or the next one). A server that dies meanwhile is noticed
+        through its closed stream or a failed liveness probe (see :meth:`SwarmClient.answer_of`),
+        not a timeout. Answers to earlier steps that the client gave up (a pipelined prefill that
+        met a failure) are skipped."""
         if self._stream is None:
             raise RemoteCallError(f"no stream is open to {self.hop.peer_id}")
-        if self._next is None:
-            self._next = asyncio.ensure_future(self._stream.receive())
-            self._next.add_done_callback(_retrieved)  # a read nobody takes (its hop was closed) logs nothing
-        return self._next
-
-    async def receive(self) -> StepAnswer:
-        """The next step's answer. A server that dies meanwhile is noticed through its closed
-        stream or a failed liveness probe (see :meth:`SwarmClient.answer_of`), not a timeout.
-        Notices about earlier steps' pushes, which no longer matter, are skipped."""
         while True:
-            response = await self.client.answer_of(self.hop.peer_id, asyncio.shield(self._message()))
-            self._next = None
-            self._opened = True
-            if decode_meta(response.metadata, ResponseMeta).notice:
-                continue
+            response = await self.client.answer_of(self.hop.peer_id, self._next_answer())
             meta, out = parse_response(response, self.client.config.compression)
+            if step is not None and meta.step is not None and meta.step < step:
+                continue
             return StepAnswer(out, meta.pushed, meta.cohort, meta.push_error)
 
-    def late_push_error(self, step: int) -> ErrorInfo | None:
-        """After :meth:`_message` finished before this hop's next answer was due: why this hop's
-        push of step ``step`` failed. The message is taken if it is a notice (None for one about an
-        earlier step); a broken stream is a failed push too (and the next step meets the error)."""
-        done = self._next
-        if done.cancelled() or done.exception() is not None:
-            why = "closed" if done.cancelled() else f"broke: {done.exception()}"
-            return ErrorInfo(code=RemoteCallError.__name__, message=f"the stream to {self.hop.peer_id} {why}"[:4096])
-        try:
-            meta = decode_meta(done.result().metadata, ResponseMeta)
-        except CorollaError as e:
-            meta = ResponseMeta(error=ErrorInfo(code=type(e).__name__, message=str(e)[:4096]))
-        if not meta.notice:  # an answer no step asked for: a broken server
-            return meta.error or ErrorInfo(code=RemoteCallError.__name__,
-                                           message=f"{self.hop.peer_id} answered a step it was not sent")
-        self._next = None
-        if meta.step != step:
-            return None
-        return meta.push_error or ErrorInfo(code=RemoteCallError.__name__, message="push failed")
+    async def push_failure(self, step: int) -> ErrorInfo:
+        """Returns once this hop says its push of step ``step`` failed (or its stream ended):
+        why. Waits for ever otherwise (the caller races it against the next hop's answer)."""
+        while True:
+            self._noticed.clear()
+            if step in self._notices:
+                return self._notices.pop(step)
+            if self._ended is not None:
+                return ErrorInfo(code=RemoteCallError.__name__,
+                                 message=f"the stream to {self.hop.peer_id} ended: {self._ended!r}"[:4096])
+            await self._noticed.wait()
 
     async def close(self) -> None:
         self._closed = True
-        if self._stream is not None:  # a read still waiting then fails with the stream
+        if self._stream is not None:
             await self._stream.close()
-
-
-def _retrieved(future: asyncio.Future) -> None:
-    if not future.cancelled():
-        future.exception()
+        if self._reader is not None:
+            self._reader.cancel()  # a read still waiting for an answer then fails with the stream's end
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,6 +271,11 @@ class InferenceSession:
         self._steps = 0  # steps numbered so far (InferenceMeta.step)
 
     @property
+    def steps(self) -> int:
+        """Steps sent through the chain so far (a prompt pipelined in pieces is one per piece)."""
+        return self._steps
+
+    @property
     def chain(self) -> list[Hop]:
         return [h.stream.hop for h in self._hops]
 
@@ -266,58 +312,137 @@ class InferenceSession:
             raise SequenceTooLongError(
                 f"session would reach {self.position + hidden.shape[1]} tokens, past its max_length {self.max_length}"
             )
-        chunk = max(1, self.client.config.max_chunk_tokens // hidden.shape[0])
-        pieces = hidden.split(chunk, dim=1)
+        self._ensure_hops()
+        pieces = self._pieces(hidden)
         if len(pieces) == 1:
             return self._step_chunk(hidden, cohort)
+        if self.client.config.push and len(self._hops) > 1:
+            return self._step_pipelined(pieces)
         return torch.cat([self._step_chunk(piece) for piece in pieces], dim=1)
 
-    def _step_chunk(self, hidden: torch.Tensor, cohort: Cohort | None = None) -> torch.Tensor:
+    def _pieces(self, hidden: torch.Tensor) -> list[torch.Tensor]:
+        """``hidden`` cut into the steps it travels as: chunks of at most ``max_chunk_tokens``;
+        through a chain of servers that push, a prompt also into at least ``pipeline_chunks``
+        pieces (of ``pipeline_min_tokens`` or more), so that the servers work on them at once."""
+        cfg = self.client.config
+        batch, tokens = hidden.shape[:2]
+        chunk = max(1, cfg.max_chunk_tokens // batch)
+        if cfg.push and len(self._hops) > 1 and cfg.pipeline_chunks > 1:
+            chunk = min(chunk, max(-(-tokens // cfg.pipeline_chunks), cfg.pipeline_min_tokens))
+        return list(hidden.split(chunk, dim=1))
+
+    def _ensure_hops(self) -> None:
         if not self._hops:
             hops = self.client.plan(stop=self._closing)
             self._adopt(0, 0, [_HopState(_HopStream(self.client, hop, self.max_length, self.adapter)) for hop in hops])
+
+    def _step_chunk(self, hidden: torch.Tensor, cohort: Cohort | None = None) -> torch.Tensor:
+        self._ensure_hops()
         failures = 0
         index, x = 0, hidden
         self._steps += 1  # the step's number: the same on every hop, and when it is retried after a failure
         while True:
-            x, failed, error = self.client.loop.run(
-                self._run_chain(x, index, cohort if index == 0 else None, self._steps))
+            x, failed, error = self.client.loop.run(self._run_chain(
+                x, index, cohort if index == 0 else None, self._steps, self.position, self._rollback))
             if self._closed:  # what failed was our own close (from another thread): not the server's fault
                 raise SessionClosedError("this inference session was closed during a step")
             if failed is None:
                 self.position += hidden.shape[1]
                 self._rollback = False
                 return x
-            peer = self._hops[failed].stream.hop.peer_id
-            while True:  # recover hop `failed`; a replacement that fails too is retried
-                failures += 1
-                self.failures.append(error)
-                if not getattr(error, "retryable", False) or failures > self.client.config.max_retries:
-                    raise error
-                if isinstance(error, SessionEvictedError):  # the server is fine: it needed the room
-                    log.info("server %s dropped our session (%s); replaying blocks %d:%d", peer, error,
-                             *self._span(failed))
-                    self.evictions += 1
-                else:
-                    log.warning("server %s failed (%s); re-routing blocks %d:%d", peer, error, *self._span(failed))
-                    self.client.ban(peer)
-                    if self._closing.wait(_backoff_s(failures)):
-                        raise SessionClosedError("this inference session was closed while it re-routed")
-                try:
-                    self._replace(failed)
-                    break
-                except (NoRouteError, SessionClosedError):
-                    raise  # plan() already waited route_timeout_s for servers to appear, or we were closed
-                except CorollaError as e:
-                    error, peer = e, getattr(e, "peer_id", peer)
+            failures = self._recover(failed, error, failures)
             index = failed
+
+    def _step_pipelined(self, pieces: list[torch.Tensor]) -> torch.Tensor:
+        """Every piece sent to the first server at once, each pushed on along the chain as soon
+        as a server computed it: the servers compute different pieces at the same time (prefill
+        pipelining). Should a server fail, what every hop finished is kept, the hops that went
+        further are rolled back by the next step, and the rest goes piece by piece."""
+        first = self._steps + 1
+        self._steps += len(pieces)
+        outs, failed, error = self.client.loop.run(self._run_pipeline(pieces, first))
+        if self._closed:
+            raise SessionClosedError("this inference session was closed during a step")
+        self.position += sum(piece.shape[1] for piece in pieces[: len(outs)])
+        if failed is None:
+            self._rollback = False
+            return torch.cat(outs, dim=1)
+        with self._lock:
+            for state in self._hops:
+                state.inputs[:] = cut_steps(state.inputs, self.position)
+        self._rollback = True
+        self._recover(failed, error, 0)
+        return torch.cat(outs + [self._step_chunk(piece) for piece in pieces[len(outs):]], dim=1)
+
+    def _recover(self, failed: int, error: CorollaError, failures: int) -> int:
+        """Replace hop ``failed`` after ``error`` (replaying its inputs), retrying a replacement
+        that fails too; raises when the error is not retryable or retries ran out. Returns the
+        failures counted so far."""
+        peer = self._hops[failed].stream.hop.peer_id
+        while True:
+            failures += 1
+            self.failures.append(error)
+            if not getattr(error, "retryable", False) or failures > self.client.config.max_retries:
+                raise error
+            if isinstance(error, SessionEvictedError):  # the server is fine: it needed the room
+                log.info("server %s dropped our session (%s); replaying blocks %d:%d", peer, error,
+                         *self._span(failed))
+                self.evictions += 1
+            else:
+                log.warning("server %s failed (%s); re-routing blocks %d:%d", peer, error, *self._span(failed))
+                self.client.ban(peer)
+                if self._closing.wait(_backoff_s(failures)):
+                    raise SessionClosedError("this inference session was closed while it re-routed")
+            try:
+                self._replace(failed)
+                return failures
+            except (NoRouteError, SessionClosedError):
+                raise  # plan() already waited route_timeout_s for servers to appear, or we were closed
+            except CorollaError as e:
+                error, peer = e, getattr(e, "peer_id", peer)
 
     def _span(self, index: int) -> tuple[int, int]:
         hop = self._hops[index].stream.hop
         return hop.start, hop.end
 
-    async def _run_chain(self, x: torch.Tensor, index: int, cohort: Cohort | None = None, step: int | None = None):
-        """Send ``x`` through hops ``index:``; on failure return where it stopped.
+    async def _open_ahead(self, index: int) -> None:
+        """Open the sessions of the hops after ``index`` not yet open, all at once (with the
+        stream to hop ``index``), so that the step can be pushed through them. One that fails
+        to open is left to the step, which then goes to it from the client and meets the error."""
+        if not self.client.config.push:
+            return
+        ahead = [self._hops[j].stream.open_ahead(self._hops[j - 1].stream.hop.peer_id)
+                 for j in range(index + 1, len(self._hops)) if self._hops[j].stream.can_open_ahead]
+        if ahead:
+            await asyncio.gather(self._hops[index].stream.connect(), *ahead, return_exceptions=True)
+
+    async def _run_pipeline(self, pieces: list[torch.Tensor], first: int):
+        """Send every piece to hop 0, then read each piece's answers along the chain; returns
+        the outputs of the pieces every hop finished, and where and why it stopped (or None)."""
+        await self._open_ahead(0)
+        route, _ = self._push_route(0)
+        position, positions = self.position, []
+        try:
+            for k, x in enumerate(pieces):
+                positions.append(position)
+                await self._hops[0].stream.send(x, position, route, None, None, self._rollback and k == 0, first + k)
+                position += x.shape[1]
+        except CorollaError as e:
+            return [], 0, e
+        outs = []
+        for k, x in enumerate(pieces):
+            x, failed, error = await self._run_chain(x, 0, None, first + k, positions[k], self._rollback and k == 0,
+                                                     sent=True)
+            if failed is not None:
+                return outs, failed, error
+            outs.append(x)
+        return outs, None, None
+
+    async def _run_chain(self, x: torch.Tensor, index: int, cohort: Cohort | None, step: int, position: int,
+                         truncate: bool, sent: bool = False):
+        """Send ``x``, the step numbered ``step`` at ``position``, through hops ``index:`` (to hop
+        ``index`` already if ``sent``); on failure return where it stopped. ``truncate``: every
+        hop rolls the session back to ``position`` first.
 
         With ``ClientConfig.push`` each request names the hops after it (their open sessions),
         and a server pushes its output straight to the next one, which starts computing at once;
@@ -326,6 +451,8 @@ class InferenceSession:
         answers as soon as its push is sent; should the push then fail, its notice (matched by
         ``step``) comes while the client waits for the next hop's answer, which cannot come.
         """
+        if not sent:
+            await self._open_ahead(index)
         pushed = False
         for i in range(index, len(self._hops)):
             state = self._hops[i]
@@ -338,16 +465,15 @@ class InferenceSession:
                     else:  # the push into this hop failed after all: send the step ourselves
                         self._push_failed(i - 1, error)
                         pushed = False
-                if not pushed:
+                if not pushed and not (sent and i == index):
                     route, push_from = self._push_route(i)
-                    await state.stream.send(x, self.position, route, push_from, cohort, truncate=self._rollback,
-                                            step=step)
-                answer = await (answer if answer is not None else state.stream.receive())
+                    await state.stream.send(x, position, route, push_from, cohort, truncate=truncate, step=step)
+                answer = await (answer if answer is not None else state.stream.receive(step))
             except CorollaError as e:
                 return x, i, e
             finally:
-                if isinstance(answer, asyncio.Future) and not answer.done():
-                    answer.cancel()
+                if isinstance(answer, asyncio.Future):  # not taken: the step failed before
+                    answer.cancel() if not answer.done() else answer.cancelled() or answer.exception()
             if answer.push_error is not None and i + 1 < len(self._hops):
                 self._push_failed(i, answer.push_error)
             state.inputs.append(x)
@@ -357,16 +483,19 @@ class InferenceSession:
 
     async def _pushed_answer(self, i: int, step: int) -> tuple[asyncio.Future, ErrorInfo | None]:
         """Hop ``i``'s answer to the step hop ``i - 1`` pushed to it (a future), and None; or, if
-        hop ``i - 1`` says first that the push failed (or its stream broke), why."""
-        answer = asyncio.ensure_future(self._hops[i].stream.receive())
-        before = self._hops[i - 1].stream
-        while True:
-            await asyncio.wait({answer, before._message()}, return_when=asyncio.FIRST_COMPLETED)
-            if answer.done():
-                return answer, None
-            error = before.late_push_error(step)
-            if error is not None:
-                return answer, error
+        hop ``i - 1`` says first that the push failed (or its stream ended), why."""
+        answer = asyncio.ensure_future(self._hops[i].stream.receive(step))
+        failure = asyncio.ensure_future(self._hops[i - 1].stream.push_failure(step))
+        try:
+            await asyncio.wait({answer, failure}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            answer.cancel()  # a read left running would take a later step's answer
+            raise
+        finally:
+            failure.cancel()
+        if answer.done() or failure.cancelled():
+            return answer, None
+        return answer, failure.result()
 
     def _push_failed(self, index: int, error: ErrorInfo) -> None:
         """Hop ``index`` says its push to the next hop did not happen: we send that step ourselves.

@@ -192,10 +192,17 @@ class InferenceMeta(_Wire):
     # step once, whichever copy (pushed or sent) arrives first, and lets the client match a late
     # push failure to its step. Without it, the server acknowledges a push before answering.
     step: StepNumber | None = None
+    # the message only opens the session (``open``, no tensors, position 0) and is not answered
+    # unless it fails: the client opens every hop at once, before the first step reaches them by push
+    open_only: bool | None = None
 
     @model_validator(mode="after")
     def _truncate_at_position(self) -> InferenceMeta:
         _check_truncate(self.truncate_to, self.position)
+        if self.open_only and (self.open is None or self.open.adapter is not None or self.position
+                               or self.route or self.truncate_to is not None or self.step is not None):
+            raise ValueError("an open_only message carries `open` (without a client-owned adapter, whose tensors "
+                             "travel with the first step) and `push_from`, at position 0, and nothing else")
         return self
 
 

@@ -441,6 +441,13 @@ class BlockHandlers:
                         elif meta.open is not None:
                             raise BadRequestError(f"session {session.id} is already open on this stream")
                         session.push_from = meta.push_from
+                        if meta.open_only:
+                            if request.tensors:
+                                raise BadRequestError("a message that only opens a session carries no tensors")
+                            adapters = self._adapters(None, meta.open.hosted_adapter, (), session.first,
+                                                      session.last, 1)
+                            session.adapters = adapters.to(self.dtype) if adapters is not None else None
+                            continue
                         step, truncate_to = meta.step, meta.truncate_to
                         if step is not None and step in session.done_steps:
                             continue  # computed from its push already, and answered
