@@ -37,8 +37,8 @@ from corolla.client.sampling import Sampler
 @dataclasses.dataclass(frozen=True)
 class DraftConfig:
     k: int = 4  # tokens drafted per step at first ...
-    min_k: int = 1  # ... then adapted to the acceptance rate within these bounds
-    max_k: int = 10
+    min_k: int = 1  # ... then chosen within these bounds by what is measured (see StepCosts)
+    max_k: int = 16
     # greedy, with a drafter that can ``extend``: draft further while each step is in flight (the
     # step runs in a worker thread); they are the next step's drafts when the target accepts all of
     # this step's and its own next token is the draft's
@@ -55,6 +55,16 @@ class SpeculationStats:
     target_s: float = 0.0  # ... and in verification steps (the swarm and the LM head)
     ahead_drafted: int = 0  # tokens drafted while a step was in flight ...
     ahead_used: int = 0  # ... and those that a later step sent as drafts
+    k_sum: int = 0  # the draft lengths chosen after each step, summed
+    # StepCosts after the last step: acceptance, a step's seconds = a + b x rows, drafting in line
+    alpha: float = 0.0
+    step_a_s: float = 0.0
+    step_b_s: float = 0.0
+    draft_token_s: float = 0.0
+
+    @property
+    def mean_k(self) -> float:
+        return self.k_sum / self.steps if self.steps else 0.0
 
     @property
     def acceptance(self) -> float:
@@ -383,15 +393,70 @@ def verify(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def adapt_k(k: int, drafted: int, accepted: int, config: DraftConfig) -> int:
-    """More drafts when all were accepted, fewer when fewer than half were."""
-    if drafted == 0:
-        return k
-    if accepted == drafted:
-        return min(config.max_k, k + 2)
-    if accepted * 2 < drafted:
-        return max(config.min_k, k - 1)
-    return k
+def expected_tokens(alpha: float, k: int) -> float:
+    """Tokens a step emits with ``k`` drafts, each accepted with probability ``alpha`` until the
+    first rejection, plus the target's own: 1 + alpha + ... + alpha^k."""
+    return k + 1.0 if alpha >= 1.0 else (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
+
+
+class StepCosts:
+    """What the next step's draft length ``k`` is chosen from, measured as decoding goes (each
+    figure forgets the older steps by ``forget`` per step):
+
+    - ``alpha``: the chance that a draft is accepted (after the ones before it were): accepted
+      drafts ÷ (accepted drafts + rejections), from a prior of 1/2 worth one draft;
+    - ``draft_s``: seconds of drafting in line (not hidden behind a step) per drafted token;
+    - a verification step's seconds as ``a + b x rows`` (least squares over the steps that fed one
+      token before their drafts): more rows cost the servers and the LM head more.
+
+    ``best_k`` maximises the expected tokens per second, ``expected_tokens(alpha, k) ÷ (a + b
+    (k + 1) + draft_s k)``. Until the steps' row counts have spread, ``b`` counts as 0 (the length
+    then follows acceptance alone)."""
+
+    def __init__(self, forget: float = 0.9):
+        self.forget = forget
+        self.accepted, self.rejected = 0.5, 0.5
+        self._draft_time, self._drafted = 0.0, 0.0
+        self._sums = [0.0] * 5  # weights, x, x^2, y, x y (x = rows, y = seconds)
+
+    @property
+    def alpha(self) -> float:
+        return self.accepted / (self.accepted + self.rejected)
+
+    @property
+    def draft_s(self) -> float:
+        return self._draft_time / self._drafted if self._drafted else 0.0
+
+    def step_line(self) -> tuple[float, float]:
+        """(a, b): a step's seconds = a + b x rows."""
+        w, x, xx, y, xy = self._sums
+        if w <= 0:
+            return 0.0, 0.0
+        var = xx * w - x * x
+        b = max(0.0, (xy * w - x * y) / var) if var > 0.25 * w * w else 0.0  # rows' variance > 1/4
+        return max(0.0, (y - b * x) / w), b
+
+    def record(self, drafted: int, accepted: int, draft_s: float, rows: int, step_s: float | None) -> None:
+        f = self.forget
+        if drafted:
+            self.accepted = self.accepted * f + accepted
+            self.rejected = self.rejected * f + (accepted < drafted)
+            self._drafted = self._drafted * f + drafted
+            self._draft_time = self._draft_time * f + draft_s
+        if step_s is not None:
+            self._sums = [v * f for v in self._sums]
+            for i, v in enumerate((1.0, rows, rows * rows, step_s, rows * step_s)):
+                self._sums[i] += v
+
+    def best_k(self, config: DraftConfig, current: int) -> int:
+        a, b = self.step_line()
+        if a + b <= 0:  # nothing measured yet
+            return current
+
+        def rate(k: int) -> float:
+            return expected_tokens(self.alpha, k) / (a + b * (k + 1) + self.draft_s * k)
+
+        return max(range(config.min_k, config.max_k + 1), key=rate)
 
 
 def speculate(
@@ -426,6 +491,7 @@ def speculate(
 def _speculate_loop(drafter, sampler, context, feed, target, rollback, budget, max_new_tokens, config, stats,
                     pool: ThreadPoolExecutor | None) -> Iterator[int]:
     k, produced = config.k, 0
+    costs = StepCosts()
     while produced < max_new_tokens:
         # never draft past max_new_tokens nor past what the session may hold
         room = min(k, max_new_tokens - produced - 1, budget() - feed.shape[1])
@@ -443,8 +509,9 @@ def _speculate_loop(drafter, sampler, context, feed, target, rollback, budget, m
             logits = step.result()
         else:
             logits = target(ids, d + 1)  # [d + 1, V]
+        t2 = time.perf_counter()
         stats.draft_s += t1 - t0
-        stats.target_s += time.perf_counter() - t1
+        stats.target_s += t2 - t1
         stats.ahead_drafted = getattr(drafter, "ahead_drafted", 0)
         stats.ahead_used = getattr(drafter, "ahead_used", 0)
         tokens, accepted = verify(sampler, context, drafts, q, logits)
@@ -453,7 +520,12 @@ def _speculate_loop(drafter, sampler, context, feed, target, rollback, budget, m
         stats.accepted += accepted
         if accepted < d:
             rollback(d - accepted)
-        k = adapt_k(k, d, accepted, config)
+        # a step that fed more than one token before its drafts (the prompt) is no decode step
+        costs.record(d, accepted, t1 - t0, d + 1, t2 - t1 if feed.shape[1] == 1 else None)
+        k = costs.best_k(config, k)
+        stats.k_sum += k
+        stats.alpha, stats.draft_token_s = costs.alpha, costs.draft_s
+        stats.step_a_s, stats.step_b_s = costs.step_line()
         for token in tokens:
             produced += 1
             stats.emitted += 1
