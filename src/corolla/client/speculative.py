@@ -76,21 +76,35 @@ class SpeculationStats:
 
 
 class PromptLookup:
-    """Drafts by copying: the tokens that followed the latest earlier occurrence of the context's
-    last ``n``-gram (longest ``n`` first, ``max_ngram`` down to ``min_ngram``)."""
+    """Drafts by copying: the tokens that followed an earlier occurrence of the context's last
+    ``n``-gram (longest ``n`` first, ``max_ngram`` down to ``min_ngram``).
+
+    Which occurrence: an edit copies its source in order, so after a first copy the source is
+    expected to advance as the output does; the occurrence nearest that expected place is taken
+    (it follows the copy across small insertions and deletions, where the latest occurrence of a
+    short n-gram is often another line). Before any copy, the earliest (a file in the prompt is
+    copied from its start). On the edit task of ``benchmarks/speculative.py`` this takes 20
+    verification steps for 146 tokens instead of 23 with the latest occurrence (k = 16)."""
 
     def __init__(self, max_ngram: int = 3, min_ngram: int = 1):
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
+        self._last: tuple[int, int] | None = None  # (context length, where its copy started) at the last match
 
     def propose(self, context: torch.Tensor, k: int, sampler: Sampler | None = None):
         ids = context[0]
         length = ids.shape[0]
+        expected = None
+        if self._last is not None and self._last[0] <= length:
+            expected = self._last[1] + length - self._last[0]  # the source advanced as the output did
         for n in range(min(self.max_ngram, length - 1), self.min_ngram - 1, -1):
             tail = ids[length - n :]
             windows = ids[: length - 1].unfold(0, n, 1)  # windows that end before the last token
             hits = (windows == tail).all(dim=1).nonzero().flatten()
             if hits.numel():
-                start = int(hits[-1]) + n
+                starts = hits + n  # where each occurrence's continuation starts
+                # argmin takes the first of equals: the earlier of two occurrences as near
+                start = int(starts[(starts - expected).abs().argmin()] if expected is not None else starts[0])
+                self._last = (length, start)
                 return ids[start : start + k].clone(), None
         return ids[:0].clone(), None
 
