@@ -18,7 +18,6 @@ from corolla.client.speculative import (
     SpeculationStats,
     StepCosts,
     ThreadTuner,
-    expected_tokens,
     speculate,
     torch_threads,
 )
@@ -110,7 +109,20 @@ def test_step_costs_fit_the_step_line_and_the_acceptance():
     assert a == pytest.approx(0.5) and b == pytest.approx(0.1)
     assert costs.draft_s == pytest.approx(0.2)
     assert costs.alpha == pytest.approx((0.5 + 13) / (0.5 + 13 + 0.5 + 5))  # each step: one rejection
-    assert expected_tokens(0.5, 2) == pytest.approx(1.75) and expected_tokens(1.0, 3) == 4
+    # per position: the first drafts were all checked, 4 of 5 accepted (a prior of alpha worth one)
+    first = (4 + costs.alpha) / (5 + 1)
+    assert costs.alphas(1) == [pytest.approx(first)]
+    assert costs.gains(1) == [1.0, pytest.approx(1 + first)]
+
+
+def test_acceptance_per_position_follows_copies():
+    """Lookup-like: the first draft is right half the time, the ones after a right one always."""
+    costs = StepCosts(forget=1.0)
+    for i in range(20):
+        costs.record(8, 8 if i % 2 else 0, 0.0, 9, 1.0 + 0.05 * (9 + i % 3))
+    alphas = costs.alphas(12)
+    assert 0.4 < alphas[0] < 0.6 and all(a > 0.9 for a in alphas[1:])  # positions past 8: the 8th's
+    assert costs.best_k(DraftConfig(max_k=12), 4) == 12
 
 
 def test_k_follows_acceptance_and_costs():
@@ -123,14 +135,15 @@ def test_k_follows_acceptance_and_costs():
     for _ in range(30):  # most drafts rejected and drafting dear: few drafts
         costs.record(4, 0, 0.8, 5, 1.0)
     assert costs.best_k(config, 8) == 1
-    # accepted 9 in 10, no drafting cost: rows that cost 0.5 s each (against 0.2 s a step) keep k small
-    dear = StepCosts(forget=1.0)
-    for rows in (2, 3, 4, 5) * 5:
-        dear.record(rows - 1, rows - 1 if rows != 5 else 3, 0.0, rows, 0.2 + 0.5 * rows)
-    cheap = StepCosts(forget=1.0)
-    for rows in (2, 3, 4, 5) * 5:
-        cheap.record(rows - 1, rows - 1 if rows != 5 else 3, 0.0, rows, 1.0 + 0.01 * rows)
-    assert dear.best_k(config, 4) < cheap.best_k(config, 4) == 8
+    # each draft accepted 9 times in 10, no drafting cost: rows that cost 0.5 s each (against 0.2 s
+    # a step) keep k small, rows that cost 0.01 s (against 1 s) do not
+    dear, cheap = StepCosts(forget=1.0), StepCosts(forget=1.0)
+    coins = torch.rand(200, 8, generator=torch.Generator().manual_seed(0)) < 0.9
+    for i, rows in enumerate((2, 5, 3, 9) * 50):
+        accepted = int(coins[i, : rows - 1].int().cumprod(0).sum())
+        dear.record(rows - 1, accepted, 0.0, rows, 0.2 + 0.5 * rows)
+        cheap.record(rows - 1, accepted, 0.0, rows, 1.0 + 0.01 * rows)
+    assert dear.best_k(config, 4) < 4 and cheap.best_k(config, 4) == 8
 
 
 @pytest.mark.parametrize("drafter", ["lookup", "model", "self", "local", "local-self"])

@@ -407,35 +407,52 @@ def verify(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def expected_tokens(alpha: float, k: int) -> float:
-    """Tokens a step emits with ``k`` drafts, each accepted with probability ``alpha`` until the
-    first rejection, plus the target's own: 1 + alpha + ... + alpha^k."""
-    return k + 1.0 if alpha >= 1.0 else (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
-
-
 class StepCosts:
     """What the next step's draft length ``k`` is chosen from, measured as decoding goes (each
     figure forgets the older steps by ``forget`` per step):
 
     - ``alpha``: the chance that a draft is accepted (after the ones before it were): accepted
-      drafts ÷ (accepted drafts + rejections), from a prior of 1/2 worth one draft;
+      drafts ÷ (accepted drafts + rejections), from a prior of 1/2 worth one draft; and that
+      chance per position in the step, ``alpha_at(j)``: drafts at position j accepted ÷ those
+      checked, from a prior worth one draft of the position before's (``alpha`` for the first).
+      Prompt lookup needs it: its first draft is often wrong (no copy there), the ones after a
+      right one nearly always right (the copy goes on);
     - ``draft_s``: seconds of drafting in line (not hidden behind a step) per drafted token;
     - a verification step's seconds as ``a + b x rows`` (least squares over the steps that fed one
       token before their drafts): more rows cost the servers and the LM head more.
 
-    ``best_k`` maximises the expected tokens per second, ``expected_tokens(alpha, k) ÷ (a + b
-    (k + 1) + draft_s k)``. Until the steps' row counts have spread, ``b`` counts as 0 (the length
-    then follows acceptance alone)."""
+    ``best_k`` maximises the expected tokens per second, ``E(k) ÷ (a + b (k + 1) + draft_s k)``
+    with ``E(k) = 1 + sum over i <= k of alpha_at(1) ... alpha_at(i)``. Until the steps' row counts
+    have spread, ``b`` counts as 0 (the length then follows acceptance alone)."""
 
     def __init__(self, forget: float = 0.9):
         self.forget = forget
         self.accepted, self.rejected = 0.5, 0.5
         self._draft_time, self._drafted = 0.0, 0.0
         self._sums = [0.0] * 5  # weights, x, x^2, y, x y (x = rows, y = seconds)
+        self._checked: list[float] = []  # per position in a step: drafts checked there ...
+        self._kept: list[float] = []  # ... and accepted
 
     @property
     def alpha(self) -> float:
         return self.accepted / (self.accepted + self.rejected)
+
+    def alphas(self, k: int) -> list[float]:
+        """``alpha_at(j)`` for positions 1..k."""
+        out, prior = [], self.alpha
+        for j in range(k):
+            checked, kept = (self._checked[j], self._kept[j]) if j < len(self._checked) else (0.0, 0.0)
+            prior = (kept + prior) / (checked + 1.0)
+            out.append(prior)
+        return out
+
+    def gains(self, k: int) -> list[float]:
+        """Expected tokens of a step with 0, 1, ..., k drafts (its own token included)."""
+        gains, reach = [1.0], 1.0
+        for alpha in self.alphas(k):
+            reach *= alpha  # the chance that this draft is reached and accepted
+            gains.append(gains[-1] + reach)
+        return gains
 
     @property
     def draft_s(self) -> float:
@@ -457,6 +474,12 @@ class StepCosts:
             self.rejected = self.rejected * f + (accepted < drafted)
             self._drafted = self._drafted * f + drafted
             self._draft_time = self._draft_time * f + draft_s
+            checked = min(accepted + 1, drafted)
+            while len(self._checked) < checked:
+                self._checked.append(0.0)
+                self._kept.append(0.0)
+            self._checked = [v * f + (j < checked) for j, v in enumerate(self._checked)]
+            self._kept = [v * f + (j < accepted) for j, v in enumerate(self._kept)]
         if step_s is not None:
             self._sums = [v * f for v in self._sums]
             for i, v in enumerate((1.0, rows, rows * rows, step_s, rows * step_s)):
@@ -467,8 +490,10 @@ class StepCosts:
         if a + b <= 0:  # nothing measured yet
             return current
 
+        gains = self.gains(config.max_k)
+
         def rate(k: int) -> float:
-            return expected_tokens(self.alpha, k) / (a + b * (k + 1) + self.draft_s * k)
+            return gains[k] / (a + b * (k + 1) + self.draft_s * k)
 
         return max(range(config.min_k, config.max_k + 1), key=rate)
 
