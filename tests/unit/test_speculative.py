@@ -82,7 +82,7 @@ def plain_greedy(model, prompt, new):
 
 
 def test_prompt_lookup_copies_what_followed_a_match():
-    lookup = PromptLookup(max_ngram=2)
+    lookup = PromptLookup(max_ngram=2, unsure_k=16)
     ctx = torch.tensor([[5, 6, 7, 8, 9, 1, 5, 6]])
     drafts, q = lookup.propose(ctx, 3)
     assert drafts.tolist() == [7, 8, 9] and q is None
@@ -92,13 +92,17 @@ def test_prompt_lookup_copies_what_followed_a_match():
 
 def test_prompt_lookup_follows_the_copy_across_an_insertion():
     source = [10, 1, 11, 12, 1, 13, 14, 1, 15, 16]  # a "file" in the prompt: token 1 on every line
-    lookup = PromptLookup(max_ngram=2)
+    lookup = PromptLookup(max_ngram=2, unsure_k=2)
     ctx = source + [99, 10]
-    assert lookup.propose(torch.tensor([ctx]), 3)[0].tolist() == [1, 11, 12]
-    # the output copied 1 11 12, inserted 77, went on with 1: of the 1s, the one where the copy
-    # is expected (the source advanced with the output), not the latest (the output's own)
-    ctx += [1, 11, 12, 77, 1]
-    assert lookup.propose(torch.tensor([ctx]), 3)[0].tolist() == [13, 14, 1]
+    assert lookup.propose(torch.tensor([ctx]), 3)[0].tolist() == [1, 11]  # a first copy: unsure, 2 at most
+    ctx += [1, 11]
+    assert lookup.propose(torch.tensor([ctx]), 3)[0].tolist() == [12, 1, 13]  # where expected: in full
+    # the output copied 12, inserted 77, went on with 1: of the 1s, the one nearest where the copy
+    # is expected (the source advanced with the output), not the latest (the output's own); unsure
+    ctx += [12, 77, 1]
+    assert lookup.propose(torch.tensor([ctx]), 3)[0].tolist() == [13, 14]
+    ctx += [13, 14]
+    assert lookup.propose(torch.tensor([ctx]), 3)[0].tolist() == [1, 15, 16]  # found again: in full
 
 
 def test_step_costs_fit_the_step_line_and_the_acceptance():

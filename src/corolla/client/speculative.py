@@ -84,10 +84,15 @@ class PromptLookup:
     (it follows the copy across small insertions and deletions, where the latest occurrence of a
     short n-gram is often another line). Before any copy, the earliest (a file in the prompt is
     copied from its start). On the edit task of ``benchmarks/speculative.py`` this takes 20
-    verification steps for 146 tokens instead of 23 with the latest occurrence (k = 16)."""
+    verification steps for 146 tokens instead of 23 with the latest occurrence (k = 16).
 
-    def __init__(self, max_ngram: int = 3, min_ngram: int = 1):
-        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+    A match exactly where the copy is expected continues it and is nearly always right; any other
+    (a first copy, or finding the source again after the output left it) is a guess on a short
+    n-gram and often wrong, so it drafts at most ``unsure_k`` tokens (each costs the verifying step
+    a row); once a guess was right, the next match is where expected and drafts in full."""
+
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1, unsure_k: int = 1):
+        self.max_ngram, self.min_ngram, self.unsure_k = max_ngram, min_ngram, unsure_k
         self._last: tuple[int, int] | None = None  # (context length, where its copy started) at the last match
 
     def propose(self, context: torch.Tensor, k: int, sampler: Sampler | None = None):
@@ -105,7 +110,7 @@ class PromptLookup:
                 # argmin takes the first of equals: the earlier of two occurrences as near
                 start = int(starts[(starts - expected).abs().argmin()] if expected is not None else starts[0])
                 self._last = (length, start)
-                return ids[start : start + k].clone(), None
+                return ids[start : start + (k if start == expected else min(k, self.unsure_k))].clone(), None
         return ids[:0].clone(), None
 
 
