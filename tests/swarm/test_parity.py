@@ -132,7 +132,10 @@ def test_servers_push_to_the_next_hop_with_the_same_output(tiny_swarm, tiny_ref,
         # hops 2 and 3 get every step pushed (the first too: the client opens their sessions ahead;
         # the prompt goes as pieces sent at once, a step each)
         assert session.steps == 2 + 11 if push else session.steps == 12
-        assert session.pushed_inputs == (2 * session.steps if push else 0)
+        # every hop input after the first was pushed, but for a push that failed under load (its
+        # client then sent the step itself): at most one of them
+        assert session.pushed_inputs + session.push_failures == (2 * session.steps if push else 0)
+        assert session.push_failures <= (1 if push else 0)
     assert torch.equal(out, local_greedy(tiny_ref, ids, 12))
 
 

@@ -319,3 +319,37 @@ def test_a_session_opened_ahead_takes_its_first_step_by_push(handlers):
         assert handlers.sessions.get(other.session_id) is None
 
     asyncio.run(scenario())
+
+
+def test_a_push_that_comes_before_its_session_opens_waits_for_the_opening(handlers):
+    """The client opens the hops' sessions at once, each on its own connection, so the previous
+    hop's first push can overtake the opening message: it waits for it instead of being refused
+    (the client would then have to send the step itself, a round trip more)."""
+    opening = SessionOpen(model_id="tiny", session_id="session-early-push", start_block=0, end_block=3, max_length=32)
+    x = torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(43))
+
+    async def scenario():
+        q: asyncio.Queue = asyncio.Queue()
+        q.put_nowait(_request(PushMeta(session_id=opening.session_id, position=0, step=1), x))
+        q.put_nowait(None)
+        acks = asyncio.ensure_future(
+            _collect(handlers.rpc_push(_queue_iter(q), _Context(_Peer(PREVIOUS)))))
+        await asyncio.sleep(0.2)  # the push is in, its session not open yet
+        assert not acks.done()
+        client_q: asyncio.Queue = asyncio.Queue()
+        stream = handlers.rpc_inference(_queue_iter(client_q), _Context(_Peer(CLIENT)))
+        ahead = InferenceMeta(position=0, open=opening, open_only=True, push_from=PREVIOUS)
+        client_q.put_nowait(runtime_pb2.ExpertRequest(uid="tiny", metadata=encode_meta(ahead)))
+        first = _meta(await asyncio.wait_for(anext(stream), 10))
+        assert (first.step, first.position, first.error) == (1, 2, None)
+        [ack] = await asyncio.wait_for(acks, 10)
+        assert ack.error is None
+        client_q.put_nowait(None)
+        assert [r async for r in stream] == []
+        assert handlers._opening == {}  # no waiter left behind
+
+    asyncio.run(scenario())
+
+
+async def _collect(stream) -> list[ResponseMeta]:
+    return [_meta(r) async for r in stream]

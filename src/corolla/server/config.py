@@ -61,6 +61,9 @@ class ServerConfig:
     # a push to the next hop that takes longer is given up and the client relays the step; an
     # acknowledgement normally takes milliseconds, and a dead next hop fails the push at once
     push_timeout_s: float = 2.0
+    # a push may come before the message that opens its session (the client opens every hop at
+    # once, on other connections): it waits this long for the session to open
+    push_open_wait_s: float = 1.0
     # server-hosted LoRA adapters: (name, PEFT folder) pairs, served to sessions that ask for them
     adapters: tuple[tuple[str, str], ...] = ()
     drain_timeout_s: float = 5.0  # on SIGTERM, how long running steps may take to finish

@@ -126,6 +126,7 @@ class BlockHandlers:
         self.inflight = 0  # requests being computed right now
         self.generation = 0  # bumped when the server moves to other blocks: older sessions are lost
         self.pushes: PushLinks | None = None  # set by the server once it is on the network
+        self._opening: dict[str, list[asyncio.Future]] = {}  # pushes waiting for their session to open
         token_bytes = self.span.kv_layout(dtype).token_bytes
         self.budget = CacheBudget(config.cache_tokens * token_bytes if config.cache_tokens else config.cache_bytes)
         self.batcher = Batcher(
@@ -271,7 +272,7 @@ class BlockHandlers:
         async for request in requests:
             try:
                 meta = decode_meta(request.metadata, PushMeta)
-                session = self.sessions.get(meta.session_id)
+                session = await self._opened(meta.session_id)
                 if session is None or session.inbox is None:
                     raise UnknownSessionError(f"no open session {meta.session_id}")
                 if session.push_from != sender:
@@ -288,6 +289,26 @@ class BlockHandlers:
                 yield runtime_pb2.ExpertResponse(metadata=encode_meta(ResponseMeta(position=meta.position)))
             except CorollaError as e:
                 yield error_response(e)
+
+    async def _opened(self, session_id: str):
+        """The session ``session_id``, waiting up to ``push_open_wait_s`` for it to open (its
+        opening message, sent at the same time on another connection, may still be on its way)."""
+        session = self.sessions.get(session_id)
+        if session is not None or self.config.push_open_wait_s <= 0:
+            return session
+        waiter = asyncio.get_running_loop().create_future()
+        self._opening.setdefault(session_id, []).append(waiter)
+        try:
+            await asyncio.wait_for(waiter, self.config.push_open_wait_s)
+        except TimeoutError:
+            pass
+        finally:
+            waiters = self._opening.get(session_id, [])
+            if waiter in waiters:
+                waiters.remove(waiter)
+            if not waiters:
+                self._opening.pop(session_id, None)
+        return self.sessions.get(session_id)
 
     async def rpc_train(
         self, requests: AsyncIterator[runtime_pb2.ExpertRequest], context: P2PContext
@@ -441,6 +462,9 @@ class BlockHandlers:
                         elif meta.open is not None:
                             raise BadRequestError(f"session {session.id} is already open on this stream")
                         session.push_from = meta.push_from
+                        for waiter in self._opening.pop(session.id, []) if meta.open is not None else ():
+                            if not waiter.done():
+                                waiter.set_result(None)
                         if meta.open_only:
                             if request.tensors:
                                 raise BadRequestError("a message that only opens a session carries no tensors")
