@@ -376,7 +376,9 @@ def test_dht_stops_with_a_connected_peer(tmp_path):
         peers = dht.wait_line(r"--initial-peers (.+)")[1].split()
         peer = start_dht(peers)  # a full peer, connected through it
         try:
-            assert peer.store("shutdown-test", "here", expiration_time=time.time() + 60)
+            # (a record under the peer's own id, which it signs: a corolla DHT refuses any other)
+            assert peer.store("shutdown-test", "here", expiration_time=time.time() + 60,
+                              subkey=peer.peer_id.to_base58())
             sent = dht.terminate()
             took = dht.assert_stopped(sent)
             print(f"corolla dht stopped {took:.2f} s after SIGTERM with a peer connected")

@@ -262,7 +262,9 @@ def model_value(model_id: str, num_blocks: int, **extra) -> dict:
 
 
 def test_models_are_listed_by_id_with_their_blocks():
-    raw = {"zeta": model_value("zeta", 30), "alpha": model_value("alpha", 24)}
+    """One record per server (subkey: its peer id); where servers disagree, most of them win."""
+    raw = {"peerZ": model_value("zeta", 30), "peerA": model_value("alpha", 24), "peerB": model_value("alpha", 24),
+           "peerC": model_value("alpha", 99)}
     assert list(parse_models(raw).items()) == [("alpha", 24), ("zeta", 30)]
     assert parse_models(None) == {} and parse_models({}) == {}
 
@@ -270,7 +272,6 @@ def test_models_are_listed_by_id_with_their_blocks():
 @pytest.mark.parametrize(
     "subkey, value",
     [
-        pytest.param("a", model_value("b", 4), id="subkey is another model's id"),
         pytest.param("a", model_value("a", 4, surprise=1), id="extra field"),
         pytest.param("a", {"model_id": "a", "num_blocks": 0}, id="no blocks"),
         pytest.param("a", {"model_id": "a", "num_blocks": MAX_MODEL_BLOCKS + 1}, id="too many blocks"),
@@ -285,7 +286,7 @@ def test_invalid_model_records_are_dropped(subkey, value):
 
 
 def test_a_flood_of_models_is_cut_at_the_limit():
-    raw = {f"m{i:04d}": model_value(f"m{i:04d}", 2) for i in range(MAX_MODELS + 10)}
+    raw = {f"peer{i}": model_value(f"m{i:04d}", 2) for i in range(MAX_MODELS + 10)}
     assert list(parse_models(raw)) == [f"m{i:04d}" for i in range(MAX_MODELS)]
 
 
@@ -297,8 +298,8 @@ def test_complete_means_every_block_has_an_online_server():
 
 def test_validator_guards_the_list_of_models_on_every_node():
     v = ServerInfoValidator()  # guards no model's blocks, and still the list of models
-    assert v.validate(dht_record(MODELS_KEY, model_value("m", 8), "m"))
-    assert not v.validate(dht_record(MODELS_KEY, model_value("m", 8), "other"))
+    assert v.validate(dht_record(MODELS_KEY, model_value("m", 8), "QmPeer"))
+    assert not v.validate(dht_record(MODELS_KEY, model_value("m", 8), 7))
     assert not v.validate(dht_record(MODELS_KEY, model_value("m", 8, surprise=1), "m"))
     assert not v.validate(dht_record(MODELS_KEY, {"model_id": "m", "num_blocks": -1}, "m"))
     assert not v.validate(dht_record(MODELS_KEY, model_value("m", 8)))  # no subkey
@@ -318,9 +319,8 @@ def test_announce_lists_the_model_with_its_blocks():
 
     dht = Recorder()
     announce(dht, MODEL, ServerInfo.model_validate(info(2, 4)), expiration_s=30)
-    keys, values, subkeys = dht.kwargs["keys"], dht.kwargs["values"], dht.kwargs["subkeys"]
+    keys, values = dht.kwargs["keys"], dht.kwargs["values"]  # each under the server's peer id (its signature)
     assert keys == [block_key(MODEL, 2), block_key(MODEL, 3), MODELS_KEY]
-    assert subkeys == [None, None, MODEL]  # None: the server's own peer id, filled in the DHT's process
     assert values[-1] == {"model_id": MODEL, "num_blocks": NUM_BLOCKS} and values[0]["start_block"] == 2
     announce(dht, MODEL, ServerInfo.model_validate(info(2, 4)), expiration_s=30, num_blocks=5)
     assert dht.kwargs["values"][-1]["num_blocks"] == 5

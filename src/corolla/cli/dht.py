@@ -12,7 +12,8 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=0, help="TCP port (default: any free port)")
     p.add_argument("--announce-host", default=None, help="public address to announce to other peers")
     p.add_argument("--identity", default=None, metavar="FILE",
-                   help="private key file; keeps this peer's id (and so its multiaddr) stable across restarts")
+                   help="private key file (created if missing); keeps this peer's id (and so its multiaddr) "
+                        "stable across restarts")
     p.add_argument("--initial-peers", nargs="*", default=[], metavar="MADDR", help="join an existing DHT")
     p.set_defaults(func=run)
 
@@ -21,8 +22,6 @@ def run(args: argparse.Namespace) -> int:
     from corolla.shutdown import STOP, on_stop_signals
     from corolla.swarm.dht import start_dht, visible_maddrs
 
-    if args.identity:
-        _ensure_identity(args.identity)
     announce = [f"/ip4/{args.announce_host}/tcp/{args.port}"] if args.announce_host else None
     on_stop_signals(interrupt=True)  # a stop while the DHT starts interrupts it (its child gets default handlers)
     dht = start_dht(args.initial_peers, host_maddrs=[f"/ip4/{args.host}/tcp/{args.port}"],
@@ -36,13 +35,3 @@ def run(args: argparse.Namespace) -> int:
         dht.shutdown()  # its peers notice the connection close; hivemind waits 3 s, then terminates it
     return 0
 
-
-def _ensure_identity(path: str) -> None:
-    """Create a private key file once; hivemind reads it to derive a stable peer id."""
-    import os
-
-    if os.path.exists(path):
-        return
-    from hivemind.p2p import P2P
-
-    P2P.generate_identity(path)

@@ -44,7 +44,9 @@ def register(sub) -> None:
     p.add_argument("--announce-host", default=None, help="public address to announce, if behind NAT or 0.0.0.0")
     p.add_argument("--announce-port", type=int, default=None,
                    help="TCP port to announce instead of --port (behind a port forward or a proxy)")
-    p.add_argument("--identity", default=None, metavar="FILE", help="private key file for a stable peer id")
+    p.add_argument("--identity", default=None, metavar="FILE",
+                   help="private key file (created if missing): a stable peer id, and the key that signs "
+                        "this server's DHT records (default: a new key each start)")
     p.add_argument("--use-relay", action="store_true",
                    help="behind NAT or a firewall (no inbound connections): be reachable through a relay peer")
     p.add_argument("--relay", nargs="+", default=[], metavar="MADDR",

@@ -122,10 +122,10 @@ MAX_MODEL_BLOCKS = 4096  # far more blocks than any model has; bounds what one r
 
 
 class ModelRecord(_Wire):
-    """What a server announces under :data:`MODELS_KEY`, with its model id as subkey, next to its
+    """What a server announces under :data:`MODELS_KEY`, with its peer id as subkey, next to its
     block records (same expiration, re-announced with them): the swarm's list of models, so that
     a reader can find every model without a central registry and knows how many blocks each has
-    (to read their block records and compute coverage). The subkey must equal ``model_id``."""
+    (to read their block records and compute coverage)."""
 
     model_id: ModelId
     num_blocks: int = Field(ge=1, le=MAX_MODEL_BLOCKS)

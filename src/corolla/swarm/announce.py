@@ -2,13 +2,12 @@
 model in the swarm's list of models.
 
 The list of models is one well-known key, :data:`~corolla.protocol.messages.MODELS_KEY`, with one
-subkey per model id and a :class:`~corolla.protocol.messages.ModelRecord` (model id and number of
-blocks) as value. Every server of a model writes the same record along with its block records, so
-it lives as long as some server of that model keeps announcing and expires like the block records
-once none does: no registry, nothing to clean up, and a reader finds every model with one read
-(then reads the block records of each to see its coverage). One subkey per model rather than per
-server keeps the record small however many servers there are; servers of one model agree on its
-number of blocks, so whichever of them wrote last is right.
+subkey per server (its peer id) and a :class:`~corolla.protocol.messages.ModelRecord` (model id and
+number of blocks) as value, written along with its block records, so a model is listed as long as
+some server of it keeps announcing and expires like the block records once none does: no
+registry, nothing to clean up, and a reader finds every model with one read (then reads the block
+records of each to see its coverage). Every record sits under its writer's peer id and carries its
+signature (:mod:`corolla.swarm.identity`): no peer can write or overwrite another's.
 """
 
 from __future__ import annotations
@@ -33,14 +32,12 @@ def announce(dht, model_id: str, info: ServerInfo, expiration_s: float, wait: bo
     ``dht`` was started with, see :func:`~corolla.swarm.dht.start_dht`); unknown, the model is not listed."""
     keys = [block_key(model_id, b) for b in range(info.start_block, info.end_block)]
     value = info.model_dump(mode="json")
-    values, subkeys = [value] * len(keys), [None] * len(keys)  # None: the peer id (known in the DHT's process)
+    values = [value] * len(keys)
     record = model_record(model_id, num_blocks if num_blocks is not None else dht_models(dht).get(model_id))
     if record is not None:
         keys.append(MODELS_KEY)
         values.append(record.model_dump(mode="json"))
-        subkeys.append(model_id)
-    coro = functools.partial(_store, keys=keys, values=values, subkeys=subkeys,
-                             expiration=get_dht_time() + expiration_s)
+    coro = functools.partial(_store, keys=keys, values=values, expiration=get_dht_time() + expiration_s)
     return dht.run_coroutine(coro, return_future=not wait)
 
 
@@ -58,7 +55,6 @@ def model_record(model_id: str, num_blocks: int | None) -> ModelRecord | None:
         return None
 
 
-async def _store(dht, node, *, keys, values, subkeys, expiration):
-    peer = dht.peer_id.to_base58()
-    subkeys = [peer if s is None else s for s in subkeys]
-    return await node.store_many(keys, values, expiration, subkeys=subkeys)
+async def _store(dht, node, *, keys, values, expiration):
+    peer = dht.peer_id.to_base58()  # the subkey of every record: the only one this node can sign
+    return await node.store_many(keys, values, expiration, subkeys=[peer] * len(keys))

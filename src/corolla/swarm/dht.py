@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import shutil
 from collections.abc import Mapping, Sequence
 
 from hivemind.dht.protocol import DHTProtocol
@@ -12,6 +14,7 @@ from hivemind.dht.validation import DHTRecord, RecordValidatorBase
 from hivemind.utils.serializer import MSGPackSerializer
 
 from corolla.protocol.messages import MODELS_KEY, ModelRecord, ServerInfo, block_key
+from corolla.swarm.identity import SignedRecordValidator, load_or_create_identity
 from corolla.swarm.relay import (
     RELAY_START_ATTEMPTS,
     _static_relays,
@@ -65,16 +68,17 @@ class ServerInfoValidator(RecordValidatorBase):
 
 
 def _valid_model_record(record: DHTRecord) -> bool:
-    """A ModelRecord stored with its own model id as subkey."""
+    """A ModelRecord stored under its server's peer id (the subkey; its signature is checked by
+    :class:`~corolla.swarm.identity.SignedRecordValidator`)."""
     if record.subkey in DHTProtocol.RESERVED_SUBKEYS:
         return False
     try:
         subkey = MSGPackSerializer.loads(record.subkey)
-        value = ModelRecord.model_validate(MSGPackSerializer.loads(record.value))
+        ModelRecord.model_validate(MSGPackSerializer.loads(record.value))
     except Exception:
         log.debug("rejected an invalid record under %s", MODELS_KEY)
         return False
-    return subkey == value.model_id
+    return isinstance(subkey, str)
 
 
 def start_dht(
@@ -95,6 +99,10 @@ def start_dht(
     default the initial peers. Every peer reaches relayed peers (``use_relay``, hivemind's default),
     and a full peer with a public address relays for them: see :mod:`corolla.swarm.relay` for how
     it makes sure its relay keeps their reservations and does not cut their connections short.
+
+    Every node has an identity (``identity_path``, a libp2p key file, created there if missing; a
+    temporary one otherwise): its peer id, and the key that signs what it stores. Every node
+    refuses records not signed by the peer their subkey names (:mod:`corolla.swarm.identity`).
 
     ``models`` (model id -> number of blocks): the models whose block records this node guards;
     the node remembers them (:func:`dht_models`), so that a server announcing through it also
@@ -124,6 +132,7 @@ def _start_dht(initial_peers, *, client_mode, host_maddrs, announce_maddrs, iden
                relays, force_reachability: str | None = None):
     import hivemind
 
+    identity, identity_file, temporary = load_or_create_identity(identity_path)
     relay_kwargs = {}
     if use_relay:
         relay_kwargs = dict(use_auto_relay=True, force_reachability="private",
@@ -137,14 +146,17 @@ def _start_dht(initial_peers, *, client_mode, host_maddrs, announce_maddrs, iden
             client_mode=client_mode,
             host_maddrs=list(host_maddrs),
             announce_maddrs=list(announce_maddrs) if announce_maddrs else None,
-            identity_path=identity_path,
-            record_validators=[ServerInfoValidator(models)],
+            identity_path=identity_file,
+            record_validators=[SignedRecordValidator(identity), ServerInfoValidator(models)],
             startup_timeout=STARTUP_TIMEOUT_S,
             check_if_identity_free=False,
             num_workers=2,
             **relay_kwargs,
         )
+    if temporary:  # p2pd has read it
+        shutil.rmtree(os.path.dirname(identity_file), ignore_errors=True)
     dht.corolla_models = dict(models or {})
+    dht.corolla_identity = identity
     return dht
 
 

@@ -4,6 +4,7 @@ servers (:func:`fetch_swarm_overview`; see :mod:`corolla.swarm.announce` for how
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import logging
@@ -79,18 +80,19 @@ def fetch_swarm_overview(dht, models: Mapping[str, int] | None = None) -> list[S
 
 
 def parse_models(raw: dict | None) -> dict[str, int]:
-    """Turn the records of ``corolla.models`` (``{model id: value}``) into ``{model id: number of
-    blocks}``, sorted by id and at most :data:`MAX_MODELS`; a record that does not parse, or whose
-    subkey is not its own model id, is dropped."""
-    models: dict[str, int] = {}
-    for subkey, value in (raw or {}).items():
+    """Turn the records of ``corolla.models`` (``{server's peer id: value}``) into ``{model id:
+    number of blocks}``, sorted by id and at most :data:`MAX_MODELS`; a record that does not parse
+    is dropped; where servers disagree on a model's number of blocks, most of them win."""
+    counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for subkey, value in (raw.items() if isinstance(raw, dict) else ()):
         try:
             record = ModelRecord.model_validate(value)
         except ValidationError:
             log.debug("dropping an invalid record of the list of models under %r", subkey)
             continue
-        if subkey == record.model_id:
-            models[record.model_id] = record.num_blocks
+        if isinstance(subkey, str):
+            counts[record.model_id][record.num_blocks] += 1
+    models = {model_id: max(sorted(c), key=c.__getitem__) for model_id, c in counts.items()}
     return dict(sorted(models.items())[:MAX_MODELS])
 
 
@@ -114,7 +116,8 @@ def parse_swarm_state(model_id: str, num_blocks: int, raw: dict) -> SwarmState:
     seen: dict[str, ServerInfo] = {}
     bad: set[str] = set()
     for block in range(num_blocks):
-        for peer_id, value in (raw.get(block_key(model_id, block)) or {}).items():
+        entries = raw.get(block_key(model_id, block))
+        for peer_id, value in (entries.items() if isinstance(entries, dict) else ()):
             if not isinstance(peer_id, str) or peer_id in bad:
                 continue
             try:
