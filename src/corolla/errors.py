@@ -66,6 +66,14 @@ class ServerBusyError(CorollaError):
     retryable = True
 
 
+class RateLimitedError(ServerBusyError):
+    """This peer sent more requests or bytes per second than the server allows one peer."""
+
+
+class TooManyStreamsError(ServerBusyError):
+    """This peer holds as many open streams to the server as it allows one peer."""
+
+
 class SessionLostError(CorollaError):
     """The server dropped this session (it moved to other blocks, or is shutting down).
 
@@ -135,6 +143,8 @@ WIRE_ERRORS: dict[str, type[CorollaError]] = {
         UnknownAdapterError,
         TrainingUnsupportedError,
         ServerBusyError,
+        RateLimitedError,
+        TooManyStreamsError,
         ServerInternalError,
         SessionLostError,
         SessionEvictedError,

@@ -12,6 +12,7 @@ from corolla.errors import (
     CorollaError,
     ModelError,
     NoRouteError,
+    RateLimitedError,
     RemoteCallError,
     RequestError,
     SequenceTooLongError,
@@ -20,6 +21,7 @@ from corolla.errors import (
     SessionEvictedError,
     SessionLostError,
     SwarmError,
+    TooManyStreamsError,
     TrainingUnsupportedError,
     UnknownAdapterError,
     UnknownModelError,
@@ -30,7 +32,7 @@ from corolla.errors import (
 
 SERVER_SIDE = [
     BadRequestError, UnknownSessionError, SequenceTooLongError, ServerBusyError, ServerInternalError, SessionLostError,
-    SessionEvictedError, UnknownAdapterError, TrainingUnsupportedError,
+    SessionEvictedError, UnknownAdapterError, TrainingUnsupportedError, RateLimitedError, TooManyStreamsError,
 ]
 
 

@@ -10,6 +10,7 @@ from corolla.cli.common import add_peers
 from corolla.errors import CorollaError
 from corolla.models.precision import DTYPES, QUANTS
 from corolla.server.config import CACHE_POLICIES
+from corolla.server.limits import Limits
 
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")  # as ServerInfo.adapters accepts (protocol.messages)
 MAX_ADAPTERS, MAX_ADAPTER_NAME = 64, 64  # ditto
@@ -64,6 +65,16 @@ def register(sub) -> None:
     p.add_argument("--max-sessions", type=int, default=64, help="open sessions at once (default 64)")
     p.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
     p.add_argument("--max-sessions-per-peer", type=int, default=16, help="open sessions of one client (default 16)")
+    p.add_argument("--peer-requests-per-s", type=float, default=Limits.requests_per_s,
+                   help=f"steady requests/s one peer may send (bursts of twice that; 0 = no limit; default "
+                        f"{Limits.requests_per_s:g})")
+    p.add_argument("--peer-mib-per-s", type=float, default=Limits.bytes_per_s / 1024**2,
+                   help=f"steady MiB/s one peer may send (0 = no limit; default {Limits.bytes_per_s / 1024**2:g})")
+    p.add_argument("--streams-per-peer", type=int, default=Limits.streams_per_peer,
+                   help=f"open streams of one peer (default {Limits.streams_per_peer})")
+    p.add_argument("--new-peer-sessions", type=int, default=Limits.new_peer_sessions,
+                   help="sessions all peers this server has not served before may hold together: a flood of "
+                        f"fresh identities cannot take everyone's sessions (default {Limits.new_peer_sessions})")
     p.add_argument("--session-idle-timeout-s", type=float, default=600.0,
                    help="drop a session idle this long; its client replays it when it comes back (default 600)")
     c = p.add_argument_group("KV cache and batching")
@@ -148,6 +159,9 @@ def run(args: argparse.Namespace) -> int:
         rebalance_min_gain=args.rebalance_min_gain, throughput=args.throughput,
         announce_period_s=args.announce_period_s, announce_expiration_s=max(30.0, 3 * args.announce_period_s),
         adapters=adapters,
+        peer_limits=Limits(requests_per_s=args.peer_requests_per_s, request_burst=2 * args.peer_requests_per_s,
+                           bytes_per_s=args.peer_mib_per_s * 1024**2, byte_burst=4 * args.peer_mib_per_s * 1024**2,
+                           streams_per_peer=args.streams_per_peer, new_peer_sessions=args.new_peer_sessions),
     )
     Server(config).run()
     return 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from corolla.server.limits import Limits
+
 CACHE_POLICIES = ("wait", "evict-lru")  # see corolla.server.batching
 
 
@@ -66,4 +68,7 @@ class ServerConfig:
     push_open_wait_s: float = 1.0
     # server-hosted LoRA adapters: (name, PEFT folder) pairs, served to sessions that ask for them
     adapters: tuple[tuple[str, str], ...] = ()
+    # fair limits per peer (request and byte rates, open streams, a silent stream's deadline) and
+    # for peers never served before, together (see corolla.server.limits)
+    peer_limits: Limits = dataclasses.field(default_factory=Limits)
     drain_timeout_s: float = 5.0  # on SIGTERM, how long running steps may take to finish

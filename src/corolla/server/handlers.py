@@ -7,6 +7,7 @@ request's stream, never the server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -44,6 +45,7 @@ from corolla.protocol.tensors import decode, encode, from_wire, to_wire
 from corolla.server.batching import Batcher
 from corolla.server.config import ServerConfig
 from corolla.server.kv import CacheBudget
+from corolla.server.limits import PeerLimits
 from corolla.server.priority import PriorityExecutor
 from corolla.server.push import PushLinks
 from corolla.server.sessions import SessionTable, check_hidden, check_step, truncate
@@ -127,6 +129,7 @@ class BlockHandlers:
         self.generation = 0  # bumped when the server moves to other blocks: older sessions are lost
         self.pushes: PushLinks | None = None  # set by the server once it is on the network
         self._opening: dict[str, list[asyncio.Future]] = {}  # pushes waiting for their session to open
+        self.limits = PeerLimits(config.peer_limits)  # what one peer, or the crowd of new ones, may take
         token_bytes = self.span.kv_layout(dtype).token_bytes
         self.budget = CacheBudget(config.cache_tokens * token_bytes if config.cache_tokens else config.cache_bytes)
         self.batcher = Batcher(
@@ -212,10 +215,15 @@ class BlockHandlers:
 
     # ---- RPC ----------------------------------------------------------------------------------
     async def rpc_info(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
+        try:
+            self.limits.admit(context.remote_id.to_base58(), _nbytes(request))
+        except CorollaError as e:
+            return error_response(e)
         return runtime_pb2.ExpertResponse(metadata=self._info())
 
     async def rpc_forward(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
         try:
+            self.limits.admit(context.remote_id.to_base58(), _nbytes(request))
             meta = decode_meta(request.metadata, ForwardMeta)
             first, last = self._local_blocks(meta.model_id, meta.start_block, meta.end_block)
             n = _codec_tensors(meta.compression)
@@ -234,6 +242,7 @@ class BlockHandlers:
     async def rpc_backward(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
         """Gradients for a span's input and the client's trainable tensors; nothing is kept."""
         try:
+            self.limits.admit(context.remote_id.to_base58(), _nbytes(request))
             meta = decode_meta(request.metadata, BackwardMeta)
             first, last = self._local_blocks(meta.model_id, meta.start_block, meta.end_block)
             if not self.trainable:
@@ -262,15 +271,51 @@ class BlockHandlers:
     async def rpc_push(
         self, requests: AsyncIterator[runtime_pb2.ExpertRequest], context: P2PContext
     ) -> AsyncIterator[runtime_pb2.ExpertResponse]:
+        async for response in self._limited(context, self._push_stream, requests):
+            yield response
+
+    async def rpc_train(
+        self, requests: AsyncIterator[runtime_pb2.ExpertRequest], context: P2PContext
+    ) -> AsyncIterator[runtime_pb2.ExpertResponse]:
+        async for response in self._limited(context, self._train_stream, requests):
+            yield response
+
+    async def rpc_inference(
+        self, requests: AsyncIterator[runtime_pb2.ExpertRequest], context: P2PContext
+    ) -> AsyncIterator[runtime_pb2.ExpertResponse]:
+        async for response in self._limited(context, self._inference_stream, requests):
+            yield response
+
+    async def _limited(self, context: P2PContext, handler, requests) -> AsyncIterator[runtime_pb2.ExpertResponse]:
+        """Run a streaming ``handler`` in one of the peer's stream slots (or answer why not), its
+        requests cut off unless the first comes within ``first_message_s`` (a silent stream)."""
+        peer = context.remote_id.to_base58()
+        try:
+            slot = self.limits.stream(peer)
+            slot.__enter__()
+        except CorollaError as e:
+            yield error_response(e)
+            return
+        try:
+            async with contextlib.aclosing(handler(_first_within(requests, self.limits.limits.first_message_s),
+                                                   peer)) as responses:
+                async for response in responses:
+                    yield response
+        finally:
+            slot.__exit__(None, None, None)
+
+    async def _push_stream(
+        self, requests: AsyncIterator[runtime_pb2.ExpertRequest], sender: str
+    ) -> AsyncIterator[runtime_pb2.ExpertResponse]:
         """Previous hops' outputs for our sessions, each queued as its session's next input.
 
         A push is accepted only from the peer the session's client named as the previous hop
         (``push_from``), and only for the step the session expects next; the pusher tells its
         client whether we took it, and the client sends the step itself when we did not.
         """
-        sender = context.remote_id.to_base58()
         async for request in requests:
             try:
+                self.limits.admit(sender, _nbytes(request))
                 meta = decode_meta(request.metadata, PushMeta)
                 session = await self._opened(meta.session_id)
                 if session is None or session.inbox is None:
@@ -310,8 +355,8 @@ class BlockHandlers:
                 self._opening.pop(session_id, None)
         return self.sessions.get(session_id)
 
-    async def rpc_train(
-        self, requests: AsyncIterator[runtime_pb2.ExpertRequest], context: P2PContext
+    async def _train_stream(
+        self, requests: AsyncIterator[runtime_pb2.ExpertRequest], peer: str
     ) -> AsyncIterator[runtime_pb2.ExpertResponse]:
         """One training step's forward and backward through a span on one stream, the graph kept
         in between (see ``protocol.rpc``). A graph that would not fit ``max_held_train_tokens`` is
@@ -406,13 +451,12 @@ class BlockHandlers:
         if error is not None:
             inbox.put_nowait(("notice", step, error))
 
-    async def rpc_inference(
-        self, requests: AsyncIterator[runtime_pb2.ExpertRequest], context: P2PContext
+    async def _inference_stream(
+        self, requests: AsyncIterator[runtime_pb2.ExpertRequest], peer: str
     ) -> AsyncIterator[runtime_pb2.ExpertResponse]:
         """One session. Steps come from the client or, pushed, from the previous hop; each step
         is answered to the client once, and pushed on along the route the client gave."""
         session = None
-        peer = context.remote_id.to_base58()
         inbox: asyncio.Queue = asyncio.Queue()
         reader = asyncio.create_task(_read_into(requests, inbox))
         watches: set[asyncio.Task] = set()  # acknowledgements of pushes already answered
@@ -448,6 +492,7 @@ class BlockHandlers:
                             session.pushed = {p for p in session.pushed if p > position - 8} | {position}
                     else:
                         request = item[1]
+                        self.limits.admit(peer, _nbytes(request))
                         meta = decode_meta(request.metadata, InferenceMeta)
                         if session is None:
                             if meta.open is None:
@@ -457,6 +502,8 @@ class BlockHandlers:
                                 raise ServerBusyError("this server is shutting down; use another one")
                             opening = meta.open
                             first, last = self._local_blocks(opening.model_id, opening.start_block, opening.end_block)
+                            self.limits.check_new_session(peer, self.sessions.count(
+                                lambda other: not self.limits.known(other.peer)))
                             session = self.sessions.open(meta.open, peer, first, last, self.generation)
                             session.inbox = inbox
                         elif meta.open is not None:
@@ -507,6 +554,7 @@ class BlockHandlers:
                             watches.add(watch)
                             watch.add_done_callback(watches.discard)
                     pushed = push and push_error is None
+                    self.limits.served(session.peer)
                     yield self._ok(out, session.position, pushed, codec, None if pushed else next_cohort, push_error,
                                    step)
                 except CorollaError as e:
@@ -525,3 +573,21 @@ class BlockHandlers:
             if session is not None:
                 self.sessions.close(session)
                 self.batcher.release(session)
+
+
+def _nbytes(request: runtime_pb2.ExpertRequest) -> int:
+    """What a request weighs against its peer's byte rate: its tensors and metadata."""
+    return len(request.metadata) + sum(len(t.buffer) for t in request.tensors)
+
+
+async def _first_within(requests: AsyncIterator, timeout_s: float) -> AsyncIterator:
+    """``requests``, ended at once if the first does not come within ``timeout_s`` (a peer that
+    opens a stream and stays silent holds one of its stream slots, not more, and not for long)."""
+    it = aiter(requests)
+    try:
+        first = await asyncio.wait_for(anext(it), timeout_s)
+    except (TimeoutError, StopAsyncIteration):
+        return
+    yield first
+    async for request in it:
+        yield request

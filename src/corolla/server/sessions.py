@@ -73,6 +73,11 @@ class SessionTable:
             self._sessions[req.session_id] = session
             return session
 
+    def count(self, predicate) -> int:
+        """How many open sessions ``predicate`` holds for."""
+        with self._lock:
+            return sum(1 for session in self._sessions.values() if predicate(session))
+
     def get(self, session_id: str) -> Session | None:
         with self._lock:
             return self._sessions.get(session_id)

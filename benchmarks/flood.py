@@ -1,0 +1,104 @@
+"""An honest client's decode step under a flood of fresh identities, ÷ the same step idle.
+
+One server of ``--model`` (all blocks; the server's default fair limits unless ``--server-args``
+says otherwise) and a client the server knows (a warm-up generation). Runs alternate: the client
+generates ``--new-tokens`` greedily with the server idle, then again while ``--identities``
+hostile identities (each its own p2p daemon, all in this process: tests/swarm/flood.py) open
+sessions and step them as fast as they can, hold more streams than allowed, leave some silent and
+spam ``rpc_info``. Printed: median step ms idle and under flood, their ratio, the flood's answers
+and refusals by error type, and whether the flooded output equals the idle one.
+
+    .venv/bin/python benchmarks/flood.py                      # smollm2-135m, 50 identities, 3 runs
+    .venv/bin/python benchmarks/flood.py --identities 20 --runs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
+
+import _common  # noqa: E402
+from corolla.client.model import DistributedModelForCausalLM  # noqa: E402
+from corolla.models.resolve import resolve_model  # noqa: E402
+from corolla.swarm.local import LocalSwarm  # noqa: E402
+from tests.swarm.flood import Flood, server_maddrs  # noqa: E402
+
+
+def timed(model, ids, new_tokens: int) -> tuple[list[int], float]:
+    """The tokens and the median gap between two of them (ms)."""
+    stamps, tokens = [], []
+    for token in model.stream(ids, max_new_tokens=new_tokens, eos_token_id=[]):
+        stamps.append(time.perf_counter())
+        tokens.append(int(token))
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    return tokens, 1000 * statistics.median(gaps)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--identities", type=int, default=50)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--new-tokens", type=int, default=48)
+    p.add_argument("--server-args", nargs=argparse.REMAINDER, default=[],
+                   help="extra `corolla server` flags (last on the line), e.g. --peer-requests-per-s 100")
+    p.add_argument("--out", default=str(_common.OUT_DIR / "flood.json"))
+    args = p.parse_args()
+    _common.quiet_logs()
+    ref = resolve_model(args.model)
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(ref.path)
+    num_blocks = config.num_hidden_layers
+    ids = _common.chat_ids(AutoTokenizer.from_pretrained(ref.path),
+                           [{"role": "user", "content": "Write a Python function that merges two sorted lists."}])
+    idle_ms, flood_ms, same, codes, answers = [], [], [], {}, []
+    with LocalSwarm(str(ref.path), num_blocks, ref.model_id, log_dir=_common.OUT_DIR / "logs" / "flood",
+                    server_args=["--torch-threads", "2", *args.server_args]) as swarm:
+        server = swarm.add_server((0, num_blocks))
+        swarm.wait_ready([server], timeout_s=600)
+        maddrs = server_maddrs(swarm, server.peer_id)
+        with DistributedModelForCausalLM.from_pretrained(ref.path, initial_peers=swarm.initial_peers,
+                                                         model_id=ref.model_id) as model:
+            baseline, _ = timed(model, ids, args.new_tokens)  # warm-up; the server now knows this client
+            for run in range(args.runs):
+                tokens, ms = timed(model, ids, args.new_tokens)
+                idle_ms.append(ms)
+                same.append(tokens == baseline)
+                with Flood(server.peer_id, maddrs, ref.model_id, args.identities, num_blocks=num_blocks,
+                           hidden_size=config.hidden_size) as flood:
+                    time.sleep(2)
+                    before = flood.requests
+                    tokens, ms = timed(model, ids, args.new_tokens)
+                    answers.append(flood.requests - before)
+                flood_ms.append(ms)
+                same.append(tokens == baseline)
+                for code, n in flood.codes.items():
+                    codes[code] = codes.get(code, 0) + n
+                print(f"run {run + 1}: step idle {idle_ms[-1]:.1f} ms, under flood {ms:.1f} ms "
+                      f"(x{ms / idle_ms[-1]:.2f}); flood answers during the generation {answers[-1]}", flush=True)
+    ratio = statistics.median(flood_ms) / statistics.median(idle_ms)
+    result = {
+        "model": args.model, "identities": args.identities, "runs": args.runs, "new_tokens": args.new_tokens,
+        "server_args": args.server_args, "idle_step_ms": idle_ms, "flood_step_ms": flood_ms, "ratio": ratio,
+        "flood_codes": codes, "flood_answers_during": answers, "outputs_equal": all(same),
+        "environment": _common.environment(),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"\n{args.model}, {args.identities} hostile identities, {args.runs} runs: median step idle "
+          f"{statistics.median(idle_ms):.1f} ms, under flood {statistics.median(flood_ms):.1f} ms, "
+          f"ratio x{ratio:.2f}; outputs equal: {all(same)}; flood answered by type: {codes}")
+    return 0 if all(same) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
