@@ -329,6 +329,7 @@ def test_a_push_that_comes_before_its_session_opens_waits_for_the_opening(handle
     x = torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(43))
 
     async def scenario():
+        handlers.config = dataclasses.replace(handlers.config, push_open_wait_s=30.0)  # however slow the machine
         q: asyncio.Queue = asyncio.Queue()
         q.put_nowait(_request(PushMeta(session_id=opening.session_id, position=0, step=1), x))
         q.put_nowait(None)
@@ -348,7 +349,11 @@ def test_a_push_that_comes_before_its_session_opens_waits_for_the_opening(handle
         assert [r async for r in stream] == []
         assert handlers._opening == {}  # no waiter left behind
 
-    asyncio.run(scenario())
+    config = handlers.config
+    try:
+        asyncio.run(scenario())
+    finally:
+        handlers.config = config
 
 
 async def _collect(stream) -> list[ResponseMeta]:
