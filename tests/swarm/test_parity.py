@@ -127,11 +127,12 @@ def smollm2_ref(smollm2_dir):
 def test_servers_push_to_the_next_hop_with_the_same_output(tiny_swarm, tiny_ref, push):
     """Servers hand each output straight to the next hop; the tokens are the same as without."""
     ids = torch.randint(0, 320, (1, 10), generator=torch.Generator().manual_seed(11))
-    with tiny_swarm.client(2, push=push) as model, model.inference_session(max_length=64) as session:
+    with tiny_swarm.client(2, push=push, pipeline_min_tokens=4) as model, \
+            model.inference_session(max_length=64) as session:
         out = model.generate(ids, max_new_tokens=12, eos_token_id=[])
         # hops 2 and 3 get every step pushed (the first too: the client opens their sessions ahead;
-        # the prompt goes as pieces sent at once, a step each)
-        assert session.steps == 2 + 11 if push else session.steps == 12
+        # the prompt goes as pieces of 4, 4 and 2 tokens sent at once, a step each)
+        assert session.steps == 3 + 11 if push else session.steps == 12
         # every hop input after the first was pushed, but for a push that failed under load (its
         # client then sent the step itself): at most one of them
         assert session.pushed_inputs + session.push_failures == (2 * session.steps if push else 0)

@@ -358,3 +358,39 @@ def test_a_push_that_comes_before_its_session_opens_waits_for_the_opening(handle
 
 async def _collect(stream) -> list[ResponseMeta]:
     return [_meta(r) async for r in stream]
+
+
+def test_pushes_queue_while_the_step_before_them_computes(handlers):
+    """Prefill pipelining: the previous hop pushes piece after piece; each is taken though the one
+    before is still queued or computing (checked against where the queued pushes end), and each is
+    answered in order."""
+    opening = SessionOpen(model_id="tiny", session_id="session-queued-1", start_block=0, end_block=3, max_length=32)
+    pieces = [torch.randn(1, n, 64, generator=torch.Generator().manual_seed(50 + n)) for n in (3, 2, 4)]
+
+    async def scenario():
+        client_q: asyncio.Queue = asyncio.Queue()
+        stream = handlers.rpc_inference(_queue_iter(client_q), _Context(_Peer(CLIENT)))
+        ahead = InferenceMeta(position=0, open=opening, open_only=True, push_from=PREVIOUS)
+        client_q.put_nowait(runtime_pb2.ExpertRequest(uid="tiny", metadata=encode_meta(ahead)))
+        first = asyncio.ensure_future(anext(stream))
+        for _ in range(100):
+            if handlers.sessions.get(opening.session_id) is not None:
+                break
+            await asyncio.sleep(0.01)
+        q: asyncio.Queue = asyncio.Queue()
+        position = 0
+        for step, piece in enumerate(pieces, start=1):
+            q.put_nowait(_request(PushMeta(session_id=opening.session_id, position=position, step=step), piece))
+            position += piece.shape[1]
+        q.put_nowait(None)
+        acks = [_meta(r) async for r in handlers.rpc_push(_queue_iter(q), _Context(_Peer(PREVIOUS)))]
+        answers = [_meta(await asyncio.wait_for(first, 10))]
+        for _ in pieces[1:]:
+            answers.append(_meta(await asyncio.wait_for(anext(stream), 10)))
+        client_q.put_nowait(None)
+        assert [r async for r in stream] == []
+        return acks, answers
+
+    acks, answers = asyncio.run(scenario())
+    assert [a.error for a in acks] == [None, None, None]
+    assert [(a.step, a.position) for a in answers] == [(1, 3), (2, 5), (3, 9)]

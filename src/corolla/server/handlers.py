@@ -324,11 +324,13 @@ class BlockHandlers:
                     raise BadRequestError(f"session {meta.session_id} does not accept pushes from this peer")
                 hidden = self._hidden(request, meta.compression)
                 if meta.step is None or meta.step not in session.done_steps:  # else: its client's copy came first
+                    holds = max(session.position, session.pushed_until)  # with the pushes queued before it
                     if meta.truncate_to is None:
-                        check_step(session, hidden, meta.position)
-                    elif meta.truncate_to > session.position:
+                        check_step(session, hidden, meta.position, holds)
+                    elif meta.truncate_to > holds:
                         raise BadRequestError(f"cannot truncate session {meta.session_id} to {meta.truncate_to} "
-                                              f"tokens: it holds {session.position}")
+                                              f"tokens: it holds {holds}")
+                    session.pushed_until = meta.position + hidden.shape[1]
                     session.inbox.put_nowait(("push", meta.position, hidden, meta.route, meta.compression,
                                               meta.cohort, meta.step, meta.truncate_to))
                 yield runtime_pb2.ExpertResponse(metadata=encode_meta(ResponseMeta(position=meta.position)))
@@ -538,6 +540,7 @@ class BlockHandlers:
                         position, route, cohort = meta.position, meta.route, meta.cohort
                         if meta.truncate_to is not None:
                             truncate(session, meta.truncate_to)
+                            session.pushed_until = 0  # pushes queued past the rollback are stale
                     check_step(session, hidden, position)
                     push = bool(route) and self.pushes is not None
                     out, next_cohort = await self.batcher.submit(

@@ -30,6 +30,9 @@ class Session:
     push_from: str | None = None  # the only peer whose pushes this session accepts
     pushed: set[int] = dataclasses.field(default_factory=set)  # recent positions computed from a push
     done_steps: set[int] = dataclasses.field(default_factory=set)  # numbers of the recent steps computed
+    # where the inputs pushed to us and not computed yet end: pushes queue in order (the pieces of a
+    # pipelined prompt arrive while the one before is computing), each checked against this
+    pushed_until: int = 0
     last_used: float = dataclasses.field(default_factory=time.monotonic)  # for idle expiry and LRU eviction
     closed: bool = False  # its stream ended; the batcher frees its cache once no step of it runs
     evicted: bool = False  # its cache was dropped for room: the next step tells the client to replay
@@ -121,14 +124,17 @@ def truncate(session: Session, length: int) -> None:
     session.pushed = {p for p in session.pushed if p < length}
 
 
-def check_step(session: Session, hidden: torch.Tensor, position: int) -> None:
+def check_step(session: Session, hidden: torch.Tensor, position: int, holds: int | None = None) -> None:
+    """Refuse a step that does not come at ``holds`` (default: the session's length), changes the
+    batch size or would pass the session's max_length."""
     batch, tokens, _ = hidden.shape
-    if position != session.position:
-        raise BadRequestError(f"step at position {position}, but session {session.id} holds {session.position} tokens")
+    holds = session.position if holds is None else holds
+    if position != holds:
+        raise BadRequestError(f"step at position {position}, but session {session.id} holds {holds} tokens")
     if session.batch_size is not None and batch != session.batch_size:
         raise BadRequestError(f"batch size changed from {session.batch_size} to {batch} within a session")
-    if session.position + tokens > session.max_length:
+    if position + tokens > session.max_length:
         raise SequenceTooLongError(
-            f"session {session.id} would reach {session.position + tokens} tokens, "
+            f"session {session.id} would reach {position + tokens} tokens, "
             f"past its max_length {session.max_length}"
         )
