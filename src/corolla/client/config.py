@@ -35,6 +35,9 @@ class ClientConfig:
     push: bool = True  # servers push each step's output straight to the next server (see InferenceSession)
     cohort_wait_s: float = 0.01  # the LM head waits up to this long for the rest of a cohort (see HeadBatcher)
     state_max_age_s: float = 5.0  # new sessions reuse a DHT read this recent (a failure re-reads at once)
+    # ... and one up to this old while a fresh read goes on in the background (a DHT read costs a
+    # new session ~50 ms of its time to first token; a route that is gone fails over as usual)
+    state_stale_s: float = 60.0
 
     def __post_init__(self):
         from corolla.protocol.codecs import CODECS

@@ -73,6 +73,7 @@ class SwarmClient:
         self._bans: dict[str, tuple[float, float]] = {}  # peer -> (banned until, last ban length)
         self._rtt: dict[str, tuple[float, float]] = {}  # peer -> (measured at, round trip seconds)
         self._state: tuple[float, SwarmState] | None = None  # (read at, state)
+        self._refresh_lock, self._refreshing = threading.Lock(), False
 
     def with_adapter(self, name: str | None) -> SwarmClient:
         """This client routing to servers hosting adapter ``name`` (None: no hosted adapter), for
@@ -86,11 +87,34 @@ class SwarmClient:
 
     # ---- swarm state and routing --------------------------------------------------------------
     def swarm_state(self, max_age_s: float = 0.0) -> SwarmState:
-        """The swarm's state from the DHT, or a read at most ``max_age_s`` old."""
-        now = time.monotonic()
-        if self._state is None or now - self._state[0] > max_age_s:
-            self._state = (now, fetch_swarm_state(self.dht, self.model_id, self.num_blocks))
+        """The swarm's state from the DHT, or a read at most ``max_age_s`` old; with ``max_age_s``
+        above 0, also one up to ``state_stale_s`` old, while a fresh read goes on in the background."""
+        now, state = time.monotonic(), self._state
+        if state is not None and now - state[0] <= max_age_s:
+            return state[1]
+        if state is not None and max_age_s > 0 and now - state[0] <= self.config.state_stale_s:
+            self._refresh_soon()
+            return state[1]
+        self._state = (now, fetch_swarm_state(self.dht, self.model_id, self.num_blocks))
         return self._state[1]
+
+    def _refresh_soon(self) -> None:
+        """Read the swarm's state again in a background thread (one at a time)."""
+        with self._refresh_lock:
+            if self._refreshing:
+                return
+            self._refreshing = True
+
+        def refresh():
+            try:
+                read_at = time.monotonic()
+                self._state = (read_at, fetch_swarm_state(self.dht, self.model_id, self.num_blocks))
+            except Exception as e:  # closed meanwhile, or the DHT failed: the next session reads itself
+                log.debug("refreshing the swarm's state failed: %s: %s", type(e).__name__, e)
+            finally:
+                self._refreshing = False
+
+        threading.Thread(target=refresh, name="corolla-swarm-refresh", daemon=True).start()
 
     def banned(self) -> set[str]:
         now = time.monotonic()

@@ -1,0 +1,53 @@
+"""How a client reuses its read of the swarm's state (SwarmClient.swarm_state), without a network."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from corolla.client import remote
+from corolla.client.config import ClientConfig
+from corolla.client.remote import SwarmClient
+
+
+def _client(monkeypatch, reads: list, **config) -> SwarmClient:
+    gate = threading.Event()
+    gate.set()
+
+    def fetch(dht, model_id, num_blocks):
+        gate.wait(10)
+        reads.append(time.monotonic())
+        return f"state {len(reads)}"
+
+    monkeypatch.setattr(remote, "fetch_swarm_state", fetch)
+    client = SwarmClient.__new__(SwarmClient)
+    client.dht, client.model_id, client.num_blocks = None, "m", 4
+    client.config = ClientConfig(**config)
+    client._state, client._refresh_lock, client._refreshing = None, threading.Lock(), False
+    client.gate = gate
+    return client
+
+
+def test_a_recent_read_is_reused_a_stale_one_is_used_while_a_fresh_one_is_read(monkeypatch):
+    reads: list = []
+    client = _client(monkeypatch, reads, state_max_age_s=5.0, state_stale_s=60.0)
+    assert client.swarm_state(5.0) == "state 1"  # nothing read yet: read now
+    assert client.swarm_state(5.0) == "state 1" and len(reads) == 1  # recent: reused
+    client._state = (time.monotonic() - 10, "old")  # past max age, within the stale limit
+    client.gate.clear()  # the background read takes its time
+    assert client.swarm_state(5.0) == "old"  # answered at once with the old read
+    assert client.swarm_state(5.0) == "old" and client._refreshing  # one background read at a time
+    client.gate.set()
+    deadline = time.monotonic() + 10
+    while client._refreshing and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert client.swarm_state(5.0) == "state 2" and len(reads) == 2
+
+
+def test_too_old_or_fresh_only_reads_now(monkeypatch):
+    reads: list = []
+    client = _client(monkeypatch, reads, state_max_age_s=5.0, state_stale_s=60.0)
+    client._state = (time.monotonic() - 120, "ancient")
+    assert client.swarm_state(5.0) == "state 1"  # past the stale limit: read before answering
+    client._state = (time.monotonic() - 10, "old")
+    assert client.swarm_state(0.0) == "state 2"  # a caller that wants a fresh read (after a failure) gets one
