@@ -34,7 +34,7 @@ _MODELS_KEY_ID = DHTID.generate(source=MODELS_KEY).to_bytes()
 class ServerInfoValidator(RecordValidatorBase):
     """Refuses block records whose value is not a valid ServerInfo, and records of the swarm's
     list of models (:data:`~corolla.protocol.messages.MODELS_KEY`) that are not a valid
-    ModelRecord under their own model id.
+    ModelRecord under a server's peer id (whose signature SignedRecordValidator checks first).
 
     hivemind hands validators only the DHTID (a hash) of a key, so ``models`` (model id ->
     number of blocks) says which block keys to guard; other keys pass through (the list of models
