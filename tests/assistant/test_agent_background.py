@@ -150,7 +150,11 @@ def test_stop_a_running_agent_kills_its_command(scripted, llm_model, manager, wo
     runner = manager.get(agent_id).meta["pid"]
 
     def sleeping() -> list[int]:
-        return [p for p in _children(runner) if b"sleep" in cmdline(p)]
+        # the command itself (argv[0] sleep): a child forked but not yet exec'd still shows the
+        # runner's own command line, which holds `--auto-approve sleep`
+        called = {"name": "run_command", "arguments": {"command": "sleep 30"}} in \
+            [e.data for e in manager.events(agent_id)]
+        return [p for p in _children(runner) if cmdline(p).split(b"\0")[0].endswith(b"sleep")] if called else []
 
     sleepers = wait_for(sleeping, "the agent's `sleep 30` to run")
     assert status(manager, agent_id) == "running"
