@@ -156,7 +156,6 @@ def _start_dht(initial_peers, *, client_mode, host_maddrs, announce_maddrs, iden
     if temporary:  # p2pd has read it
         shutil.rmtree(os.path.dirname(identity_file), ignore_errors=True)
     dht.corolla_models = dict(models or {})
-    dht.corolla_identity = identity
     return dht
 
 

@@ -182,6 +182,3 @@ class SignedRecordValidator(RecordValidatorBase):
     @property
     def priority(self) -> int:
         return 10  # checked (and stripped) before the validators that parse the value
-
-    def merge_with(self, other: RecordValidatorBase) -> bool:
-        return False
