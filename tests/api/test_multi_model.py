@@ -63,6 +63,11 @@ class Swarm:
         return self.states + [SwarmState(m, n, ()) for m, n in models.items() if m not in listed]
 
 
+def bare_name(name: str, folder: Path) -> str:
+    """Made-up folders hold no weights: their models' keys are their names (no digest)."""
+    return name
+
+
 @pytest.fixture
 def made_up(tmp_path, tokenizer):
     """This host has the folder of "own" (4 blocks, no server yet); the swarm serves "coder" (covered, hosts
@@ -87,7 +92,7 @@ def made_up(tmp_path, tokenizer):
         return tmp_path / "coder-folder"
 
     catalogue = SwarmCatalogue(None, {"own": save_config(tmp_path / "own", 4)}, open_engine=open_engine,
-                               resolve=resolve, read_swarm=swarm, state_max_age_s=0.0)
+                               resolve=resolve, read_swarm=swarm, state_max_age_s=0.0, key=bare_name)
     return catalogue, swarm, opened, gate
 
 
@@ -112,7 +117,7 @@ def test_a_failed_first_read_still_lists_this_hosts_models(tmp_path):
     def broken(dht, models):
         raise TimeoutError("no DHT")
 
-    catalogue = SwarmCatalogue(None, {"own": save_config(tmp_path / "own", 3)}, read_swarm=broken)
+    catalogue = SwarmCatalogue(None, {"own": save_config(tmp_path / "own", 3)}, read_swarm=broken, key=bare_name)
     assert catalogue.listed() == ["own"] and catalogue.swarm()[0]["coverage"] == [0, 0, 0]
 
 
@@ -140,6 +145,33 @@ def test_a_model_this_host_cannot_run_is_a_clear_404(made_up):
     assert error.status == 404 and error.code == "model_unavailable" and error.param == "model"
     assert "'chat'" in error.message and "no folder for 'chat' here" in error.message and "corolla api" in error.message
     assert opened == []
+
+
+def test_models_are_named_without_their_digest_unless_two_share_a_name(tmp_path, tokenizer):
+    """Keys are name@digest; the API names a model by its name alone, except where the swarm holds
+    other weights under a name (another digest of this API's own model, or two of another's)."""
+    own, coder, odd = "own@" + "a" * 16, "coder@" + "b" * 16, "coder@" + "c" * 16
+    swarm = Swarm([state(coder, 2, (0, 2, "online")), state("own@" + "d" * 16, 4, (0, 4, "online")),
+                   state("chat@" + "e" * 16, 2, (0, 2, "online"))])
+    opened = []
+
+    def open_engine(key, folder):
+        opened.append(key)
+        return FakeEngine(tokenizer, reply=lambda prompt: ["x"], model_id=key)
+
+    catalogue = SwarmCatalogue(None, {"own": save_config(tmp_path / "own", 4)}, read_swarm=swarm, state_max_age_s=0.0,
+                               key=lambda name, folder: own if name == "own" else "coder@" + "b" * 16,
+                               resolve=lambda name: tmp_path / name, open_engine=open_engine)
+    assert catalogue.listed() == ["own", "chat", "coder", "own@" + "d" * 16]  # "own" is this API's model
+    assert swarm.asked[-1] == {own: 4}  # read by its key
+    assert [(s["model_id"], s["digest"]) for s in catalogue.swarm()][:2] == [("own", "a" * 16), ("chat", "e" * 16)]
+    catalogue.engine("coder")  # a packaged model whose weights are the swarm's: runs
+    assert opened == [coder]
+    swarm.states.append(state(odd, 2, (0, 2, "online")))
+    assert catalogue.listed() == ["own", "chat", coder, odd, "own@" + "d" * 16]  # two "coder"s: by key
+    with pytest.raises(APIError) as caught:
+        catalogue.engine(odd)  # this host's "coder" folder holds other weights than these
+    assert caught.value.code == "model_unavailable" and "other weights" in caught.value.message
 
 
 def test_close_refuses_new_requests_and_closes_what_it_started(made_up):

@@ -53,7 +53,7 @@ def start_swarm(folder, model_id: str, num_blocks: int, log_dir) -> SwarmUnderTe
     except BaseException:
         swarm.stop()
         raise
-    return SwarmUnderTest(swarm, folder, model_id, splits, [[p.peer_id for p in split] for split in procs])
+    return SwarmUnderTest(swarm, folder, swarm.model_id, splits, [[p.peer_id for p in split] for split in procs])
 
 
 @pytest.fixture(scope="session", params=["llama", "qwen2"])

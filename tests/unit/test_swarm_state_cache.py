@@ -24,6 +24,7 @@ def _client(monkeypatch, reads: list, **config) -> SwarmClient:
     client.dht, client.model_id, client.num_blocks = None, "m", 4
     client.config = ClientConfig(**config)
     client._state, client._refresh_lock, client._refreshing = None, threading.Lock(), False
+    client.block_hashes = None  # not checked here (tests/swarm/test_model_identity.py)
     client.gate = gate
     return client
 
@@ -51,3 +52,25 @@ def test_too_old_or_fresh_only_reads_now(monkeypatch):
     assert client.swarm_state(5.0) == "state 1"  # past the stale limit: read before answering
     client._state = (time.monotonic() - 10, "old")
     assert client.swarm_state(0.0) == "state 2"  # a caller that wants a fresh read (after a failure) gets one
+
+
+def test_servers_whose_blocks_hash_otherwise_are_left_out(monkeypatch):
+    from corolla.protocol.messages import ServerInfo
+    from corolla.swarm.discovery import ServerRecord, SwarmState
+
+    ours = tuple(f"{b:016x}" for b in range(4))
+
+    def info(start, end, hashes):
+        return ServerInfo(state="online", start_block=start, end_block=end, version="0", dtype="float32",
+                          inference_rps=1.0, forward_tps=1.0, cache_tokens_left=10, block_hashes=hashes)
+
+    servers = (ServerRecord("a", info(0, 2, ours[0:2])), ServerRecord("b", info(2, 4, ours[2:4])),
+               ServerRecord("c", info(1, 3, (ours[1], "f" * 16))),  # another block 2
+               ServerRecord("d", info(0, 4, ())))  # announces no hashes: nothing to check them by
+    monkeypatch.setattr(remote, "fetch_swarm_state", lambda dht, model_id, n: SwarmState(model_id, n, servers))
+    client = SwarmClient.__new__(SwarmClient)
+    client.dht, client.model_id, client.num_blocks, client._odd_servers = None, "m@0123456789abcdef", 4, set()
+    client.block_hashes = ours
+    assert [s.peer_id for s in client._read_state().servers] == ["a", "b"]
+    client.block_hashes = None  # not checked
+    assert [s.peer_id for s in client._read_state().servers] == ["a", "b", "c", "d"]

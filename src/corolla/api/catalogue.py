@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
@@ -32,6 +33,7 @@ from typing import Protocol
 from corolla.api.errors import APIError, shutting_down
 from corolla.api.generation import Engine
 from corolla.errors import ModelError
+from corolla.models.manifest import split_key
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +95,15 @@ class SwarmCatalogue:
     def __init__(self, dht, models: Mapping[str, Path], *, engines: Mapping[str, Engine] | None = None,
                  client_options: Mapping | None = None, state_max_age_s: float = 1.0,
                  open_engine: OpenEngine | None = None, resolve: Callable[[str], Path] | None = None,
-                 read_swarm: Callable | None = None, draft=None):
+                 read_swarm: Callable | None = None, draft=None, key: Callable[[str, Path], str] | None = None):
         from corolla.models.loading import load_config
         from corolla.swarm.discovery import fetch_swarm_overview
 
         self.dht = dht
-        self.folders = {model_id: Path(path) for model_id, path in models.items()}
-        self.num_blocks = {model_id: load_config(path).num_hidden_layers for model_id, path in self.folders.items()}
+        self.folders = {name: Path(path) for name, path in models.items()}
+        self._key = key or folder_key  # (name, folder) -> the model's key in the swarm, name@digest
+        self.keys = {name: self._key(name, folder) for name, folder in self.folders.items()}
+        self.num_blocks = {self.keys[name]: load_config(path).num_hidden_layers for name, path in self.folders.items()}
         self.state_max_age_s = state_max_age_s
         self._client_options = dict(client_options or {})
         self.draft = draft  # speculative decoding for every engine it opens (see SwarmEngine)
@@ -112,13 +116,16 @@ class SwarmCatalogue:
         self._lock = threading.Lock()
         self._closed = False
         self._state_lock = threading.Lock()
-        self._states: tuple[float, list] | None = None  # (read at, [SwarmState])
+        self._states: tuple[float, list, dict[str, str]] | None = None  # (read at, [SwarmState], {key: name})
 
     # ---- the swarm's models ----------------------------------------------------------------------
     def states(self) -> list:
         """Every model's :class:`~corolla.swarm.discovery.SwarmState`: this API's models first, in
-        order, then the others by id; read from the DHT at most every ``state_max_age_s``. A failed
+        order, then the others by key; read from the DHT at most every ``state_max_age_s``. A failed
         read keeps the last one (this API's models alone, none uncovered, before any)."""
+        return self._read()[0]
+
+    def _read(self) -> tuple[list, dict[str, str]]:
         from corolla.swarm.discovery import SwarmState
 
         with self._state_lock:
@@ -129,23 +136,37 @@ class SwarmCatalogue:
                 except Exception as e:  # the DHT may fail a read: serve the last one
                     log.warning("reading the swarm's models failed: %s: %s", type(e).__name__, e)
                     states = self._states[1] if self._states else [
-                        SwarmState(model_id, n, ()) for model_id, n in self.num_blocks.items()]
-                order = {model_id: i for i, model_id in enumerate(self.folders)}
+                        SwarmState(key, n, ()) for key, n in self.num_blocks.items()]
+                order = {key: i for i, key in enumerate(self.num_blocks)}
                 states = sorted(states, key=lambda s: (order.get(s.model_id, len(order)), s.model_id))
-                self._states = (now, states)
-            return self._states[1]
+                self._states = (now, states, self._names([s.model_id for s in states]))
+            return self._states[1], self._states[2]
+
+    def _names(self, keys: list[str]) -> dict[str, str]:
+        """The API's name of each key: this API's models by the names they were given; any other
+        by its name without the digest, unless that name is taken (one of this API's, or several
+        digests of it in the swarm: another checkpoint under the same name): then by its key."""
+        own = {key: name for name, key in self.keys.items()}
+        others = [key for key in keys if key not in own]
+        bases = Counter(split_key(key)[0] for key in others)
+        names = dict(own)
+        for key in others:
+            base = split_key(key)[0]
+            names[key] = base if bases[base] == 1 and base not in self.folders else key
+        return names
 
     def listed(self) -> list[str]:
-        return [s.model_id for s in self.states() if s.model_id in self.folders or s.complete]
+        states, names = self._read()
+        return [names[s.model_id] for s in states if s.model_id in self.num_blocks or s.complete]
 
     def known(self, model_id: str) -> bool:
-        return model_id in self.folders or model_id in self._engines or \
-            any(s.model_id == model_id for s in self.states())
+        return model_id in self.folders or model_id in self._engines or model_id in self._read()[1].values()
 
     def swarm(self) -> list[dict]:
         from corolla.api.engine import swarm_json
 
-        return [swarm_json(state) for state in self.states()]
+        states, names = self._read()
+        return [swarm_json(state, names[state.model_id]) for state in states]
 
     # ---- engines ---------------------------------------------------------------------------------
     def engine(self, model_id: str) -> Engine:
@@ -162,9 +183,16 @@ class SwarmCatalogue:
             folder = self.folders.get(model_id)
             try:
                 if folder is None:
-                    folder = self._resolve(model_id)
-                log.info("starting a client for %s (from %s)", model_id, folder)
-                engine = self._open_engine(model_id, folder)
+                    key = next((k for k, name in self._read()[1].items() if name == model_id), model_id)
+                    base = split_key(key)[0]
+                    folder = self._resolve(base)
+                    if (ours := self._key(base, folder)) != key:
+                        raise ModelError(f"the swarm serves other weights under this name ({key}) than the "
+                                         f"packaged {base} ({ours})")
+                else:
+                    key = self.keys[model_id]
+                log.info("starting a client for %s (from %s)", key, folder)
+                engine = self._open_engine(key, folder)
             except (ModelError, OSError, ValueError) as e:  # no such folder, no tokenizer, bad config
                 raise unavailable(model_id, e) from None
             with self._lock:
@@ -226,7 +254,14 @@ def resolve_packaged_folder(model_id: str) -> Path:
     if model_id not in packaged.PACKAGED:
         raise ModelError(f"this API host has no folder for {model_id!r}, which is not a packaged model "
                          f"({', '.join(packaged.packaged_names())})")
-    return resolve_packaged(model_id, progress=False)
+    return resolve_packaged(model_id, progress=False).path
+
+
+def folder_key(name: str, folder: Path) -> str:
+    """The key in the swarm of the model in ``folder`` named ``name``: ``name@digest``."""
+    from corolla.models.manifest import manifest_of, swarm_key
+
+    return swarm_key(name, manifest_of(folder))
 
 
 def unavailable(model_id: str, error: BaseException) -> APIError:

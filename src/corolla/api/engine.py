@@ -32,7 +32,7 @@ class SwarmEngine:
     def __init__(self, model, *, state_max_age_s: float = 1.0, draft=None):
         self.model = model
         self.draft = _usable_draft(model, draft)
-        self.model_id: str = model.model_id
+        self.model_id: str = getattr(model, "name", model.model_id)  # the API's name: without the digest
         _ = model.tokenizer  # load it now, not in the first requests' threads at once
         self._tokenizer_lock = threading.Lock()  # HF fast tokenizers are not safe to share across threads
         self._state_lock = threading.Lock()
@@ -140,7 +140,7 @@ class SwarmEngine:
             if self._state is None or now - self._state[0] > self.state_max_age_s:
                 client = self.model.client
                 state = fetch_swarm_state(client.dht, client.model_id, client.num_blocks)
-                self._state = (now, swarm_json(state))
+                self._state = (now, swarm_json(state, self.model_id))
             return self._state[1]
 
 
@@ -157,8 +157,12 @@ def _usable_draft(model, draft):
     return draft
 
 
-def swarm_json(state) -> dict:
-    """A :class:`~corolla.swarm.discovery.SwarmState` as the JSON of ``GET /api/swarm``."""
+def swarm_json(state, name: str | None = None) -> dict:
+    """A :class:`~corolla.swarm.discovery.SwarmState` as the JSON of ``GET /api/swarm``: ``model_id``
+    is ``name`` (the API's name for it; default: the key's name part), ``swarm_key`` its key in the
+    swarm (``name@digest``) and ``digest`` the digest of its weights (None for a key without one)."""
+    from corolla.models.manifest import split_key
+
     servers = []
     for record in state.servers:
         info = record.info
@@ -167,5 +171,6 @@ def swarm_json(state) -> dict:
             value = getattr(info, field)
             entry[field] = value.value if field == "state" else list(value) if field == "adapters" else value
         servers.append(entry)
-    return {"model_id": state.model_id, "num_blocks": state.num_blocks, "coverage": state.coverage(),
-            "servers": servers}
+    base, digest = split_key(state.model_id)
+    return {"model_id": name or base, "digest": digest, "swarm_key": state.model_id, "num_blocks": state.num_blocks,
+            "coverage": state.coverage(), "servers": servers}

@@ -167,6 +167,7 @@ def _model_state(dht, spec: str | None, model_id: str | None):
     config (resolving ``spec``: a local folder, a packaged model fetched if need be, ...)."""
     from corolla.errors import CorollaError
     from corolla.models.loading import load_config
+    from corolla.models.manifest import manifest_of, split_key, swarm_key
     from corolla.models.resolve import resolve_model
     from corolla.swarm.discovery import fetch_models, fetch_swarm_state
 
@@ -174,15 +175,26 @@ def _model_state(dht, spec: str | None, model_id: str | None):
     name = model_id or spec
     if name in listed:
         return fetch_swarm_state(dht, name, listed[name])
+    digests = [key for key in listed if split_key(key)[0] == name]
+    if len(digests) == 1:  # one model of that name: no need to have its files
+        return fetch_swarm_state(dht, digests[0], listed[digests[0]])
     if spec is None:
+        if digests:
+            raise CorollaError(f"the swarm serves several models named {name!r} (other weights under one name): "
+                               f"{', '.join(digests)}; give one of these as --model-id, or the model's folder")
         raise CorollaError(f"the swarm lists no model {name!r} (it lists: {', '.join(listed) or 'none'}); "
                            f"give MODEL to read its blocks")
     ref = resolve_model(spec, progress=False)
-    return fetch_swarm_state(dht, model_id or ref.model_id, load_config(ref.path).num_hidden_layers)
+    key = swarm_key(model_id or ref.model_id, manifest_of(ref.path))
+    return fetch_swarm_state(dht, key, listed.get(key) or load_config(ref.path).num_hidden_layers)
 
 
 def _state_json(state) -> dict:
-    return {"model_id": state.model_id, "num_blocks": state.num_blocks, "coverage": state.coverage(),
+    from corolla.models.manifest import split_key
+
+    name, digest = split_key(state.model_id)
+    return {"model_id": name, "digest": digest, "swarm_key": state.model_id, "num_blocks": state.num_blocks,
+            "coverage": state.coverage(),
             "servers": [{"peer_id": s.peer_id, **s.info.model_dump(mode="json"), "relayed": s.info.relayed}
                         for s in state.servers]}
 
@@ -193,6 +205,7 @@ def _strip(coverage: list[int]) -> str:
 
 def _print_overview(states, as_json: bool) -> int:
     """Every model the swarm lists, one line each; exit status 3 when one lacks a block or there is none."""
+    from corolla.models.manifest import split_key
     from corolla.protocol.messages import ServerState
 
     incomplete = not states or any(not state.complete for state in states)
@@ -207,13 +220,16 @@ def _print_overview(states, as_json: bool) -> int:
         console.print("the swarm serves no model yet (no server announces one)")
         return 3
     table = Table(title=f"{len(states)} model{'s' if len(states) != 1 else ''} in this swarm")
-    for col in ("model", "blocks", "MiB per block", "servers online", "servers per block", "blocks with no server"):
+    for col in ("model", "digest", "blocks", "MiB per block", "servers online", "servers per block",
+                "blocks with no server"):
         table.add_column(col)
     for state in states:
         coverage = state.coverage()
         online = sum(s.info.state is ServerState.ONLINE for s in state.servers)
-        table.add_row(state.model_id, str(state.num_blocks), _per_block_mib(state), f"{online} of {len(state.servers)}",
-                      _strip(coverage), _ranges([b for b, c in enumerate(coverage) if c == 0]) or "none")
+        name, digest = split_key(state.model_id)
+        table.add_row(name, digest or "", str(state.num_blocks), _per_block_mib(state),
+                      f"{online} of {len(state.servers)}", _strip(coverage),
+                      _ranges([b for b, c in enumerate(coverage) if c == 0]) or "none")
     console.print(table)
     return 3 if incomplete else 0
 

@@ -38,9 +38,17 @@ class ClientConfig:
     # ... and one up to this old while a fresh read goes on in the background (a DHT read costs a
     # new session ~50 ms of its time to first token; a route that is gone fails over as usual)
     state_stale_s: float = 60.0
+    # verified computation (corolla.client.verify): this share of inference steps re-checks every
+    # hop's outputs so far on a second server (0: never); seed: the sample (None: random)
+    verify_rate: float = 0.05
+    verify_seed: int | None = None
+    report_wrong: bool = True  # publish a signed DHT report about a server found wrong
+    weigh_reports: bool = True  # use a server other clients reported only when no other can serve
 
     def __post_init__(self):
         from corolla.protocol.codecs import CODECS
 
+        if not 0.0 <= self.verify_rate <= 1.0:
+            raise ValueError(f"verify_rate must be within 0..1, not {self.verify_rate!r}")
         if self.compression not in CODECS:
             raise ValueError(f"compression must be one of {', '.join(CODECS)}, not {self.compression!r}")

@@ -23,6 +23,7 @@ from corolla.client.session import InferenceSession
 from corolla.client.speculative import DraftConfig, SpeculationStats, make_drafter, speculate
 from corolla.client.training import RemoteBlocks, SwarmAdapter, causal_lm_loss
 from corolla.models.loading import load_config, load_head
+from corolla.models.manifest import block_hashes, manifest_of, split_key, swarm_key
 from corolla.models.resolve import resolve_model
 
 
@@ -31,6 +32,7 @@ class DistributedModelForCausalLM:
 
     def __init__(self, path: Path, model_id: str, config: Any, head: torch.nn.Module, client: SwarmClient):
         self.path, self.model_id, self.config, self.head, self.client = path, model_id, config, head, client
+        self.name = split_key(model_id)[0]  # the model's name; model_id is its key in the swarm: name@digest
         self._head_batcher = HeadBatcher(lambda hidden: self.head.logits(hidden[:, None, :])[:, 0, :],
                                          cohort_wait_s=client.config.cohort_wait_s,
                                          parts=lambda destination: destination[1])  # a micro-batch per hop
@@ -64,9 +66,11 @@ class DistributedModelForCausalLM:
         if "allowed_servers" in client_options and client_options["allowed_servers"] is not None:
             client_options["allowed_servers"] = frozenset(client_options["allowed_servers"])
         cfg = ClientConfig(initial_peers=tuple(initial_peers), **client_options)
-        model_id = cfg.model_id or ref.model_id
+        manifest = manifest_of(ref.path)  # what the servers' blocks must hash to (read once, then cached)
+        model_id = swarm_key(cfg.model_id or ref.model_id, manifest)
         head = load_head(ref.path, config)
-        client = SwarmClient(model_id, config.num_hidden_layers, config.hidden_size, cfg, dht=dht)
+        client = SwarmClient(model_id, config.num_hidden_layers, config.hidden_size, cfg, dht=dht,
+                             block_hashes=block_hashes(manifest, 0, config.num_hidden_layers))
         model = cls(ref.path, model_id, config, head, client)
         model.adapter = owned
         return model

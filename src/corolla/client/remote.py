@@ -16,8 +16,10 @@ from hivemind.proto import runtime_pb2
 
 from corolla.client.config import ClientConfig
 from corolla.client.loop import LoopThread
+from corolla.client.verify import Reputation, Verdict, VerifyStats, disagreement, tolerance
 from corolla.errors import (
     BadRequestError,
+    CorollaError,
     NoRouteError,
     PeerUnresponsiveError,
     RemoteCallError,
@@ -36,8 +38,9 @@ from corolla.protocol.messages import (
 )
 from corolla.protocol.rpc import RpcStream, remote_call, stub_for
 from corolla.protocol.tensors import decode, encode, from_wire, to_wire
+from corolla.swarm.announce import report_wrong
 from corolla.swarm.dht import start_dht
-from corolla.swarm.discovery import SwarmState, fetch_swarm_state
+from corolla.swarm.discovery import ServerRecord, SwarmState, fetch_swarm_state_and_reports
 from corolla.swarm.routing import Hop, plan_chain
 
 log = logging.getLogger(__name__)
@@ -62,8 +65,17 @@ def parse_response(response: runtime_pb2.ExpertResponse, codec: str | None = Non
 class SwarmClient:
     """Owns a client-mode DHT node, a P2P handle and the loop that drives RPCs."""
 
-    def __init__(self, model_id: str, num_blocks: int, hidden_size: int, config: ClientConfig, dht=None):
+    def __init__(self, model_id: str, num_blocks: int, hidden_size: int, config: ClientConfig, dht=None,
+                 block_hashes: tuple[str, ...] | None = None):
+        """``block_hashes``: each block's short hash (:mod:`corolla.models.manifest`); servers whose
+        blocks hash otherwise are left out of every chain (None: not checked)."""
         self.model_id, self.num_blocks, self.hidden_size, self.config = model_id, num_blocks, hidden_size, config
+        self.block_hashes = block_hashes
+        self.reputation = Reputation()
+        self.distrusted: set[str] = self.reputation.distrusted(model_id)  # found wrong: never used again
+        self.reported: set[str] = set()  # servers other clients reported (see corolla.client.verify)
+        self.verify_stats = VerifyStats()
+        self._odd_servers: set[str] = set()  # left out for their blocks' hashes (logged once each)
         self._own_dht = dht is None
         if dht is None:
             dht = start_dht(config.initial_peers, client_mode=True, models={model_id: num_blocks})
@@ -95,8 +107,23 @@ class SwarmClient:
         if state is not None and max_age_s > 0 and now - state[0] <= self.config.state_stale_s:
             self._refresh_soon()
             return state[1]
-        self._state = (now, fetch_swarm_state(self.dht, self.model_id, self.num_blocks))
+        self._state = (now, self._read_state())
         return self._state[1]
+
+    def _read_state(self) -> SwarmState:
+        """The swarm's state, without the servers whose blocks are not this model's (a server
+        loaded from other weights, announcing under this model's key)."""
+        state, reports = fetch_swarm_state_and_reports(self.dht, self.model_id, self.num_blocks)
+        self.reported = {peer for accused in reports.values() for peer in accused}
+        if self.block_hashes is None:
+            return state
+        servers = tuple(s for s in state.servers
+                        if s.info.block_hashes == self.block_hashes[s.info.start_block:s.info.end_block])
+        odd = sorted({s.peer_id for s in state.servers} - {s.peer_id for s in servers} - self._odd_servers)
+        if odd:
+            self._odd_servers.update(odd)
+            log.warning("left out server(s) whose blocks are not %s's: %s", self.model_id, ", ".join(odd))
+        return dataclasses.replace(state, servers=servers)
 
     def _refresh_soon(self) -> None:
         """Read the swarm's state again in a background thread (one at a time)."""
@@ -108,7 +135,7 @@ class SwarmClient:
         def refresh():
             try:
                 read_at = time.monotonic()
-                self._state = (read_at, fetch_swarm_state(self.dht, self.model_id, self.num_blocks))
+                self._state = (read_at, self._read_state())
             except Exception as e:  # closed meanwhile, or the DHT failed: the next session reads itself
                 log.debug("refreshing the swarm's state failed: %s: %s", type(e).__name__, e)
             finally:
@@ -142,9 +169,16 @@ class SwarmClient:
         while True:
             try:
                 state = self.swarm_state(max_age_s)
-                return plan_chain(state, start, end, banned=self.banned(), allowed=self.config.allowed_servers,
-                                  rtt_s=self.measure_rtts(state), forward_tokens=forward_tokens,
-                                  adapter=self.config.adapter, trainable=trainable)
+                banned = self.banned() | self.distrusted
+                options = dict(allowed=self.config.allowed_servers, rtt_s=self.measure_rtts(state),
+                               forward_tokens=forward_tokens, adapter=self.config.adapter, trainable=trainable)
+                avoided = self.reported - banned if self.config.weigh_reports else set()
+                if avoided:  # servers someone reported: only where no other can serve
+                    try:
+                        return plan_chain(state, start, end, banned=banned | avoided, **options)
+                    except NoRouteError:
+                        pass
+                return plan_chain(state, start, end, banned=banned, **options)
             except UnknownAdapterError:
                 if max_age_s == 0.0:
                     raise
@@ -156,6 +190,94 @@ class SwarmClient:
                 if stop.wait(delay):
                     raise SessionClosedError("closed while waiting for servers to appear") from None
                 delay = min(delay * 2, 2.0)
+
+    # ---- verified computation (corolla.client.verify) --------------------------------------------
+    def verifiers(self, primary: str, start: int, end: int) -> list[ServerRecord]:
+        """Online servers other than ``primary`` that compute blocks ``start:end`` the way it
+        should (the same quantisation), trusted, not banned and allowed (``allowed_servers``),
+        from the last read of the swarm."""
+        state = self._state[1] if self._state is not None else self.swarm_state(self.config.state_max_age_s)
+        infos = {s.peer_id: s.info for s in state.servers}
+        quant = infos[primary].quant if primary in infos else "none"
+        excluded = self.banned() | self.distrusted | {primary}
+        allowed = self.config.allowed_servers
+        return [s for s in state.servers if s.peer_id not in excluded and s.info.state is ServerState.ONLINE
+                and (allowed is None or s.peer_id in allowed)
+                and s.info.start_block <= start and end <= s.info.end_block and s.info.quant == quant
+                and (self.config.adapter is None or self.config.adapter in s.info.adapters)]
+
+    def dtype_of(self, peer_id: str) -> str:
+        state = self._state[1] if self._state is not None else None
+        info = next((s.info for s in state.servers if s.peer_id == peer_id), None) if state else None
+        return info.dtype if info is not None else "unknown"
+
+    async def verify_hop(self, hop: Hop, hidden: torch.Tensor, outputs: torch.Tensor,
+                         candidates: list[ServerRecord]) -> Verdict | None:
+        """Check ``outputs``, what ``hop``'s server answered for its inputs ``hidden`` [B, T, H]
+        so far, against a forward of ``hidden`` on the first of ``candidates`` that answers; on a
+        disagreement ask the next one (the referee) and distrust the server in the minority.
+        None when no candidate answered."""
+        codec = self.config.compression
+        answers: list[tuple[str, torch.Tensor]] = []
+        for record in candidates:
+            try:
+                answers.append((record.peer_id, await self.call_forward(Hop(record.peer_id, hop.start, hop.end),
+                                                                         hidden)))
+            except CorollaError as e:  # busy, gone, refused: try another
+                log.debug("verifier %s did not answer: %s: %s", record.peer_id, type(e).__name__, e)
+                continue
+            if len(answers) == 1:
+                verifier, theirs = answers[0]
+                tol = tolerance(self.dtype_of(hop.peer_id), self.dtype_of(verifier), codec)
+                verdict = Verdict(hop.start, hop.end, hop.peer_id, verifier, disagreement(outputs, theirs), tol,
+                                  outputs.shape[0] * outputs.shape[1])
+                self.verify_stats.checks += 1
+                self.verify_stats.tokens_compared += verdict.tokens
+                if verdict.agreed:
+                    self.verify_stats.worst_agreeing = max(self.verify_stats.worst_agreeing, verdict.error)
+                    return verdict
+                self.verify_stats.disputes += 1
+                log.warning("server %s and %s disagree on blocks %d:%d (relative error %.3g > %.3g): asking a third",
+                            hop.peer_id, verifier, hop.start, hop.end, verdict.error, tol)
+                continue
+            referee, third = answers[1]
+            verdict.referee = referee
+            with_primary = disagreement(outputs, third) <= tolerance(self.dtype_of(hop.peer_id),
+                                                                     self.dtype_of(referee), codec)
+            with_verifier = disagreement(theirs, third) <= tolerance(self.dtype_of(verifier),
+                                                                     self.dtype_of(referee), codec)
+            if with_verifier and not with_primary:
+                verdict.wrong = hop.peer_id
+            elif with_primary and not with_verifier:
+                verdict.wrong = verifier
+            if verdict.wrong is not None:
+                self.distrust(verdict.wrong, verdict)
+            else:
+                log.warning("the third server %s settles nothing on blocks %d:%d", referee, hop.start, hop.end)
+            return verdict
+        if answers:
+            log.warning("no third server to settle %s vs %s on blocks %d:%d", hop.peer_id, answers[0][0],
+                        hop.start, hop.end)
+            return verdict
+        return None
+
+    def distrust(self, peer_id: str, verdict: Verdict) -> None:
+        """Never use ``peer_id`` again; remember it on this machine and tell the swarm."""
+        self.distrusted.add(peer_id)
+        self.verify_stats.caught.append(peer_id)
+        self._state = None
+        log.error("server %s computed blocks %d:%d wrong (relative error %.3g, tolerance %.3g; witnesses %s, %s): "
+                  "distrusted", peer_id, verdict.start, verdict.end, verdict.error, verdict.tolerance,
+                  verdict.verifier, verdict.referee)
+        try:
+            self.reputation.record(self.model_id, peer_id, verdict)
+        except OSError as e:
+            log.warning("could not write the reputation file %s: %s", self.reputation.path, e)
+        if self.config.report_wrong:
+            try:
+                report_wrong(self.dht, self.model_id, sorted(self.distrusted), wait=False)
+            except Exception as e:  # the DHT may be closing: the local record stands
+                log.warning("could not report %s in the DHT: %s: %s", peer_id, type(e).__name__, e)
 
     def measure_rtts(self, state: SwarmState, max_age_s: float = 60.0) -> dict[str, float]:
         """Round trips to online servers (an ``info`` call each), measured at most every ``max_age_s``."""

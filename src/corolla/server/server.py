@@ -20,6 +20,7 @@ from corolla.cache import cache_root
 from corolla.errors import CorollaError
 from corolla.models.adapters import BlockAdapters
 from corolla.models.loading import block_sizes, load_config, load_span, module_bytes, parse_dtype
+from corolla.models.manifest import block_hashes, manifest_of, swarm_key
 from corolla.models.peft import load_lora
 from corolla.models.quant import check_dtype, check_quant, quantize_span
 from corolla.models.registry import family_for
@@ -81,6 +82,7 @@ class Server:
             weight_bytes=self.weight_bytes or sum(self.block_bytes[start:end]),
             next_pings={peer: round(rtt, 6) for peer, rtt in sorted(self.next_pings.items())[:64]},
             addrs=self.addrs,
+            block_hashes=block_hashes(self.manifest, start, end),
         )
 
     def _announce(self, info: ServerInfo | None = None, wait: bool = True):
@@ -101,7 +103,8 @@ class Server:
         self.model_config = load_config(ref.path)
         family_for(self.model_config).check_precision(self.model_config, self.dtype, cfg.quant)
         self.total = self.model_config.num_hidden_layers
-        self.model_id = cfg.model_id or ref.model_id
+        self.manifest = manifest_of(ref.path)  # read once per version of the files, then cached
+        self.model_id = swarm_key(cfg.model_id or ref.model_id, self.manifest)
         self.block_bytes = block_sizes(ref.path, self.model_config, self.dtype, cfg.quant)
         host_maddrs = [f"/ip4/{cfg.host}/tcp/{cfg.port}"]
         announce_maddrs = ([f"/ip4/{cfg.announce_host or cfg.host}/tcp/{cfg.announce_port or cfg.port}"]
@@ -174,7 +177,8 @@ class Server:
         on_stop_signals(lambda: loop.call_soon_threadsafe(stop.set))  # SIGTERM / Ctrl-C: leave (see _leave)
         self.state = ServerState.ONLINE
         log.info("serving blocks %d:%d of %s as %s", self.start, self.end, self.model_id, self.peer_id)
-        print(f"corolla-server ready peer_id={self.peer_id} blocks={self.start}:{self.end}", flush=True)
+        print(f"corolla-server ready peer_id={self.peer_id} blocks={self.start}:{self.end} model={self.model_id}",
+              flush=True)
         rng = random.Random(self.peer_id)  # servers seeing the same gap should not all move at once
         next_rebalance = time.monotonic() + self.config.rebalance_period_s * (1 + rng.random())
         while not stop.is_set():

@@ -18,7 +18,14 @@ import logging
 from hivemind.utils import get_dht_time
 from pydantic import ValidationError
 
-from corolla.protocol.messages import MODELS_KEY, ModelRecord, ServerInfo, block_key
+from corolla.protocol.messages import (
+    MODELS_KEY,
+    ModelRecord,
+    ServerInfo,
+    WrongComputationReport,
+    block_key,
+    reports_key,
+)
 from corolla.swarm.dht import dht_models
 
 log = logging.getLogger(__name__)
@@ -58,3 +65,12 @@ def model_record(model_id: str, num_blocks: int | None) -> ModelRecord | None:
 async def _store(dht, node, *, keys, values, expiration):
     peer = dht.peer_id.to_base58()  # the subkey of every record: the only one this node can sign
     return await node.store_many(keys, values, expiration, subkeys=[peer] * len(keys))
+
+
+def report_wrong(dht, model_id: str, accused: list[str], expiration_s: float = 600.0, wait: bool = True):
+    """Store this node's signed :class:`~corolla.protocol.messages.WrongComputationReport` about
+    ``model_id``'s servers ``accused`` (all this node accuses: the record replaces its last one)."""
+    report = WrongComputationReport(accused=tuple(sorted(set(accused)))[-64:], reported_at=get_dht_time())
+    coro = functools.partial(_store, keys=[reports_key(model_id)], values=[report.model_dump(mode="json")],
+                             expiration=get_dht_time() + expiration_s)
+    return dht.run_coroutine(coro, return_future=not wait)

@@ -12,7 +12,15 @@ from collections.abc import Mapping
 
 from pydantic import ValidationError
 
-from corolla.protocol.messages import MODELS_KEY, ModelRecord, ServerInfo, ServerState, block_key
+from corolla.protocol.messages import (
+    MODELS_KEY,
+    ModelRecord,
+    ServerInfo,
+    ServerState,
+    WrongComputationReport,
+    block_key,
+    reports_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +70,28 @@ def fetch_swarm_state(dht, model_id: str, num_blocks: int) -> SwarmState:
     keys = [block_key(model_id, b) for b in range(num_blocks)]
     raw = dht.run_coroutine(functools.partial(_get_many, keys=keys))
     return parse_swarm_state(model_id, num_blocks, raw)
+
+
+def fetch_swarm_state_and_reports(dht, model_id: str, num_blocks: int) -> tuple[SwarmState, dict[str, set[str]]]:
+    """:func:`fetch_swarm_state`, and in the same read the reports about the model's servers
+    (:func:`parse_reports`)."""
+    keys = [block_key(model_id, b) for b in range(num_blocks)] + [reports_key(model_id)]
+    raw = dht.run_coroutine(functools.partial(_get_many, keys=keys))
+    return parse_swarm_state(model_id, num_blocks, raw), parse_reports(raw.get(reports_key(model_id)))
+
+
+def parse_reports(raw: dict | None) -> dict[str, set[str]]:
+    """``{reporting peer: {accused peers}}`` from the records under a model's reports key (each
+    signed by its reporter, whose peer id is the subkey); a record that does not parse is dropped."""
+    reports: dict[str, set[str]] = {}
+    for subkey, value in (raw.items() if isinstance(raw, dict) else ()):
+        try:
+            report = WrongComputationReport.model_validate(value)
+        except ValidationError:
+            continue
+        if isinstance(subkey, str):
+            reports[subkey] = set(report.accused) - {subkey}
+    return reports
 
 
 def fetch_models(dht) -> dict[str, int]:

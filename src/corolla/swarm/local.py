@@ -23,7 +23,7 @@ from corolla.protocol.messages import ServerState
 from corolla.swarm.dht import start_dht, visible_maddrs
 from corolla.swarm.discovery import SwarmState, fetch_swarm_state
 
-READY = re.compile(r"corolla-server ready peer_id=(?P<peer>\S+) blocks=(?P<start>\d+):(?P<end>\d+)")
+READY = re.compile(r"corolla-server ready peer_id=(?P<peer>\S+) blocks=(?P<start>\d+):(?P<end>\d+) model=(?P<key>\S+)")
 
 
 def even_spans(num_blocks: int, servers: int) -> list[tuple[int, int]]:
@@ -40,6 +40,7 @@ class ServerProcess:
     process: subprocess.Popen
     log_path: Path
     peer_id: str | None = None
+    model_key: str | None = None  # the model's key in the swarm (name@digest) the server announces under
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -56,6 +57,7 @@ class ServerProcess:
             if match:
                 self.peer_id = match["peer"]
                 self.span = (int(match["start"]), int(match["end"]))
+                self.model_key = match["key"]
         return self.peer_id is not None
 
 
@@ -73,6 +75,8 @@ class LocalSwarm:
     ):
         """``dht``: a running DHT node (another LocalSwarm's bootstrap peer) that servers join through
         instead of a bootstrap peer of this swarm's own; :meth:`stop` leaves it running."""
+        # ``model_id``: the model's name; once a server is ready, its key in the swarm (name@digest,
+        # as the server computed it from the weights' manifest)
         self.model, self.num_blocks, self.model_id = model, num_blocks, model_id
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="corolla-swarm-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -96,10 +100,12 @@ class LocalSwarm:
             self.dht = start_dht()
             self._own_dht = True
 
-    def add_server(self, span: tuple[int, int] | None = None, extra_args: Sequence[str] = ()) -> ServerProcess:
-        """Start one server process (``span`` None lets it choose its blocks)."""
+    def add_server(self, span: tuple[int, int] | None = None, extra_args: Sequence[str] = (),
+                   program: Sequence[str] = (sys.executable, "-m", "corolla", "server")) -> ServerProcess:
+        """Start one server process (``span`` None lets it choose its blocks); ``program``: the
+        command that takes ``corolla server``'s arguments."""
         self.start_bootstrap()
-        cmd = [sys.executable, "-m", "corolla", "server", self.model, "--model-id", self.model_id,
+        cmd = [*program, self.model, "--model-id", self.model_id,
                "--initial-peers", *self.initial_peers, *self.server_args, *extra_args]
         if span is not None:
             cmd += ["--blocks", f"{span[0]}:{span[1]}"]
@@ -140,6 +146,7 @@ class LocalSwarm:
                 if s.process.poll() is not None:
                     raise CorollaError(f"server {s.log_path.name} exited with {s.process.returncode}:\n{s.log_tail()}")
             if all(s.poll_ready() for s in servers):
+                self.model_id = servers[0].model_key or self.model_id
                 online = {r.peer_id for r in self.state().servers if r.info.state is ServerState.ONLINE}
                 if all(s.peer_id in online for s in servers):
                     return

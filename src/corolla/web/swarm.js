@@ -76,7 +76,9 @@ function renderSummary(data) {
 
 function renderModel(data) {
   return el("section", { className: "model", dataset: { testid: "model", modelId: data.model_id || "" } },
-    el("h2", {}, el("span", { dataset: { testid: "model-id" } }, data.model_id || "?")),
+    el("h2", {}, el("span", { dataset: { testid: "model-id" } }, data.model_id || "?"),
+      data.digest ? el("small", { className: "muted", title: "digest of the model's weights (its manifest)",
+                                  dataset: { testid: "model-digest" } }, ` @${data.digest}`) : ""),
     renderSummary(data), renderBlocks(data), renderServers(data));
 }
 

@@ -1,0 +1,112 @@
+"""Verified computation on a real swarm: a server returning wrong activations is caught, distrusted,
+recorded and reported; honest servers are never accused.
+
+Each liar swarm: two honest servers and one liar (tests/swarm/liar.py, a test-only wrapper) that
+each hold every block of a tiny Llama, the liar announcing itself faster so clients route through
+it. One liar is off by 1 % on every step, the other flips the sign of one step in 100. Clients
+check at the default rate (1 step in 20), with a fixed sample.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from corolla.swarm.discovery import fetch_swarm_state_and_reports
+from corolla.swarm.local import LocalSwarm
+from tests.swarm.conftest import SERVER_ARGS
+from tests.tiny_models import save_tiny_model
+
+pytestmark = pytest.mark.slow
+LIAR = (sys.executable, "-m", "tests.swarm.liar")
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    return save_tiny_model("llama", tmp_path_factory.mktemp("tiny-verify"))
+
+
+def _swarm(folder, log_dir, liar_args=None, dtypes=("float32", "float32")):
+    swarm = LocalSwarm(str(folder), 6, "tiny-verify", log_dir=log_dir, server_args=SERVER_ARGS)
+    try:
+        honest = [swarm.add_server((0, 6), ["--dtype", dtype]) for dtype in dtypes]
+        liar = swarm.add_server((0, 6), liar_args, program=LIAR) if liar_args else None
+        swarm.wait_ready(honest + ([liar] if liar else []), timeout_s=300)
+    except BaseException:
+        swarm.stop()
+        raise
+    return swarm, [p.peer_id for p in honest], liar.peer_id if liar else None
+
+
+@pytest.fixture(scope="module", params=[["--scale", "1.01"], ["--flip-every", "100"]], ids=["off-by-1pc", "sign-flip"])
+def liar_swarm(request, tiny_llama, tmp_path_factory):
+    swarm, honest, liar = _swarm(tiny_llama, tmp_path_factory.mktemp("logs-liar"), request.param)
+    yield swarm, honest, liar
+    swarm.stop()
+
+
+def _client(swarm, folder, **options):
+    from corolla.client.model import DistributedModelForCausalLM
+
+    return DistributedModelForCausalLM.from_pretrained(folder, initial_peers=swarm.initial_peers,
+                                                       model_id="tiny-verify", verify_seed=0, **options)
+
+
+def test_a_lying_server_is_caught_distrusted_recorded_and_reported(liar_swarm, tiny_llama, tmp_path, monkeypatch):
+    swarm, honest, liar = liar_swarm
+    monkeypatch.setenv("COROLLA_HOME", str(tmp_path / "home"))
+    ids = torch.tensor([[1, 5, 9, 13, 2, 7]])
+    with _client(swarm, tiny_llama) as model:
+        assert {hop.peer_id for hop in model.client.plan()} == {liar}  # the liar attracts the traffic
+        with model.inference_session(max_length=256) as session:
+            model.generate(ids, max_new_tokens=200, session=session, eos_token_id=[])
+            stats = model.client.verify_stats
+            assert stats.caught == [liar], (stats, session.verdicts)
+            assert session.rebuilds == 1 and liar not in {hop.peer_id for hop in session.chain}
+            caught_at = next(v for v in session.verdicts if v.wrong == liar)
+            assert caught_at.primary == liar and {caught_at.verifier, caught_at.referee} == set(honest)
+            assert not any(v.wrong in honest for v in session.verdicts)  # honest servers never accused
+        assert liar in model.client.reputation.distrusted(model.model_id)  # the local reputation file
+        reporter = model.client.dht.peer_id.to_base58()
+        _, reports = fetch_swarm_state_and_reports(swarm.dht, model.model_id, 6)
+        assert reports.get(reporter) == {liar}  # the signed DHT report, under this client's peer id
+    # a later client on this machine never uses it (the reputation file)
+    with _client(swarm, tiny_llama) as model:
+        assert liar in model.client.distrusted and liar not in {hop.peer_id for hop in model.client.plan()}
+    # a client elsewhere (no reputation file) weighs the report: the liar only if no other can serve
+    monkeypatch.setenv("COROLLA_HOME", str(tmp_path / "elsewhere"))
+    with _client(swarm, tiny_llama) as model:
+        assert liar not in model.client.distrusted and liar not in {hop.peer_id for hop in model.client.plan()}
+        assert liar in model.client.reported
+        with _client(swarm, tiny_llama, weigh_reports=False) as other:
+            assert {hop.peer_id for hop in other.client.plan()} == {liar}
+
+
+@pytest.mark.parametrize("dtypes", [("float32", "float32", "float32"), ("bfloat16", "bfloat16", "bfloat16"),
+                                    ("float32", "bfloat16", "float32")], ids=["fp32", "bf16", "mixed"])
+def test_no_false_alarm_in_long_honest_runs(dtypes, smollm2_dir, tmp_path_factory, tmp_path, monkeypatch):
+    """SmolLM2 on three honest servers (each every block) in these dtypes, every step checked."""
+    monkeypatch.setenv("COROLLA_HOME", str(tmp_path / "home"))
+    swarm = LocalSwarm(str(smollm2_dir), 30, "smollm2-verify", log_dir=tmp_path_factory.mktemp("logs-honest"),
+                       server_args=SERVER_ARGS)
+    try:
+        servers = [swarm.add_server((0, 30), ["--dtype", dtype]) for dtype in dtypes]
+        swarm.wait_ready(servers, timeout_s=600)
+        from corolla.client.model import DistributedModelForCausalLM
+
+        with DistributedModelForCausalLM.from_pretrained(smollm2_dir, initial_peers=swarm.initial_peers,
+                                                         model_id="smollm2-verify", verify_rate=0.5,
+                                                         verify_seed=1) as model:
+            ids = model.tokenizer("def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+                                  return_tensors="pt")["input_ids"]
+            with model.inference_session(max_length=256) as session:
+                model.generate(ids, max_new_tokens=120, session=session, eos_token_id=[])
+                stats = model.client.verify_stats
+                checked = list(session.verdicts)
+            assert len(checked) >= 20, stats
+            assert stats.disputes == 0 and stats.caught == [], (stats, [v for v in checked if not v.agreed])
+            print(f"{dtypes}: {stats.checks} checks, worst honest disagreement {stats.worst_agreeing:.2e}")
+    finally:
+        swarm.stop()
