@@ -105,7 +105,7 @@ def test_no_false_alarm_in_long_honest_runs(dtypes, smollm2_dir, tmp_path_factor
                 model.generate(ids, max_new_tokens=120, session=session, eos_token_id=[])
                 stats = model.client.verify_stats
                 checked = list(session.verdicts)
-            assert len(checked) >= 20, stats
+            assert len(checked) >= 10, stats  # (one check at a time: a step may come while one runs)
             assert stats.disputes == 0 and stats.caught == [], (stats, [v for v in checked if not v.agreed])
             print(f"{dtypes}: {stats.checks} checks, worst honest disagreement {stats.worst_agreeing:.2e}")
     finally:

@@ -100,12 +100,12 @@ def folder(tmp_path_factory):
     return save_tiny_model("llama", tmp_path_factory.mktemp("tiny-limits"))
 
 
-def _handlers(folder, **limits) -> BlockHandlers:
+def _handlers(folder, server: dict | None = None, **limits) -> BlockHandlers:
     config = AutoConfig.from_pretrained(folder)
     span = load_span(folder, config, 0, 3, torch.float32)
     return BlockHandlers(model_id="tiny", span=span, start=0, end=3, hidden_size=config.hidden_size,
-                         dtype=torch.float32, config=ServerConfig(model=str(folder), peer_limits=Limits(**limits)),
-                         info=lambda: b"")
+                         dtype=torch.float32, info=lambda: b"",
+                         config=ServerConfig(model=str(folder), peer_limits=Limits(**limits), **(server or {})))
 
 
 def _step(position: int, session_id: str | None = None) -> runtime_pb2.ExpertRequest:
@@ -194,3 +194,65 @@ def test_fresh_identities_cannot_take_every_session(folder):
     codes = asyncio.run(scenario())
     assert codes == [None, None, None, "ServerBusyError", None]
     assert handlers.limits.refused["new_peers"] == 1
+
+
+@pytest.mark.parametrize("tokens, max_batch_tokens, expected_batches", [(1, 2, 3), (40, 2048, 3)],
+                         ids=["known-first", "strangers-capped"])
+def test_a_known_peers_step_is_served_before_strangers_work(folder, tokens, max_batch_tokens, expected_batches):
+    """While a stranger's step computes, two more strangers queue steps, then a known peer one
+    token: the next batch holds the known peer's step first (known-first: a batch fits 2 tokens,
+    the strangers queued 2 before it), and at most new_peer_batch_tokens of strangers' work
+    (strangers-capped: 40 tokens each, 64 allowed: one stranger per batch, room or not)."""
+    import threading
+
+    handlers = _handlers(folder, server={"max_batch_tokens": max_batch_tokens}, known_after_steps=2,
+                         new_peer_batch_tokens=64)
+    batches: list[list[str]] = []  # the peers of each batch computed
+    compute, gate = handlers.batcher._compute, threading.Event()
+
+    def recording(batch):
+        batches.append([r.session.peer for r in batch])
+        if len(batches) == 3:  # the first stranger's step takes its time: the rest queue meanwhile
+            gate.wait(10)
+        return compute(batch)
+
+    handlers.batcher._compute = recording
+
+    def step(position, session_id, n):
+        opening = SessionOpen(model_id="tiny", session_id=session_id, start_block=0, end_block=3, max_length=256) \
+            if position == 0 else None
+        return runtime_pb2.ExpertRequest(uid="tiny", tensors=[to_wire(torch.randn(1, n, 64))],
+                                         metadata=encode_meta(InferenceMeta(position=position, open=opening)))
+
+    async def scenario():
+        regular_q = asyncio.Queue()
+        regular = handlers.rpc_inference(_queue_iter(regular_q), _Context(_Peer("regular")))
+        for position in range(2):  # served twice: known
+            regular_q.put_nowait(step(position, "regular-session", 1))
+            assert _code(await asyncio.wait_for(anext(regular), 10)) is None
+        streams = []
+
+        async def answer(name, stream):
+            assert _code(await asyncio.wait_for(anext(stream), 30)) is None
+
+        waits = []
+        for i in range(3):
+            q = asyncio.Queue()
+            stream = handlers.rpc_inference(_queue_iter(q), _Context(_Peer(f"stranger-{i}")))
+            q.put_nowait(step(0, f"stranger-session-{i}", tokens))
+            streams.append((q, stream))
+            waits.append(asyncio.ensure_future(answer(f"stranger-{i}", stream)))
+            await asyncio.sleep(0.05)
+        regular_q.put_nowait(step(2, None, 1))
+        await asyncio.sleep(0.05)
+        waits.append(asyncio.ensure_future(answer("regular", regular)))
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(*waits), 30)
+        for q, stream in [*streams, (regular_q, regular)]:
+            q.put_nowait(None)
+            await stream.aclose()
+
+    asyncio.run(scenario())
+    assert batches[:3] == [["regular"], ["regular"], ["stranger-0"]]  # regular becomes known; stranger-0 runs
+    assert batches[3][0] == "regular"  # first in the next batch, though it came last
+    assert len(batches) == 2 + expected_batches

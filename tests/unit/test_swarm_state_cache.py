@@ -1,9 +1,11 @@
-"""How a client reuses its read of the swarm's state (SwarmClient.swarm_state), without a network."""
+"""How a client reuses its read of the swarm's state and plans around bans, without a network."""
 
 from __future__ import annotations
 
 import threading
 import time
+
+import pytest
 
 from corolla.client import remote
 from corolla.client.config import ClientConfig
@@ -17,9 +19,9 @@ def _client(monkeypatch, reads: list, **config) -> SwarmClient:
     def fetch(dht, model_id, num_blocks):
         gate.wait(10)
         reads.append(time.monotonic())
-        return f"state {len(reads)}"
+        return f"state {len(reads)}", {}  # (the state, the reports about its servers)
 
-    monkeypatch.setattr(remote, "fetch_swarm_state", fetch)
+    monkeypatch.setattr(remote, "fetch_swarm_state_and_reports", fetch)
     client = SwarmClient.__new__(SwarmClient)
     client.dht, client.model_id, client.num_blocks = None, "m", 4
     client.config = ClientConfig(**config)
@@ -67,10 +69,41 @@ def test_servers_whose_blocks_hash_otherwise_are_left_out(monkeypatch):
     servers = (ServerRecord("a", info(0, 2, ours[0:2])), ServerRecord("b", info(2, 4, ours[2:4])),
                ServerRecord("c", info(1, 3, (ours[1], "f" * 16))),  # another block 2
                ServerRecord("d", info(0, 4, ())))  # announces no hashes: nothing to check them by
-    monkeypatch.setattr(remote, "fetch_swarm_state", lambda dht, model_id, n: SwarmState(model_id, n, servers))
+    monkeypatch.setattr(remote, "fetch_swarm_state_and_reports",
+                        lambda dht, model_id, n: (SwarmState(model_id, n, servers), {}))
     client = SwarmClient.__new__(SwarmClient)
     client.dht, client.model_id, client.num_blocks, client._odd_servers = None, "m@0123456789abcdef", 4, set()
     client.block_hashes = ours
     assert [s.peer_id for s in client._read_state().servers] == ["a", "b"]
     client.block_hashes = None  # not checked
     assert [s.peer_id for s in client._read_state().servers] == ["a", "b", "c", "d"]
+
+
+def test_a_server_banned_for_answering_late_is_still_used_where_no_other_serves(monkeypatch):
+    """A server that answered one probe too late (a flood, a stall) is banned, but where it is the
+    only one for its blocks the client uses it rather than wait for one that will not come; a
+    server that failed, or was found computing wrong, is not."""
+    from corolla.errors import NoRouteError
+    from corolla.protocol.messages import ServerInfo
+    from corolla.swarm.discovery import ServerRecord, SwarmState
+
+    info = ServerInfo(state="online", start_block=0, end_block=4, version="0", dtype="float32",
+                      inference_rps=1.0, forward_tps=1.0, cache_tokens_left=100)
+    state = SwarmState("m", 4, (ServerRecord("only", info),))
+    client = SwarmClient.__new__(SwarmClient)
+    client.config = ClientConfig(route_timeout_s=0.2)
+    client._bans, client._slow, client.distrusted, client.reported = {}, set(), set(), set()
+    client.swarm_state = lambda max_age_s=0.0: state
+    client.measure_rtts = lambda state: {}
+    client.ban("only", slow=True)
+    assert [hop.peer_id for hop in client.plan()] == ["only"]
+    client.ban("only")  # failed outright this time
+    with pytest.raises(NoRouteError):
+        client.plan()
+    client._bans.clear()
+    client.distrusted.add("only")
+    with pytest.raises(NoRouteError):
+        client.plan()
+    client.distrusted.clear()
+    client.reported.add("only")  # another client's word: used, there being no other
+    assert [hop.peer_id for hop in client.plan()] == ["only"]

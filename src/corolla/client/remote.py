@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -83,6 +84,7 @@ class SwarmClient:
         self.loop = LoopThread()
         self.p2p = self.loop.run(self.dht.replicate_p2p())
         self._bans: dict[str, tuple[float, float]] = {}  # peer -> (banned until, last ban length)
+        self._slow: set[str] = set()  # banned for answering late (see ban)
         self._rtt: dict[str, tuple[float, float]] = {}  # peer -> (measured at, round trip seconds)
         self._state: tuple[float, SwarmState] | None = None  # (read at, state)
         self._refresh_lock, self._refreshing = threading.Lock(), False
@@ -147,10 +149,13 @@ class SwarmClient:
         now = time.monotonic()
         return {peer for peer, (until, _) in self._bans.items() if until > now}
 
-    def ban(self, peer_id: str) -> None:
+    def ban(self, peer_id: str, slow: bool = False) -> None:
+        """Route around ``peer_id`` for a while (longer each time). ``slow``: it answered too
+        late, not failed: where no other server can serve, it is used all the same."""
         _, last = self._bans.get(peer_id, (0.0, 0.0))
         length = min(last * 2, 300.0) if last else self.config.ban_s
         self._bans[peer_id] = (time.monotonic() + length, length)
+        (self._slow.add if slow else self._slow.discard)(peer_id)
         self._state = None  # the swarm just changed: re-read before re-routing
         log.info("banned %s for %.0f s", peer_id, length)
 
@@ -173,12 +178,13 @@ class SwarmClient:
                 options = dict(allowed=self.config.allowed_servers, rtt_s=self.measure_rtts(state),
                                forward_tokens=forward_tokens, adapter=self.config.adapter, trainable=trainable)
                 avoided = self.reported - banned if self.config.weigh_reports else set()
-                if avoided:  # servers someone reported: only where no other can serve
-                    try:
-                        return plan_chain(state, start, end, banned=banned | avoided, **options)
-                    except NoRouteError:
-                        pass
-                return plan_chain(state, start, end, banned=banned, **options)
+                # servers someone reported, then servers banned for answering late: only where no other can serve
+                fallbacks = [banned | avoided, banned, (banned - self._slow) | self.distrusted]
+                fallbacks = [x for i, x in enumerate(fallbacks) if x not in fallbacks[:i]]
+                for excluded in fallbacks[:-1]:
+                    with contextlib.suppress(NoRouteError):
+                        return plan_chain(state, start, end, banned=excluded, **options)
+                return plan_chain(state, start, end, banned=fallbacks[-1], **options)
             except UnknownAdapterError:
                 if max_age_s == 0.0:
                     raise

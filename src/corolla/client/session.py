@@ -24,6 +24,7 @@ from corolla.client.verify import Verdict
 from corolla.errors import (
     CorollaError,
     NoRouteError,
+    PeerUnresponsiveError,
     RemoteCallError,
     SequenceTooLongError,
     SessionClosedError,
@@ -445,7 +446,7 @@ class InferenceSession:
                 self.evictions += 1
             else:
                 log.warning("server %s failed (%s); re-routing blocks %d:%d", peer, error, *self._span(failed))
-                self.client.ban(peer)
+                self.client.ban(peer, slow=isinstance(error, PeerUnresponsiveError))
                 if self._closing.wait(_backoff_s(failures)):
                     raise SessionClosedError("this inference session was closed while it re-routed")
             try:

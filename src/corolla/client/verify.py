@@ -40,9 +40,10 @@ from corolla.cache import atomic_write_text, cache_root
 log = logging.getLogger(__name__)
 
 # relative error of one token's hidden state that two honest servers stay under: the rounding of
-# the servers' dtype (and the wire's) through a span's blocks, with the margin measured on SmolLM2
-# and the tiny test models (benchmarks/verify.py prints the honest disagreements it sees)
-_DTYPE_TOLERANCE = {"float32": 2e-3, "float16": 2e-2, "bfloat16": 6e-2}
+# the servers' dtype (and the wire's) through a span's blocks, with a margin over what SmolLM2's 30
+# blocks showed (tests/swarm/test_verify.py, 120 tokens checked every other step: fp32 2.4e-6,
+# bf16 3.0e-2, fp32 and bf16 mixed 3.4e-2; benchmarks/verify.py prints what it sees)
+_DTYPE_TOLERANCE = {"float32": 2e-3, "float16": 2e-2, "bfloat16": 0.1}
 _CODEC_TOLERANCE = {"none": 0.0, "float16": 2e-3, "bfloat16": 1.6e-2}
 DEFAULT_TOLERANCE = 0.1  # a dtype or codec not listed
 

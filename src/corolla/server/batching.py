@@ -62,10 +62,16 @@ class Batcher:
         budget: CacheBudget,
         dtype: torch.dtype,
         generation_getter: Callable[[], int],
+        known: Callable[[str], bool] | None = None,
     ):
+        """``known``: whether a peer is known (:class:`~corolla.server.limits.PeerLimits`): known
+        peers' steps are served first, peers not yet known get at most
+        ``peer_limits.new_peer_batch_tokens`` of a batch."""
         if config.cache_policy not in CACHE_POLICIES:
             raise ValueError(f"cache policy must be one of {', '.join(CACHE_POLICIES)}, not {config.cache_policy!r}")
         self._span, self._generation = span_getter, generation_getter
+        self._known = known or (lambda peer: True)
+        self.new_peer_batch_tokens = config.peer_limits.new_peer_batch_tokens
         self.executor, self.sessions, self.budget, self.dtype = executor, sessions, budget, dtype
         self.max_batch_tokens, self.policy = config.max_batch_tokens, config.cache_policy
         self.wait_timeout_s, self.window_s = config.cache_wait_s, config.batch_window_ms / 1000
@@ -204,9 +210,10 @@ class Batcher:
     def _select(self) -> list[StepRequest]:
         """The next batch: decode steps, then prefill, within the token and cache budgets."""
         now = time.monotonic()
-        order = sorted(self.queue, key=lambda r: (r.hidden.shape[1] > 1, r.since))
+        known = {r.session.peer: self._known(r.session.peer) for r in self.queue}
+        order = sorted(self.queue, key=lambda r: (not known[r.session.peer], r.hidden.shape[1] > 1, r.since))
         batch: list[StepRequest] = []
-        tokens = 0
+        tokens = strangers = 0
         busy = {r.session.id for r in self.queue}
         for request in order:
             if request.session.closed:  # its client is gone
@@ -217,12 +224,16 @@ class Batcher:
                 continue
             if batch and tokens + request.tokens > self.max_batch_tokens:
                 continue
+            stranger = not known[request.session.peer]
+            if batch and stranger and strangers + request.tokens > self.new_peer_batch_tokens:
+                continue
             if not self._ready(request):  # part of a cohort still coming in: the next batch
                 continue
             error = self._make_room(request, busy)
             if error is None:
                 batch.append(request)
                 tokens += request.tokens
+                strangers += request.tokens if stranger else 0
                 self.queue.remove(request)
             elif error is not _WAIT or now - request.since > self.wait_timeout_s:
                 self.queue.remove(request)

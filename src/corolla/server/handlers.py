@@ -134,7 +134,7 @@ class BlockHandlers:
         self.budget = CacheBudget(config.cache_tokens * token_bytes if config.cache_tokens else config.cache_bytes)
         self.batcher = Batcher(
             config, span_getter=lambda: self.span, executor=self.compute, sessions=self.sessions, budget=self.budget,
-            dtype=dtype, generation_getter=lambda: self.generation,
+            dtype=dtype, generation_getter=lambda: self.generation, known=self.limits.known,
         )
 
     def swap_span(self, span: Span, start: int, end: int) -> None:

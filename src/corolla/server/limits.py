@@ -35,6 +35,9 @@ class Limits:
     first_message_s: float = 10.0  # a stream must send its first message within this
     new_peer_sessions: int = 32  # sessions held by all peers not yet known, together (one peer: max 16)
     known_after_steps: int = 4  # a peer is known once this many of its steps were served
+    # tokens of peers not yet known in one batched forward (one bigger step still runs, alone): a
+    # known client's step, served first, never waits behind more than this much of a stranger's work
+    new_peer_batch_tokens: int = 256
 
 
 class _Bucket:
