@@ -10,7 +10,9 @@ against the first undisturbed one of its prompt. Printed at the end:
 - recoveries (a server failed under a session, which re-routed and replayed);
 - the stable servers' memory (VmRSS of each server's process tree) after warm-up and at its
   highest later: the growth must stay within 10 %;
-- sessions still open on every server once the clients are done (target 0).
+- sessions still open on every server once the clients are done (target 0);
+- what the clients' checks of verified computation saw (each hop has a second server to check
+  against): checks, disputes and servers caught (targets 0: every server is honest).
 
     .venv/bin/python benchmarks/soak.py                       # 8 clients, 30 minutes, a kill a minute
     .venv/bin/python benchmarks/soak.py --minutes 5 --clients 4 --kill-every-s 30
@@ -86,6 +88,7 @@ def main() -> int:
     stop = threading.Event()
     lock = threading.Lock()
     counts = {"done": 0, "lost": 0, "wrong": 0, "recoveries": 0}
+    checks: dict[str, float] = {}
     errors: list[str] = []
     expected: dict[int, list[int]] = {}
     memory: dict[str, list[tuple[float, int]]] = {}
@@ -124,6 +127,13 @@ def main() -> int:
                         counts["done"] += 1
                         counts["recoveries"] += recovered
                         counts["wrong"] += out != expected[i]
+                stats = model.client.verify_stats  # verified computation at the default rate
+                with lock:
+                    for key, value in (("checks", stats.checks), ("disputes", stats.disputes),
+                                       ("caught", len(stats.caught))):
+                        checks[key] = checks.get(key, 0) + value
+                    checks["worst_honest_disagreement"] = max(checks.get("worst_honest_disagreement", 0.0),
+                                                              stats.worst_agreeing)
 
         threads = [threading.Thread(target=client_loop, args=(i,), daemon=True) for i in range(args.clients)]
         for t in threads:
@@ -162,7 +172,7 @@ def main() -> int:
         after = [rss for t, rss in series if t >= args.warmup_s]
         if len(after) >= 2:
             growth[peer] = max(after) / after[0] - 1
-    result = {"config": vars(args), "counts": counts, "kills": kills, "errors": errors[:20],
+    result = {"config": vars(args), "counts": counts, "kills": kills, "errors": errors[:20], "verification": checks,
               "memory_mib": {peer: [(round(t), rss / 2**20) for t, rss in series] for peer, series in memory.items()},
               "memory_growth_after_warmup": growth, "sessions_left": left,
               "environment": _common.environment()}
@@ -173,7 +183,7 @@ def main() -> int:
           f"lost {counts['lost']}, wrong {counts['wrong']}, recoveries {counts['recoveries']}; stable servers' "
           f"memory growth after {args.warmup_s:g} s: max {100 * worst:.1f} % "
           f"(median {100 * statistics.median(growth.values()) if growth else float('nan'):.1f} %); "
-          f"sessions left open: {left}", flush=True)
+          f"sessions left open: {left}; verification: {checks}", flush=True)
     ok = counts["lost"] == 0 and counts["wrong"] == 0 and all(v == 0 for v in left.values())
     return 0 if ok else 1
 
