@@ -152,10 +152,10 @@ def test_per_peer_cache_limit_is_a_clear_error(swarm):
                     while (item := await queue.get()) is not None:
                         yield item
 
-                opening = SessionOpen(model_id="tiny-batching", session_id=session_id, start_block=0, end_block=6,
+                opening = SessionOpen(model_id=model.model_id, session_id=session_id, start_block=0, end_block=6,
                                       max_length=100)
                 queue.put_nowait(runtime_pb2.ExpertRequest(
-                    uid="tiny-batching", tensors=[to_wire(torch.randn(1, 40, 64))],
+                    uid=model.model_id, tensors=[to_wire(torch.randn(1, 40, 64))],
                     metadata=encode_meta(InferenceMeta(position=0, open=opening))))
                 stream = await stub_for(model.client.p2p, peer).rpc_inference(requests())
                 return stream, await anext(stream)

@@ -48,7 +48,7 @@ def test_a_flood_of_fresh_identities_leaves_a_known_client_its_text(guarded_swar
     with DistributedModelForCausalLM.from_pretrained(folder, initial_peers=swarm.initial_peers,
                                                      model_id="tiny-flood") as model:
         assert torch.equal(model.generate(ids, max_new_tokens=32, eos_token_id=[]), expected)  # now a known peer
-        with Flood(server.peer_id, server_maddrs(swarm, server.peer_id), "tiny-flood", IDENTITIES) as flood:
+        with Flood(server.peer_id, server_maddrs(swarm, server.peer_id), swarm.model_id, IDENTITIES) as flood:
             time.sleep(3)  # the flood is on
             out = model.generate(ids, max_new_tokens=32, eos_token_id=[])
             during = flood.requests
