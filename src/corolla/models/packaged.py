@@ -32,7 +32,8 @@ class PackagedModel:
     parts: tuple[WheelPart, ...]
     size_bytes: int
     sha256: str  # of the GGUF file
-    digest: str  # of the converted model's manifest (corolla.models.manifest): its identity in the swarm
+    # of the converted model's manifest (corolla.models.manifest): its identity in the swarm (None: not pinned)
+    digest: str | None = None
 
     @property
     def filename(self) -> str:

