@@ -235,6 +235,13 @@ def test_a_known_peers_step_is_served_before_strangers_work(folder, tokens, max_
         async def answer(name, stream):
             assert _code(await asyncio.wait_for(anext(stream), 30)) is None
 
+        async def queued(n):  # wait until n steps wait in the queue (no fixed sleeps: a loaded machine is slow)
+            for _ in range(1000):
+                if len(handlers.batcher.queue) >= n:
+                    return
+                await asyncio.sleep(0.01)
+            raise AssertionError(f"{n} steps never queued")
+
         waits = []
         for i in range(3):
             q = asyncio.Queue()
@@ -242,10 +249,16 @@ def test_a_known_peers_step_is_served_before_strangers_work(folder, tokens, max_
             q.put_nowait(step(0, f"stranger-session-{i}", tokens))
             streams.append((q, stream))
             waits.append(asyncio.ensure_future(answer(f"stranger-{i}", stream)))
-            await asyncio.sleep(0.05)
+            if i == 0:
+                for _ in range(3000):  # until stranger-0's step is computing (held at the gate)
+                    if len(batches) >= 3:
+                        break
+                    await asyncio.sleep(0.01)
+            else:
+                await queued(i)
         regular_q.put_nowait(step(2, None, 1))
-        await asyncio.sleep(0.05)
         waits.append(asyncio.ensure_future(answer("regular", regular)))
+        await queued(3)
         gate.set()
         await asyncio.wait_for(asyncio.gather(*waits), 30)
         for q, stream in [*streams, (regular_q, regular)]:

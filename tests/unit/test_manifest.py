@@ -70,6 +70,7 @@ def test_the_swarm_key_is_the_name_and_digest_and_a_claimed_digest_must_match(tm
     assert block_hashes(manifest, 2, 4) == tuple(h[:16] for h in manifest.blocks[2:4])
 
 
+@pytest.mark.slow  # needs the real packaged model (fetched and converted once per machine)
 def test_a_packaged_model_whose_weights_are_not_the_pinned_ones_is_refused(smollm2_dir, monkeypatch):
     import dataclasses
 
