@@ -10,6 +10,7 @@ check at the default rate (1 step in 20), with a fixed sample.
 from __future__ import annotations
 
 import sys
+import time
 
 import pytest
 import torch
@@ -107,6 +108,25 @@ def test_no_false_alarm_in_long_honest_runs(dtypes, smollm2_dir, tmp_path_factor
                 checked = list(session.verdicts)
             assert len(checked) >= 10, stats  # (one check at a time: a step may come while one runs)
             assert stats.disputes == 0 and stats.caught == [], (stats, [v for v in checked if not v.agreed])
+            # a witness is fed only what came since its last check: each output is compared at most once
+            assert sum(v.tokens for v in checked) <= session.position, [v.tokens for v in checked]
+            assert len({v.verifier for v in checked}) == 1  # one witness served every check
+            deadline = time.monotonic() + 10  # closing the session closed its witness's session too
+            peers = [s.peer_id for s in servers]
+            while sum(_active_sessions(model, peer) for peer in peers) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert sum(_active_sessions(model, peer) for peer in peers) == 0
             print(f"{dtypes}: {stats.checks} checks, worst honest disagreement {stats.worst_agreeing:.2e}")
     finally:
         swarm.stop()
+
+
+def _active_sessions(model, peer: str) -> int:
+    from hivemind.proto import runtime_pb2
+
+    from corolla.protocol.messages import ServerInfo, decode_meta
+    from corolla.protocol.rpc import stub_for
+
+    response = model.client.loop.run(stub_for(model.client.p2p, peer).rpc_info(
+        runtime_pb2.ExpertRequest(uid=""), timeout=10), timeout=20)
+    return decode_meta(response.metadata, ServerInfo).active_sessions

@@ -217,41 +217,36 @@ class SwarmClient:
         info = next((s.info for s in state.servers if s.peer_id == peer_id), None) if state else None
         return info.dtype if info is not None else "unknown"
 
-    async def verify_hop(self, hop: Hop, hidden: torch.Tensor, outputs: torch.Tensor,
-                         candidates: list[ServerRecord]) -> Verdict | None:
-        """Check ``outputs``, what ``hop``'s server answered for its inputs ``hidden`` [B, T, H]
-        so far, against a forward of ``hidden`` on the first of ``candidates`` that answers; on a
-        disagreement ask the next one (the referee) and distrust the server in the minority.
-        None when no candidate answered."""
+    async def judge(self, hop: Hop, hidden: torch.Tensor, outputs: torch.Tensor, verifier: str,
+                    theirs: torch.Tensor, referees: list[ServerRecord]) -> Verdict:
+        """Compare ``outputs``, what ``hop``'s server answered for the last ``outputs.shape[1]``
+        positions of its inputs ``hidden`` [B, T, H], with ``theirs``, what ``verifier`` answered
+        for the same positions; on a disagreement ask the first of ``referees`` that answers (a
+        stateless forward of ``hidden``) and distrust the server in the minority."""
         codec = self.config.compression
-        answers: list[tuple[str, torch.Tensor]] = []
-        for record in candidates:
+        tokens = outputs.shape[1]
+        tol = tolerance(self.dtype_of(hop.peer_id), self.dtype_of(verifier), codec)
+        verdict = Verdict(hop.start, hop.end, hop.peer_id, verifier, disagreement(outputs, theirs), tol,
+                          outputs.shape[0] * tokens)
+        self.verify_stats.checks += 1
+        self.verify_stats.tokens_compared += verdict.tokens
+        if verdict.agreed:
+            self.verify_stats.worst_agreeing = max(self.verify_stats.worst_agreeing, verdict.error)
+            return verdict
+        self.verify_stats.disputes += 1
+        log.warning("server %s and %s disagree on blocks %d:%d (relative error %.3g > %.3g): asking a third",
+                    hop.peer_id, verifier, hop.start, hop.end, verdict.error, tol)
+        for record in referees:
             try:
-                answers.append((record.peer_id, await self.call_forward(Hop(record.peer_id, hop.start, hop.end),
-                                                                         hidden)))
+                third = (await self.call_forward(Hop(record.peer_id, hop.start, hop.end), hidden))[:, -tokens:]
             except CorollaError as e:  # busy, gone, refused: try another
-                log.debug("verifier %s did not answer: %s: %s", record.peer_id, type(e).__name__, e)
+                log.debug("referee %s did not answer: %s: %s", record.peer_id, type(e).__name__, e)
                 continue
-            if len(answers) == 1:
-                verifier, theirs = answers[0]
-                tol = tolerance(self.dtype_of(hop.peer_id), self.dtype_of(verifier), codec)
-                verdict = Verdict(hop.start, hop.end, hop.peer_id, verifier, disagreement(outputs, theirs), tol,
-                                  outputs.shape[0] * outputs.shape[1])
-                self.verify_stats.checks += 1
-                self.verify_stats.tokens_compared += verdict.tokens
-                if verdict.agreed:
-                    self.verify_stats.worst_agreeing = max(self.verify_stats.worst_agreeing, verdict.error)
-                    return verdict
-                self.verify_stats.disputes += 1
-                log.warning("server %s and %s disagree on blocks %d:%d (relative error %.3g > %.3g): asking a third",
-                            hop.peer_id, verifier, hop.start, hop.end, verdict.error, tol)
-                continue
-            referee, third = answers[1]
-            verdict.referee = referee
+            verdict.referee = record.peer_id
             with_primary = disagreement(outputs, third) <= tolerance(self.dtype_of(hop.peer_id),
-                                                                     self.dtype_of(referee), codec)
+                                                                     self.dtype_of(record.peer_id), codec)
             with_verifier = disagreement(theirs, third) <= tolerance(self.dtype_of(verifier),
-                                                                     self.dtype_of(referee), codec)
+                                                                     self.dtype_of(record.peer_id), codec)
             if with_verifier and not with_primary:
                 verdict.wrong = hop.peer_id
             elif with_primary and not with_verifier:
@@ -259,13 +254,10 @@ class SwarmClient:
             if verdict.wrong is not None:
                 self.distrust(verdict.wrong, verdict)
             else:
-                log.warning("the third server %s settles nothing on blocks %d:%d", referee, hop.start, hop.end)
+                log.warning("the third server %s settles nothing on blocks %d:%d", record.peer_id, hop.start, hop.end)
             return verdict
-        if answers:
-            log.warning("no third server to settle %s vs %s on blocks %d:%d", hop.peer_id, answers[0][0],
-                        hop.start, hop.end)
-            return verdict
-        return None
+        log.warning("no third server to settle %s vs %s on blocks %d:%d", hop.peer_id, verifier, hop.start, hop.end)
+        return verdict
 
     def distrust(self, peer_id: str, verdict: Verdict) -> None:
         """Never use ``peer_id`` again; remember it on this machine and tell the swarm."""

@@ -3,14 +3,16 @@ that returns wrong activations.
 
 A server's answer can be checked without trusting it: the client keeps, per hop of a session,
 every input it sent and every output it got (for failover it keeps the inputs anyway). Now and
-then (``ClientConfig.verify_rate`` of the steps, 1 in 20 by default) it sends a hop's whole input
-so far as one stateless forward to a *second* server covering the same blocks and compares that
-server's outputs with every output the hop returned since it joined the session — so a wrong step
-is caught at the next check after it, however rarely a server lies. Outputs agree within a
+then (``ClientConfig.verify_rate`` of the steps, 1 in 20 by default) it sends a hop's inputs to a
+*witness*: a session of its own on a second server covering the same blocks, fed at each check
+the inputs since the last one (its KV cache holds the rest, so a check costs those tokens, not a
+forward of the whole prefix), and compares the witness's outputs with the hop's for the same
+positions — every output the hop returned is compared once, so a wrong step is caught at the next
+check after it, however rarely a server lies. Outputs agree within a
 tolerance set by both servers' dtypes and the wire's codec (:func:`tolerance`); the measure is
 the worst relative error of one token's hidden state (:func:`disagreement`).
 
-A disagreement asks a third server. The server in the minority is *distrusted*: never used again
+A disagreement asks a third server (a stateless forward of the hop's whole input). The server in the minority is *distrusted*: never used again
 by this client, recorded in the local reputation file (``$COROLLA_HOME/reputation.json``, read by
 every later client on this machine) and reported in a signed DHT record
 (``corolla.reports.<model key>``, one per reporter, under its peer id) that other clients weigh:
