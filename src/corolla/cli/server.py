@@ -75,6 +75,9 @@ def register(sub) -> None:
     p.add_argument("--new-peer-sessions", type=int, default=Limits.new_peer_sessions,
                    help="sessions all peers this server has not served before may hold together: a flood of "
                         f"fresh identities cannot take everyone's sessions (default {Limits.new_peer_sessions})")
+    p.add_argument("--new-peer-batch-tokens", type=int, default=Limits.new_peer_batch_tokens,
+                   help="tokens of peers not yet known in one batched forward: a known peer's step never waits "
+                        f"behind more of strangers' work than this (default {Limits.new_peer_batch_tokens})")
     p.add_argument("--session-idle-timeout-s", type=float, default=600.0,
                    help="drop a session idle this long; its client replays it when it comes back (default 600)")
     c = p.add_argument_group("KV cache and batching")
@@ -161,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
         adapters=adapters,
         peer_limits=Limits(requests_per_s=args.peer_requests_per_s, request_burst=2 * args.peer_requests_per_s,
                            bytes_per_s=args.peer_mib_per_s * 1024**2, byte_burst=4 * args.peer_mib_per_s * 1024**2,
-                           streams_per_peer=args.streams_per_peer, new_peer_sessions=args.new_peer_sessions),
+                           streams_per_peer=args.streams_per_peer, new_peer_sessions=args.new_peer_sessions,
+                           new_peer_batch_tokens=args.new_peer_batch_tokens),
     )
     Server(config).run()
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 
 import torch
@@ -52,6 +53,8 @@ from corolla.server.sessions import SessionTable, check_hidden, check_step, trun
 from corolla.server.training import Graph, TrainingRunner
 
 log = logging.getLogger(__name__)
+
+INFO_TTL_S = 0.2  # an rpc_info answer is at most this old
 
 
 async def _read_into(requests: AsyncIterator[runtime_pb2.ExpertRequest], inbox: asyncio.Queue) -> None:
@@ -119,6 +122,9 @@ class BlockHandlers:
             max_length=config.max_session_length,
         )
         self._info = info
+        # the encoded info and when it was made: a flood of info calls (cheap to send, the info is not
+        # cheap to build) is answered from it for INFO_TTL_S instead of costing the event loop each time
+        self._info_cache: tuple[float, bytes] = (-1e9, b"")
         # one compute thread (torch already uses every core for one request), inference first
         self.compute = PriorityExecutor()
         self.training = TrainingRunner(self.compute, lambda: self.span, dtype)
@@ -219,7 +225,12 @@ class BlockHandlers:
             self.limits.admit(context.remote_id.to_base58(), _nbytes(request))
         except CorollaError as e:
             return error_response(e)
-        return runtime_pb2.ExpertResponse(metadata=self._info())
+        made, info = self._info_cache
+        now = time.monotonic()
+        if now - made > INFO_TTL_S:
+            info = self._info()
+            self._info_cache = (now, info)
+        return runtime_pb2.ExpertResponse(metadata=info)
 
     async def rpc_forward(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
         try:
