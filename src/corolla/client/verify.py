@@ -12,15 +12,15 @@ check after it, however rarely a server lies. Outputs agree within a
 tolerance set by both servers' dtypes and the wire's codec (:func:`tolerance`); the measure is
 the worst relative error of one token's hidden state (:func:`disagreement`).
 
-A disagreement asks a third server (a stateless forward of the hop's whole input). The server in the minority is *distrusted*: never used again
-by this client, recorded in the local reputation file (``$COROLLA_HOME/reputation.json``, read by
-every later client on this machine) and reported in a signed DHT record
-(``corolla.reports.<model key>``, one per reporter, under its peer id) that other clients weigh:
-a server some client reported is used only when no other can serve (a report is a stranger's
-word, so it never bans on its own). Without a third server the dispute stays open (logged; both
-keep serving). The session then rebuilds its chain without the distrusted server, replaying its
-inputs from the first block, so the servers' caches hold honest values again; tokens already
-generated from wrong activations are not taken back.
+A disagreement asks a third server (a stateless forward of the hop's whole input). The server in
+the minority is *distrusted*: never used again by this client, recorded in the local reputation
+file (``$COROLLA_HOME/reputation.json``, read by every later client on this machine) and reported
+in a signed DHT record (``corolla.reports.<model key>``, one per reporter, under its peer id) that
+other clients weigh: a server some client reported is used only when no other can serve (a report
+is a stranger's word, so it never bans on its own). Without a third server the dispute stays open
+(logged; both keep serving). The session then rebuilds its chain without the distrusted server,
+replaying its inputs from the first block, so the servers' caches hold honest values again; tokens
+already generated from wrong activations are not taken back.
 
 Servers with a quantised span are compared only with servers of the same quantisation (their
 outputs differ from full weights by more than any lie worth catching).
