@@ -32,10 +32,13 @@ file and that the solution changes nothing outside those lines. Exit status 1 if
     .venv/bin/python benchmarks/edits.py [--formats whole search_replace] [--tasks 02 sum] [--servers 1]
     .venv/bin/python benchmarks/edits.py --endpoint http://127.0.0.1:8000/v1 --model qwen2.5-coder-0.5b
     .venv/bin/python benchmarks/edits.py --formats whole agent    # agent mode against a single edit
+    .venv/bin/python benchmarks/edits.py --formats agent --agent-mode tools   # the agent in tools mode
 
 ``agent`` runs the assistant's agent (tool loop) on each task instead of one edit: it sees the check
 and may run it (``run_tests``); after each of up to 3 rounds the pristine check is run and a failure
-is fed into the next round.
+is fed into the next round. ``--agent-mode`` (auto, tools, blocks; default auto, which is blocks here:
+every task names its file) picks how it works (:mod:`corolla.assistant.agent.modes`); the JSON keeps
+each agent run's transcript (the model's replies and what came back, cut short).
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ AGENT_ROUNDS = 3
 OUTCOMES = ("solved", "unsolved", "broken", "refused", "error")
 CHECK_TIMEOUT_S = 60.0
 TAIL = 2000  # characters of a log or diff kept in the JSON
+TRANSCRIPT_CHARS = 1500  # of each reply or result kept in an agent run's transcript
 
 
 @dataclasses.dataclass
@@ -187,9 +191,11 @@ def run_agent(task: Task, *, endpoint: str, model: str, rounds: int = AGENT_ROUN
               round_wall_s: float = 90.0, mode: str = "auto") -> dict:
     """The agent (``corolla.assistant.agent.Agent``) on a fresh copy of ``task``: it sees the check
     (``test_check.py``) and may run it; after each round the pristine check is run, and a failure is
-    fed to the next round. Graded like an edit; a check the agent changed is put back before grading."""
+    fed to the next round. Graded like an edit; a check the agent changed is put back before grading.
+    ``mode``: the agent's mode (auto, tools, blocks)."""
     from corolla.assistant.agent.loop import Agent, AgentConfig
     from corolla.assistant.agent.policy import CommandPolicy
+    from corolla.assistant.agent.writes import map_range
     from corolla.assistant.llm import LLM, LLMConfig
 
     with tempfile.TemporaryDirectory(prefix=f"corolla-agent-{task.name}-") as tmp:
@@ -200,16 +206,29 @@ def run_agent(task: Task, *, endpoint: str, model: str, rounds: int = AGENT_ROUN
         prompt = (f"In {where}: {task.instruction}\nThe tests in {task.check} check the result: change "
                   f"{task.file} until they pass. Do not change {task.check}.")
         llm = LLM(LLMConfig(endpoint=endpoint, model=model, max_tokens=768))
-        result = {"task": task.name, "format": AGENT, "exit": None, "changed": False, "check_exit": None,
-                  "detail": "", "rounds": 0, "steps": 0, "stderr": "", "stdout": "", "diff": ""}
+        result = {"task": task.name, "format": AGENT, "mode": mode, "exit": None, "changed": False,
+                  "check_exit": None, "detail": "", "rounds": 0, "steps": 0, "stderr": "", "stdout": "", "diff": "",
+                  "transcript": []}
         t0 = time.perf_counter()
         try:
             for round_ in range(1, rounds + 1):
+                def keep(type_: str, data, round_=round_) -> None:
+                    if type_ == "assistant":
+                        text = data.get("text") or json.dumps(data.get("tool_calls"))
+                    elif type_ in ("tool_result", "tool_call", "malformed", "task"):
+                        text = json.dumps({k: v for k, v in data.items() if k not in ("data", "config")})
+                    else:
+                        return
+                    result["transcript"].append([round_, type_, text[:TRANSCRIPT_CHARS]])
+
                 agent = Agent(llm, work, policy=CommandPolicy(timeout_s=CHECK_TIMEOUT_S),
-                              config=AgentConfig(max_steps=max_steps, max_wall_s=round_wall_s, mode=mode))
+                              config=AgentConfig(max_steps=max_steps, max_wall_s=round_wall_s, mode=mode),
+                              on_event=keep)
                 report = agent.run(prompt)
                 result["rounds"], result["steps"] = round_, result["steps"] + report.steps
                 result["stdout"] = report.to_text()[-TAIL:]
+                if report.status == "error" and "model endpoint" in report.error:  # the swarm, not the agent
+                    raise RuntimeError(report.error)
                 if check.read_text() != check_text:
                     check.write_text(check_text)
                     result["detail"] = "the agent changed the check (put back before grading)"
@@ -217,6 +236,9 @@ def run_agent(task: Task, *, endpoint: str, model: str, rounds: int = AGENT_ROUN
                 result["check_exit"], result["check_log"] = check_rc, log
                 if check_rc == 0:
                     break
+                if task.lines and path.is_file():  # where the task's lines are now
+                    moved = map_range(original.splitlines(), path.read_text().splitlines(), *task.lines)
+                    where = f"{task.file} lines {moved[0]}-{moved[1]}" if moved else task.file
                 prompt = (f"In {where}: {task.instruction}\nThe tests in {task.check} still fail:\n{log[-1200:]}\n"
                           f"Fix {task.file} so that they pass. Do not change {task.check}.")
         except Exception as e:  # noqa: BLE001 - a benchmark row, not a crash
@@ -328,6 +350,11 @@ def main(argv=None) -> int:
     p.add_argument("--servers", type=int, default=1, help="servers of the own swarm (default 1: all blocks on one)")
     p.add_argument("--formats", nargs="+", default=list(FORMATS), choices=FORMATS + (AGENT,),
                    help="edit formats (default both); `agent` adds agent mode (the check visible, up to 3 rounds)")
+    p.add_argument("--agent-mode", default="auto", choices=("auto", "tools", "blocks"),
+                   help="the agent's mode for `agent` (default auto: blocks, since every task names its file)")
+    p.add_argument("--agent-steps", type=int, default=6, help="model replies per agent round (default 6)")
+    p.add_argument("--agent-round-s", type=float, default=90.0,
+                   help="wall-clock cap of an agent round in seconds (default 90; raise it on a loaded machine)")
     p.add_argument("--tasks", nargs="+", default=None, help="only the tasks whose folder name contains one of these")
     p.add_argument("--timeout-s", type=float, default=600.0, help="limit of one `corolla edit` run (default 600)")
     p.add_argument("--corolla", default=str(Path(sys.executable).parent / "corolla"),
@@ -367,6 +394,9 @@ def main(argv=None) -> int:
         console.print(f"no corolla executable at {args.corolla}")
         return 2
     results: list[dict] = []
+    out = Path(args.json) if args.json else OUT_DIR / "edits.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_suffix(".partial.json")
     with contextlib.ExitStack() as stack:
         if args.endpoint:
             endpoint, model_id = args.endpoint, args.model
@@ -377,11 +407,13 @@ def main(argv=None) -> int:
                 for fmt in args.formats:
                     status.update(f"{task.name} ({fmt}), {len(results) + 1} of {len(tasks) * len(args.formats)}")
                     if fmt == AGENT:
-                        r = run_agent(task, endpoint=endpoint, model=model_id)
+                        r = run_agent(task, endpoint=endpoint, model=model_id, mode=args.agent_mode,
+                                      max_steps=args.agent_steps, round_wall_s=args.agent_round_s)
                     else:
                         r = run_edit(task, fmt, endpoint=endpoint, model=model_id, corolla=args.corolla,
                                      timeout_s=args.timeout_s)
                     results.append(r)
+                    partial.write_text(json.dumps({"partial": True, "results": results}, indent=1))  # follow a long run
                     detail = " ".join(r["detail"].split())[:80]
                     console.print(f"{task.name:28} {fmt:15} {r['outcome']:9} {r['wall_s']:6.1f} s {detail}",
                                   highlight=False, markup=False)
@@ -391,7 +423,7 @@ def main(argv=None) -> int:
     table.add_column("task")
     table.add_column("target")
     for fmt in args.formats:
-        table.add_column(fmt)
+        table.add_column(f"agent ({args.agent_mode})" if fmt == AGENT else fmt)
     by_key = {(r["task"], r["format"]): r for r in results}
     for task in tasks:
         cells = []
@@ -410,14 +442,15 @@ def main(argv=None) -> int:
     if best:
         console.print(f"best edit format on this run: {best}", highlight=False)
 
-    out = Path(args.json) if args.json else OUT_DIR / "edits.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     config = {"model": model_id, "endpoint": args.endpoint or "own swarm",
               "servers": None if args.endpoint else args.servers,
-              "formats": args.formats, "tasks": [t.name for t in tasks], "timeout_s": args.timeout_s,
+              "formats": args.formats, "agent_mode": args.agent_mode if AGENT in args.formats else None,
+              "agent_steps": args.agent_steps, "agent_round_s": args.agent_round_s,
+              "tasks": [t.name for t in tasks], "timeout_s": args.timeout_s,
               "python": sys.version.split()[0], "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv}
     out.write_text(json.dumps({"config": config, "summary": summary, "best_format": best, "results": results},
                               indent=1))
+    partial.unlink(missing_ok=True)
     console.print(f"wrote {out}")
     return 0
 

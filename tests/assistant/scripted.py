@@ -28,7 +28,8 @@ As a process (for editor end-to-end tests)::
     python -m tests.assistant.scripted --port 0 --script script.json   # prints READY http://127.0.0.1:PORT/v1
 
 where script.json is ``[{"match": "regex", "reply": "..."}, ...]`` (or ``{"rules": [...], "queue":
-["...", ...]}``); it stops on SIGTERM.
+["...", ...]}``); a rule's optional ``"delay_s"`` holds its reply back that long, like a model's prefill
+(for cancellation tests). It stops on SIGTERM.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -190,8 +192,17 @@ def load_script(path: Path) -> ScriptedModel:
     """A model from a JSON script: rules' ``match`` are regexes (``"reply"`` plain text)."""
     data = json.loads(Path(path).read_text())
     rules, queued = (data, []) if isinstance(data, list) else (data.get("rules", []), data.get("queue", []))
-    model = ScriptedModel([(re.compile(r["match"]), r["reply"]) for r in rules])
+    model = ScriptedModel([(re.compile(r["match"]),
+                            _delayed(r["reply"], r["delay_s"]) if r.get("delay_s") else r["reply"]) for r in rules])
     return model.queue(*queued)
+
+
+def _delayed(reply: str, delay_s: float) -> Callable[[str], str]:
+    def slow(prompt: str) -> str:
+        time.sleep(delay_s)  # in the generation's thread, before its first token: a prefill
+        return reply
+
+    return slow
 
 
 def main(argv: list[str] | None = None) -> int:

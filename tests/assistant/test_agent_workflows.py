@@ -142,7 +142,7 @@ def test_deleting_an_existing_test_is_refused_and_reverted(llm, llm_model, works
     after = (workspace / "tests" / "test_calc.py").read_text()
     assert after.startswith(EXISTING.rstrip("\n")) and "def test_add_zero" in after  # put back as the round began
     assert [r["passed"] for r in report.test_results] == [False, False]
-    assert "Refused and reverted" in report.to_text()
+    assert "Refused, the tests kept as they were" in report.to_text()
 
 
 # --- refactor ---------------------------------------------------------------------------------------

@@ -142,6 +142,24 @@ def test_propose_refuses_with_the_reason_and_takes_the_allowance(tmp_path):
     assert (tmp_path / "geo.py").read_text() == MODULE
 
 
+def test_an_allowed_rename_or_removal_must_not_leave_uses_of_the_old_name():
+    source = "def calc_avg(xs):\n    return sum(xs) / len(xs)\n\n\ndef spread(xs):\n    return calc_avg(xs) * 2\n"
+    renamed = source.replace("def calc_avg(", "def mean_of(")
+    allow = Allowance.from_request("rename calc_avg to mean_of")
+    with pytest.raises(StructureBreakError, match=r"`calc_avg` would be renamed to `mean_of` but the file still "
+                                                  r"uses `calc_avg` \(line 6\)"):
+        check_structure("stats.py", source, renamed, allow)
+    with pytest.raises(StructureBreakError, match="names that nothing defines"):
+        check_structure("stats.py", source, renamed, Allowance(everything=True))
+    check_structure("stats.py", source, renamed.replace("calc_avg(xs) * 2", "mean_of(xs) * 2"), allow)
+    # the name still defined another way (imported back, a parameter), or a builtin: nothing dangles
+    check_structure("stats.py", source, "from lib import calc_avg\n" + renamed, allow)
+    removed = "def spread(xs, calc_avg=len):\n    return calc_avg(xs) * 2\n"
+    check_structure("stats.py", source, removed, Allowance.from_request("remove calc_avg"))
+    check_structure("m.py", "def len(x):\n    return 0\n\n\nn = len([])\n", "n = len([])\n",
+                    Allowance.from_request("remove len"))
+
+
 # --- whole-block edits keep the selection's base indentation ---------------------------------------
 SOURCE = "class A:\n    def f(self):\n        if x:\n            y = 1\n        return y\n\n\ndef g():\n    return 2\n"
 

@@ -73,9 +73,10 @@ def tool_call(name: str, **arguments) -> str:
     return "<tool_call>\n" + json.dumps({"name": name, "arguments": arguments}) + "\n</tool_call>"
 
 
-# Rules for ``python -m tests.assistant.scripted``: regexes searched in the last user (or tool) message,
-# first match wins, so the agent's tool-result rule comes first.
+# Rules for ``python -m tests.assistant.scripted``: regexes searched in the last user (or tool) message (the whole
+# prompt for /v1/completions), first match wins, so the agent's tool-result rule comes first.
 MODEL_SCRIPT = [
+    {"match": r"<\|fim_prefix\|>", "reply": ""},  # completions as you type (a FIM prompt): none in these scenarios
     {"match": r"<tool_response>|^Result of ", "reply": AGENT_DONE},
     {"match": re.escape("EDITOR-AGENT-TASK"),
      "reply": tool_call("edit", path="calc.py", search="def add(a, b):\n    return a + b", replace=ADD_DOC)},
@@ -289,10 +290,11 @@ def python_env() -> dict:
     return env
 
 
-def start_scripted_model(folder: Path) -> tuple[Proc, str]:
-    """The scripted model as a process; (process, its /v1 URL). Requests are logged to folder/requests.jsonl."""
+def start_scripted_model(folder: Path, rules: list[dict] | None = None) -> tuple[Proc, str]:
+    """The scripted model as a process (``rules``, default MODEL_SCRIPT); (process, its /v1 URL). Requests are
+    logged to folder/requests.jsonl."""
     script = folder / "model-script.json"
-    script.write_text(json.dumps(MODEL_SCRIPT, indent=1))
+    script.write_text(json.dumps(MODEL_SCRIPT if rules is None else rules, indent=1))
     proc = Proc("scripted model", [sys.executable, "-m", "tests.assistant.scripted", "--port", "0", "--script",
                                    str(script), "--requests-log", str(folder / "requests.jsonl")],
                 folder / "scripted-model.log", env=python_env(), cwd=REPO)

@@ -9,6 +9,30 @@ import type {
 
 export type Fetch = (url: string, init?: RequestInit) => Promise<Response>;
 
+/** POST /completions: the text around the cursor of one document (see src/corolla/assistant/completions.py). */
+export interface CompletionBody {
+  prefix: string;
+  suffix: string;
+  path: string | null;
+  language: string;
+  open_files: string[];
+  buffers: Record<string, string>;
+  multiline?: boolean;
+}
+
+export interface CompletionResult {
+  completion: string;
+  multiline: boolean;
+  reason: string;
+  /** end_of_line | block_end | max_lines | stop | length | skipped | empty | cancelled | superseded */
+  finish_reason: string;
+  prompt_tokens: number;
+  snippets: string[];
+  cached: boolean;
+  first_token_s: number | null;
+  total_s: number;
+}
+
 export interface ClientOptions {
   baseUrl: string;
   token?: string;
@@ -88,6 +112,11 @@ export class CorollaClient {
   }
   agentAction(id: string, action: "stop" | "apply" | "discard"): Promise<Record<string, unknown>> {
     return this.json("POST", `/agents/${encodeURIComponent(id)}/${action}`, {}, undefined, 0);
+  }
+
+  /** Ghost text at the cursor; abort `signal` when the user types on (the service then stops the generation). */
+  complete(body: CompletionBody, signal?: AbortSignal): Promise<CompletionResult> {
+    return this.json("POST", "/completions", body, signal, 60_000);
   }
 
   // --- streams --------------------------------------------------------------------------------

@@ -6,11 +6,12 @@ import { ChatView } from "./chatView";
 import { CorollaClient } from "./client";
 import { commandText, CorollaCodeActions, SLASH } from "./codeActions";
 import { generateCommitMessage, setCommitMessage } from "./commitMessage";
+import { CompletionEngine, InlineCompletions } from "./completions";
 import { InlineEdits } from "./inlineEdit";
 import { ServiceManager } from "./service";
-import { DEFAULTS, type Settings } from "./settings";
-import { StatusItem } from "./status";
-import { editorState, EditorTracker } from "./workspace";
+import { completionsEnabled, debounceOf, DEFAULTS, toggleLanguage, type LanguageSwitches, type Settings } from "./settings";
+import { CompletionsStatus, StatusItem } from "./status";
+import { editorState, EditorTracker, workspaceRoot } from "./workspace";
 
 function settings(): Settings {
   const c = vscode.workspace.getConfiguration("corolla");
@@ -21,8 +22,12 @@ function settings(): Settings {
     model: c.get("model", DEFAULTS.model),
     corollaPath: c.get("corollaPath", DEFAULTS.corollaPath) || DEFAULTS.corollaPath,
     autoStart: c.get("autoStart", DEFAULTS.autoStart),
+    completions: c.get<LanguageSwitches>("completions.enable", DEFAULTS.completions) ?? DEFAULTS.completions,
+    completionDebounceMs: debounceOf(c.get("completions.debounceMs", DEFAULTS.completionDebounceMs)),
   };
 }
+
+const completionsOn = (languageId: string) => completionsEnabled(settings().completions, languageId);
 
 let cached: { key: string; client: CorollaClient } | undefined;
 function client(): CorollaClient {
@@ -42,9 +47,22 @@ export function activate(context: vscode.ExtensionContext): void {
   const status = new StatusItem(client);
   const service = new ServiceManager(settings, client, () => void status.poll());
   const command = (id: string, fn: (...args: any[]) => unknown) => vscode.commands.registerCommand(id, fn);
+  const completionsStatus = new CompletionsStatus(completionsOn);
+  const engine = new CompletionEngine({
+    request: (body, signal) => client().complete(body, signal),
+    debounceMs: () => settings().completionDebounceMs,
+    onBusy: (busy) => completionsStatus.setBusy(busy),
+    onProblem: (problem) => completionsStatus.setProblem(problem),
+  });
+  const completions = new InlineCompletions(vscode, engine, completionsOn, () => workspaceRoot()?.fsPath);
 
   context.subscriptions.push(
-    tracker, edits, chat, agents, status, service,
+    tracker, edits, chat, agents, status, service, completionsStatus,
+    vscode.languages.registerInlineCompletionItemProvider([{ scheme: "file" }, { scheme: "untitled" }], completions),
+    vscode.workspace.onDidChangeConfiguration((e) => {
+      if (e.affectsConfiguration("corolla")) engine.resume();
+    }),
+    command("corolla.toggleCompletions", () => toggleCompletions(completionsStatus)),
     vscode.window.registerWebviewViewProvider(ChatView.id, chat, { webviewOptions: { retainContextWhenHidden: true } }),
     vscode.languages.registerCodeActionsProvider({ scheme: "file" }, new CorollaCodeActions(), CorollaCodeActions.metadata),
     command("corolla.inlineEdit", () => edits.inlineEdit()),
@@ -52,7 +70,10 @@ export function activate(context: vscode.ExtensionContext): void {
     command("corolla.discardEdit", () => edits.flow.discard()),
     ...Object.keys(SLASH).map((id) => command(id, (args?: unknown) => runInChat(chat, tracker, id, args))),
     command("corolla.commitMessage", (arg?: unknown) => generateCommitMessage(client(), arg)),
-    command("corolla.startService", () => service.start(true)),
+    command("corolla.startService", () => {
+      engine.resume();
+      return service.start(true);
+    }),
     command("corolla.showHealth", async () => {
       const state = await status.poll();
       if (state.kind === "model-down") await service.offerSwarm(state.health);
@@ -94,4 +115,17 @@ async function runInChat(chat: ChatView, tracker: EditorTracker, id: string, arg
     return;
   }
   await chat.run(commandText(id, args), state);
+}
+
+/** The status-bar item's click: completions on/off for the active editor's language (user settings). */
+async function toggleCompletions(status: CompletionsStatus): Promise<void> {
+  const languageId = vscode.window.activeTextEditor?.document.languageId;
+  if (!languageId) {
+    void vscode.window.showInformationMessage("Corolla: open a file to turn completions on or off for its language.");
+    return;
+  }
+  const next = toggleLanguage(settings().completions, languageId);
+  await vscode.workspace.getConfiguration("corolla").update("completions.enable", next, vscode.ConfigurationTarget.Global);
+  status.refresh();
+  void vscode.window.setStatusBarMessage(`Corolla completions ${next[languageId] ? "on" : "off"} for ${languageId}`, 3000);
 }

@@ -1,5 +1,8 @@
 // The extension's settings and the commands it derives from them (pure; read in src/extension.ts).
 
+/** Completions on or off per language id, "*" for the others (as `github.copilot.enable`). */
+export type LanguageSwitches = Record<string, boolean>;
+
 export interface Settings {
   serviceUrl: string;
   token: string;
@@ -7,7 +10,11 @@ export interface Settings {
   model: string;
   corollaPath: string;
   autoStart: boolean;
+  completions: LanguageSwitches;
+  completionDebounceMs: number;
 }
+
+export const COMPLETIONS_DEFAULT: LanguageSwitches = { "*": true, plaintext: false, markdown: false, scminput: false };
 
 export const DEFAULTS: Settings = {
   serviceUrl: "http://127.0.0.1:8765",
@@ -16,7 +23,27 @@ export const DEFAULTS: Settings = {
   model: "",
   corollaPath: "corolla",
   autoStart: true,
+  completions: COMPLETIONS_DEFAULT,
+  completionDebounceMs: 200,
 };
+
+/** Whether completions are on for `languageId`: its own switch, else "*" (on when neither is set). */
+export function completionsEnabled(switches: LanguageSwitches | undefined, languageId: string): boolean {
+  const s = switches ?? COMPLETIONS_DEFAULT;
+  if (Object.prototype.hasOwnProperty.call(s, languageId)) return Boolean(s[languageId]);
+  return Object.prototype.hasOwnProperty.call(s, "*") ? Boolean(s["*"]) : true;
+}
+
+/** The switches with `languageId` turned the other way (the status-bar item's toggle). */
+export function toggleLanguage(switches: LanguageSwitches | undefined, languageId: string): LanguageSwitches {
+  return { ...(switches ?? COMPLETIONS_DEFAULT), [languageId]: !completionsEnabled(switches, languageId) };
+}
+
+/** A debounce setting as milliseconds within 0..2000 (the default for nonsense). */
+export function debounceOf(value: unknown): number {
+  const n = typeof value === "number" ? value : Number.NaN;
+  return Number.isFinite(n) ? Math.min(Math.max(Math.round(n), 0), 2000) : DEFAULTS.completionDebounceMs;
+}
 
 /** The local swarm's API, the service's default endpoint. */
 export const LOCAL_ENDPOINT = "http://127.0.0.1:8000/v1";

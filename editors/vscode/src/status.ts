@@ -68,3 +68,59 @@ export class StatusItem implements vscode.Disposable {
     this.item.tooltip = tip;
   }
 }
+
+/** The completions item: on or off for the active editor's language (a click toggles it), busy while a
+ * request is in flight, a warning when the service failed. */
+export class CompletionsStatus implements vscode.Disposable {
+  private readonly item = vscode.window.createStatusBarItem("corolla.completions", vscode.StatusBarAlignment.Right, 100);
+  private readonly subscriptions: vscode.Disposable[];
+  private busy = false;
+  private problem: string | undefined;
+
+  constructor(private readonly enabled: (languageId: string) => boolean) {
+    this.item.name = "Corolla Completions";
+    this.item.command = "corolla.toggleCompletions";
+    this.subscriptions = [
+      vscode.window.onDidChangeActiveTextEditor(() => this.refresh()),
+      vscode.workspace.onDidChangeConfiguration((e) => {
+        if (e.affectsConfiguration("corolla.completions")) this.refresh();
+      }),
+    ];
+    this.refresh();
+  }
+
+  dispose(): void {
+    for (const s of this.subscriptions) s.dispose();
+    this.item.dispose();
+  }
+
+  setBusy(busy: boolean): void {
+    this.busy = busy;
+    this.refresh();
+  }
+
+  setProblem(problem: string | undefined): void {
+    this.problem = problem;
+    this.refresh();
+  }
+
+  refresh(): void {
+    const editor = vscode.window.activeTextEditor;
+    if (!editor) {
+      this.item.hide();
+      return;
+    }
+    const language = editor.document.languageId;
+    const on = this.enabled(language);
+    const icon = !on ? "$(circle-slash)" : this.busy ? "$(loading~spin)" : this.problem ? "$(warning)" : "$(sparkle)";
+    this.item.text = `${icon} Completions`;
+    const tip = new vscode.MarkdownString();
+    tip.appendText(on ? `Corolla completions are on for ${language}: ghost text as you type, Tab accepts, ` +
+                        "Ctrl+Right accepts a word. Click to turn them off for this language."
+                      : `Corolla completions are off for ${language}. Click to turn them on.`);
+    if (on && this.problem) tip.appendText(`\n\nThe last request failed: ${this.problem}`);
+    this.item.tooltip = tip;
+    this.item.backgroundColor = on && this.problem ? new vscode.ThemeColor("statusBarItem.warningBackground") : undefined;
+    this.item.show();
+  }
+}

@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from corolla.api import prompts
 from corolla.api.catalogue import Catalogue, OneModel
 from corolla.api.errors import APIError, bad_request, from_exception, from_validation, shutting_down
-from corolla.api.generation import Delta, Engine, Failed, Generation, GenerationOptions
+from corolla.api.generation import Delta, Engine, Failed, Generation, GenerationOptions, RepetitionLimits
 from corolla.api.schemas import ChatCompletionRequest, CompletionRequest
 from corolla.api.tools import call_prefill, parse_tool_calls
 from corolla.sse import Closing, SSEResponse
@@ -240,7 +240,8 @@ class _Job:
                            code="context_length_exceeded")
         self.options = GenerationOptions(max_tokens=max_tokens, temperature=body.temperature,
                                          top_p=body.top_p if body.top_p < 1.0 else None, seed=body.seed,
-                                         extra_stops=extra_stops, adapter=adapter)
+                                         extra_stops=extra_stops, adapter=adapter,
+                                         repetition=None if body.repetition_stop else RepetitionLimits(enabled=False))
 
     def usage(self, completion_tokens: int) -> dict:
         n = len(self.prompt_ids)

@@ -1,6 +1,7 @@
 """One generation in a worker thread, bridged to the event loop.
 
-The thread drives the engine's token stream and cuts stop sequences; the event loop receives
+The thread drives the engine's token stream, cuts stop sequences and stops a degenerate repetition
+loop (:class:`RepetitionStop`); the event loop receives
 :class:`Delta`, then :class:`Done` or :class:`Failed`. Setting ``cancel`` stops the thread
 between tokens; it then closes the engine's stream (and with it the inference session).
 :meth:`Generation.abort` also ends the event loop's side at once, whatever the thread is waiting on
@@ -12,9 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +29,69 @@ class GenerationOptions:
     seed: int | None = None
     extra_stops: tuple[str, ...] = ()  # special tokens that end generation besides EOS
     adapter: str | None = None  # a server-hosted LoRA adapter by name (the API's model "MODEL:NAME")
+    repetition: RepetitionLimits | None = None  # None: RepetitionLimits(); RepetitionLimits(enabled=False): off
+
+
+@dataclasses.dataclass(frozen=True)
+class RepetitionLimits:
+    """When a generation counts as stuck in a loop: its last tokens are one cycle of ``period`` tokens
+    (1 <= period <= ``max_period``) over and over, the periodic tail spanning at least ``min_repeats``
+    cycles and at least ``min_tokens`` tokens (the first cycle included).
+
+    The thresholds were measured on legitimate code. Tokenised with Qwen2.5's tokenizer, 43 M tokens of
+    Python (CPython 3.11's ``Lib/`` and a site-packages of numpy, scipy, sympy...: 13,352 files) hold a
+    tail like that of 200 tokens or more in 16 files, every one a data literal (test matrices, parser
+    tables, encoded test strings); at 128 tokens 34 files, at 100, 44. Repeated short lines, ``----``
+    rules (a few tokens: runs of dashes are single tokens) and arrays of up to about 100 zeros pass.
+    A model's loop (one token, one line, one sentence over and over) is cut once it has run for 200
+    tokens (3 cycles of a cycle longer than 66): seconds on a CPU swarm, not the minutes to the token
+    limit. A request turns it off with ``"repetition_stop": false`` (for long repetitive data).
+    """
+
+    enabled: bool = True
+    max_period: int = 128
+    min_repeats: int = 3
+    min_tokens: int = 200
+
+    def __post_init__(self):
+        if self.max_period < 1 or self.min_repeats < 2 or self.min_tokens < 2:
+            raise ValueError("repetition limits: max_period >= 1, min_repeats >= 2 and min_tokens >= 2")
+
+
+class RepetitionStop:
+    """Incremental loop detector over a generation's tokens (any hashable per token: ids or texts).
+
+    ``runs[p]`` is how many of the last tokens each equal the token ``p`` before them, so the tail that
+    is periodic with period ``p`` spans ``runs[p] + p`` tokens. Each :meth:`push` costs O(max_period).
+    """
+
+    def __init__(self, limits: RepetitionLimits):
+        self.limits = limits
+        self._ring: list = [None] * limits.max_period  # the last max_period tokens; the next goes at _pos
+        self._pos = self._seen = 0
+        self._runs = [0] * (limits.max_period + 1)  # index 0 unused
+        self.period: int | None = None  # the loop's period once one was found
+        self.span = 0  # and how many of the last tokens repeat it (the first cycle included)
+
+    def push(self, token) -> bool:
+        """Add the next token; True when the tail is now a loop (``period`` and ``span`` say which)."""
+        limits, ring, runs, size = self.limits, self._ring, self._runs, self.limits.max_period
+        found = None
+        for p in range(1, min(self._seen, size) + 1):
+            if ring[(self._pos - p) % size] == token:
+                run = runs[p] = runs[p] + 1
+                span = run + p
+                if found is None and span >= limits.min_tokens and span >= limits.min_repeats * p:
+                    found = (p, span)
+            else:
+                runs[p] = 0
+        ring[self._pos] = token
+        self._pos = (self._pos + 1) % size
+        self._seen += 1
+        if found is not None:
+            self.period, self.span = found
+            return True
+        return False
 
 
 class Engine(Protocol):
@@ -74,8 +141,9 @@ class Delta:
 
 @dataclasses.dataclass(frozen=True)
 class Done:
-    finish_reason: str  # "stop" | "length" | "cancelled"
+    finish_reason: str  # "stop" (EOS, a stop sequence or a repetition loop) | "length" | "cancelled"
     completion_tokens: int
+    looped: bool = False  # stopped because the tokens became a repetition loop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +177,9 @@ def run_generation(engine: Engine, prompt_ids: list[int], options: GenerationOpt
 def _generate(engine: Engine, prompt_ids: list[int], options: GenerationOptions, stops: list[str],
               cancel: threading.Event, emit: Callable[[Event], None]) -> None:
     scanner = StopScanner(stops)
-    count, finish = 0, None
+    limits = options.repetition or RepetitionLimits()
+    loops = RepetitionStop(limits) if limits.enabled else None
+    count, finish, looped = 0, None, False
     try:
         with contextlib.closing(engine.stream(prompt_ids, options)) as tokens:
             for delta in tokens:
@@ -123,15 +193,22 @@ def _generate(engine: Engine, prompt_ids: list[int], options: GenerationOptions,
                 if cancel.is_set():
                     finish = "cancelled"
                     break
+                if loops is not None and loops.push(delta):
+                    # what was streamed cannot be taken back, so nothing is trimmed: the answer, streamed or
+                    # not, is what was generated up to here (the text the scanner held back included)
+                    log.info("generation stopped after %d tokens: the last %d repeat a cycle of %d tokens",
+                             count, loops.span, loops.period)
+                    looped = True
+                    break
         if finish is None:
-            finish = "length" if count >= options.max_tokens else "stop"
+            finish = "length" if count >= options.max_tokens and not looped else "stop"
             tail = scanner.flush()
             if tail:
                 emit(Delta(tail))
     except BaseException as e:  # handed to the event loop, which answers the HTTP client
         emit(Failed(e))
         return
-    emit(Done(finish, count))
+    emit(Done(finish, count, looped))
 
 
 class Generation:

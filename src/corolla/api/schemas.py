@@ -3,6 +3,10 @@
 Unlike the wire types of the swarm, these ignore unknown fields: OpenAI clients send many
 optional ones (``logprobs``, ``presence_penalty``, ``user``...) that a swarm cannot honour but
 need not refuse. Values that would change the answer in a way we cannot serve are checked.
+
+One field is corolla's own: ``repetition_stop`` (default true) ends a generation that has become a
+loop of the same tokens (see :class:`corolla.api.generation.RepetitionLimits`); with the official
+client, ``extra_body={"repetition_stop": False}`` turns it off.
 """
 
 from __future__ import annotations
@@ -83,6 +87,7 @@ class _Sampling(_Body):
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    repetition_stop: bool = True  # corolla's: stop a degenerate repetition loop (finish_reason "stop")
 
     @field_validator("stop")
     @classmethod

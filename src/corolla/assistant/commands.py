@@ -20,40 +20,100 @@ BASE_SYSTEM = ("You are corolla, a coding assistant inside the user's editor. Be
 class Command:
     name: str
     summary: str
-    task: str  # what the system prompt asks for
+    task: str  # what the system prompt asks for, whatever the context holds
     edits: bool = False  # the reply is parsed into an edit proposal
     needs_code: bool = True  # needs a file or selection
+    # (piece of context, what to add when the prompt has it, what to add when it has not): a prompt
+    # mentions only what is there (a model told of "the project's instructions" that it cannot see
+    # talks about them, issue 20)
+    clauses: tuple[tuple[str, str, str], ...] = ()
 
+    def prompt(self, present: set[str] | frozenset[str] = frozenset(), **fields: str) -> str:
+        """The task for a prompt holding the context ``present`` ("instructions", "subjects")."""
+        extra = [with_it if piece in present else without for piece, with_it, without in self.clauses]
+        return " ".join(x for x in (self.task.format(**fields) if fields else self.task, *extra) if x)
+
+
+_REVIEW_FORM = "FILE:LINE: what is wrong, and what goes wrong because of it\n"
+# how /review asks (AssistantConfig.review_style); the default is what benchmarks/review.py measured best
+REVIEW_TASKS = {
+    # straight to the list
+    "list": (
+        "Review the change above: find the bugs it introduces. Lines marked + were added and lines marked - "
+        "removed; the numbers are line numbers after the change. Compare each changed line with the line it "
+        "replaced and with what its function is meant to do (its name, docstring and the code around it). Look "
+        "for: a wrong argument or value, an off-by-one, an inverted or wrong condition, a wrong comparison or "
+        "operator, a wrong variable or key, swapped arguments, a missing return, an error that is now ignored, a "
+        "changed default.\nReply with one line per bug, in this form:\n" + _REVIEW_FORM +
+        "If the change introduces no bug, reply with exactly: No bugs found.\n"
+        "No style remarks, no suggestions of tests, no general advice."),
+    # one sentence on what the change does to the function's behaviour first (a small model reasons
+    # its way to the bug it would otherwise wave through), then the list
+    "reasoned": (
+        "Review the change above. Lines marked + were added and lines marked - removed; the numbers are line "
+        "numbers after the change. First, in one sentence, say how the change alters what the function does. "
+        "Then list the bugs the change introduces, one per line, in this form:\n" + _REVIEW_FORM +
+        "If the function still does what its name and docstring say, end with exactly: No bugs found.\n"
+        "No style remarks, no suggestions of tests, no general advice."),
+}
+DEFAULT_REVIEW_STYLE = "list"
+REVIEW_TASK = REVIEW_TASKS[DEFAULT_REVIEW_STYLE]
 
 COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("explain", "explain the selected code or file",
-            "Explain the code below: what it does, how it works, and anything surprising or risky. Match the depth "
-            "the project's instructions ask for; without such instructions, explain for a working programmer."),
+            "Explain the code above: what it does, how it works, and anything surprising or risky.",
+            clauses=(("instructions", "Match the depth the project's instructions ask for.",
+                      "Explain it for a working programmer."),)),
     Command("fix", "fix a bug, given an error or diagnostic",
             "Fix the problem described by the user (an error message, a failing test or a diagnostic). Change "
             "only what the fix needs and keep everything else as it is.", edits=True),
     Command("doc", "add docstrings and comments",
-            "Add docstrings (in the language's usual style) to the functions and classes below, and short comments "
+            "Add docstrings (in the language's usual style) to the functions and classes above, and short comments "
             "where the code is not obvious. Do not change any behaviour.", edits=True),
     Command("tests", "write tests in the project's test framework",
-            "Write unit tests for the code below using {framework}. Cover normal cases, edge cases and errors. "
+            "Write unit tests for the code above using {framework}. Cover normal cases, edge cases and errors. "
             "Reply with one complete test file in one fenced code block: imports included, nothing left out.",
             edits=True),
     Command("harden", "add error handling in the project's style",
-            "Add error handling to the code below following the project's conventions: validate inputs, raise "
+            "Add error handling to the code above following the project's conventions: validate inputs, raise "
             "clear errors of the kinds the project already uses, and handle failures of I/O and external calls. "
             "Keep the behaviour for valid input unchanged.", edits=True),
-    Command("review", "review staged, unstaged or branch changes",
-            "Review the diff below as a careful senior engineer. List concrete findings as bullets, most important "
-            "first, each with the file and line: bugs, missing error handling, security problems, missing tests, "
-            "and departures from the project's instructions. If it looks right, say so in one line.",
-            needs_code=False),
+    Command("review", "review staged, unstaged or branch changes", REVIEW_TASK, needs_code=False,
+            clauses=(("instructions", "Also list, in the same form, departures from the project's instructions.",
+                      ""),)),
     Command("commit", "write a commit message for the staged changes",
-            "Write a git commit message for the staged diff below. Follow the style of the project's recent commit "
-            "subjects shown. A subject line under 72 characters, then (only when useful) a blank line and a short "
-            "body saying why. Reply with the message only: no quotes, no code fence, no preamble.",
-            needs_code=False),
+            "Write a git commit message for the staged diff above. A subject line under 72 characters, then (only "
+            "when useful) a blank line and a short body saying why. Reply with the message only: no quotes, no code "
+            "fence, no preamble.",
+            needs_code=False,
+            clauses=(("subjects", "Follow the style of the project's recent commit subjects shown.", ""),)),
 )}
+
+NO_BUGS = "No bugs found."
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One line of a review: ``path:line: text``."""
+
+    path: str
+    line: int
+    text: str
+
+
+_FINDING = re.compile(r"^\s*(?:[-*+]\s+|\d+[.)]\s+)?[`*]*(?P<path>[^\s:`*]+?):(?P<line>\d+)(?:-\d+)?[`*]*"
+                      r"\s*[:\-\u2013]?\s*(?P<text>.*)$")
+
+
+def parse_findings(reply: str) -> list[Finding]:
+    """The ``FILE:LINE: problem`` lines of a review reply (bullets, numbering, backticks and bold tolerated)."""
+    found = []
+    for line in reply.splitlines():
+        match = _FINDING.match(line)
+        if match and ("." in match["path"] or "/" in match["path"]):
+            found.append(Finding(match["path"], int(match["line"]), match["text"].strip()))
+    return found
+
 
 SLASH = re.compile(r"^/([a-z-]+)\b\s*(.*)$", re.S)
 

@@ -15,6 +15,8 @@ from pathlib import Path
 from corolla.assistant import commands, git
 from corolla.assistant.commands import Command
 from corolla.assistant.context import Context, EditorState, build_context
+from corolla.assistant.context.diffview import render_changes
+from corolla.assistant.context.enclosing import scope_note
 from corolla.assistant.edits import (
     Allowance,
     Proposal,
@@ -50,6 +52,7 @@ class AssistantConfig:
     history_tokens: int = 1500  # earlier turns of the session sent along
     edit_format: EditFormat = DEFAULT_FORMAT
     edit_retries: int = 1  # a reply that cannot be applied is sent back once with the reason
+    review_style: str = commands.DEFAULT_REVIEW_STYLE  # how /review asks: see commands.REVIEW_TASKS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,17 +158,19 @@ class Assistant:
         context = self.context(state, rest)
         code = self._target_text(target, state)
         diagnostics = "\n".join(state.diagnostics)
-        task, extra, edit_format = command.task, "", ""
+        present = {"instructions"} if context.instructions() else set()
+        task, extra, edit_format = command.prompt(present), "", ""
         if command.name == "tests":  # the reply is a new test file, written whole
-            task = task.format(framework=commands.detect_test_framework(self.root, state.current_file))
+            task = command.prompt(present, framework=commands.detect_test_framework(self.root, state.current_file))
             tests_at = commands.test_path(self.root, state.current_file)
             extra = f"The test file will be saved as {tests_at}; import the code under test from its module."
             edit_format = format_instructions("whole", Target(tests_at))
         elif command.edits:
             edit_format = format_instructions(self.config.edit_format, target)
-        user = _join(_without_target(context, state.current_file),
-                     commands.fence(target.path, code, target.start_line),
-                     f"Problems reported:\n{diagnostics}" if diagnostics and command.name == "fix" else "",
+        reported = bool(diagnostics) and command.name == "fix"
+        user = _join(_without_target(context, state.current_file, diagnostics_apart=reported),
+                     self._scope_note(target, state), commands.fence(target.path, code, target.start_line),
+                     f"Problems reported:\n{diagnostics}" if reported else "",
                      task, rest, extra)
         if command.name == "tests":
             target = Target(tests_at)
@@ -173,23 +178,37 @@ class Assistant:
         return [_system(system), _user(user)], context, target
 
     def _git_prompt(self, command: Command, rest: str, state: EditorState):
+        context = self.context(dataclasses.replace(state, current_file=None, selection=None), rest,
+                               include_tree=False, include_repo_map=False)
+        present = {"instructions"} if context.instructions() else set()
         if command.name == "commit":
             what, diff = git.diff(self.root, "staged")
             if not diff.strip():
                 raise AssistantError("nothing is staged: `git add` the changes to describe first")
             subjects = git.recent_subjects(self.root)
             style = ("Recent commit subjects:\n" + "\n".join(f"- {s}" for s in subjects)) if subjects else ""
+            present |= {"subjects"} if subjects else set()
             user = _join(style, "Staged diff:\n```diff\n" + git.clip_diff(diff) + "\n```", rest)
-        else:
-            scope, base = _review_scope(rest)
-            what, diff = git.diff(self.root, scope, base)
+        else:  # each change inside its whole function, numbered, to cite as FILE:LINE (context.diffview)
+            scope, base, rest = _review_scope(rest)
+            what, diff, side = git.changes(self.root, scope, base)
             if not diff.strip():
                 raise AssistantError(f"there is nothing to review: no {what}")
-            user = _join(f"The {what}:\n```diff\n" + git.clip_diff(diff) + "\n```", rest)
-        context = self.context(dataclasses.replace(state, current_file=None, selection=None), rest,
-                               include_tree=False, include_repo_map=False)
-        user = _join(user, command.task)
+            shown = render_changes(diff, lambda path: git.new_text(self.root, side, path), git.MAX_DIFF_CHARS)
+            user = _join(f"The {what}:", shown, rest)
+            task = commands.REVIEW_TASKS.get(self.config.review_style)
+            if task is None:
+                raise AssistantError(f"unknown review style {self.config.review_style!r}: use one of "
+                                     f"{', '.join(commands.REVIEW_TASKS)}")
+            command = dataclasses.replace(command, task=task)
+        user = _join(user, command.prompt(present))
         return [_system(commands.system_prompt(context.instructions())), _user(user)], context, None
+
+    def _scope_note(self, target: Target, state: EditorState) -> str:
+        """What the target lines are inside of (the ``def`` line of a selected body...), or ""."""
+        if target.start_line is None:
+            return ""
+        return scope_note(self._read(target.path, state), target.path, target.start_line, target.end_line)
 
     def _target(self, state: EditorState, command: Command | None = None) -> Target:
         if not state.current_file:
@@ -251,8 +270,8 @@ class Assistant:
         context = self.context(state, instruction)
         code = self._target_text(target, state)
         system = commands.system_prompt(context.instructions(), edit_format=format_instructions(fmt, target))
-        user = _join(_without_target(context, state.current_file), commands.fence(target.path, code, target.start_line),
-                     f"Change this code as asked: {instruction}")
+        user = _join(_without_target(context, state.current_file), self._scope_note(target, state),
+                     commands.fence(target.path, code, target.start_line), f"Change this code as asked: {instruction}")
         session_id = self._session(session_id, kind="edit")
         self.store.add_message(session_id, "user", instruction, context=context.to_json(),
                                meta={"file": target.path, "lines": [target.start_line, target.end_line], "format": fmt})
@@ -362,21 +381,26 @@ def _checked(proposal: Proposal) -> Proposal:
     return proposal
 
 
-def _review_scope(text: str) -> tuple[str, str | None]:
+def _review_scope(text: str) -> tuple[str, str | None, str]:
+    """(scope, base branch, the rest of the request) of ``/review [staged|unstaged|all|branch [BASE]] ...``."""
     words = text.split()
     for scope in ("staged", "unstaged", "all"):
         if scope in words:
-            return scope, None
+            words.remove(scope)
+            return scope, None, " ".join(words)
     if "branch" in words:
-        following = words[words.index("branch") + 1:]
-        return "branch", following[0] if following else None
-    return "auto", None
+        at = words.index("branch")
+        following = words[at + 1:]
+        return "branch", following[0] if following else None, " ".join(words[:at] + following[1:])
+    return "auto", None, text
 
 
-def _without_target(context: Context, path: str | None) -> str:
-    """The context rendered without the parts that repeat the code being changed (it is shown apart)."""
+def _without_target(context: Context, path: str | None, diagnostics_apart: bool = False) -> str:
+    """The context rendered without the parts that repeat the code being changed (it is shown apart),
+    and without the diagnostics when they are shown apart too (``/fix``'s "Problems reported")."""
     parts = [p for p in context.parts
-             if not (p.kind in ("selection", "current_file") and p.label.split(":")[0] == path)]
+             if not (p.kind in ("selection", "current_file") and p.label.split(":")[0] == path)
+             and not (diagnostics_apart and p.kind == "diagnostics")]
     return dataclasses.replace(context, parts=parts).render()
 
 

@@ -29,26 +29,57 @@ def is_repo(root: Path) -> bool:
         return False
 
 
+DIFF = ("diff", "--no-ext-diff", "--no-color", "--src-prefix=a/", "--dst-prefix=b/")  # whatever the user's config
+
+
 def diff(root: Path, scope: str = "auto", base: str | None = None) -> tuple[str, str]:
     """(what was diffed, the diff) for ``scope``: staged, unstaged, all (both against HEAD), branch
     (``base...HEAD``), or auto (staged when something is staged, else unstaged)."""
+    what, text, _ = changes(root, scope, base)
+    return what, text
+
+
+def changes(root: Path, scope: str = "auto", base: str | None = None) -> tuple[str, str, str]:
+    """:func:`diff`, and the scope it resolved to (auto becomes staged or unstaged): the side whose
+    files :func:`new_text` reads."""
     if not is_repo(root):
         raise GitError(f"{root} is not inside a git repository")
     if scope == "branch":
         base = base or default_branch(root)
-        return f"changes of this branch since {base}", git(root, "diff", f"{base}...HEAD")
+        return f"changes of this branch since {base}", git(root, *DIFF, f"{base}...HEAD"), "branch"
     if scope == "auto":
-        staged = git(root, "diff", "--cached")
+        staged = git(root, *DIFF, "--cached")
         if staged.strip():
-            return "staged changes", staged
+            return "staged changes", staged, "staged"
         scope = "unstaged"
     if scope == "staged":
-        return "staged changes", git(root, "diff", "--cached")
+        return "staged changes", git(root, *DIFF, "--cached"), "staged"
     if scope == "unstaged":
-        return "unstaged changes", git(root, "diff")
+        return "unstaged changes", git(root, *DIFF), "unstaged"
     if scope == "all":
-        return "all uncommitted changes", git(root, "diff", "HEAD")
+        return "all uncommitted changes", git(root, *DIFF, "HEAD"), "all"
     raise GitError(f"unknown diff scope {scope!r}: use staged, unstaged, all, branch or auto")
+
+
+def new_text(root: Path, scope: str, path: str) -> str | None:
+    """The text of ``path`` after the changes of ``scope`` (as :func:`changes` resolved it): the work
+    tree's file, the index's (staged) or HEAD's (branch); None when it is not there or not text."""
+    if scope in ("unstaged", "all"):
+        file = Path(root) / path
+        try:
+            data = file.read_bytes() if file.is_file() and file.resolve().is_relative_to(Path(root).resolve()) else None
+        except OSError:
+            return None
+    else:
+        try:
+            done = subprocess.run(["git", "-C", str(root), "show", f"{':' if scope == 'staged' else 'HEAD:'}{path}"],
+                                  capture_output=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        data = done.stdout if done.returncode == 0 else None
+    if data is None or b"\0" in data[:8192]:
+        return None
+    return data.decode("utf-8", "replace")
 
 
 def default_branch(root: Path) -> str:

@@ -19,6 +19,10 @@ One service serves one workspace. It listens on 127.0.0.1 and refuses requests t
   GET    /agents, /agents/{id}            agent sessions; one with its status, report and diff
   GET    /agents/{id}/events?after=N      SSE of its steps, following until it ends
   POST   /agents/{id}/stop | /apply | /discard
+  POST   /completions                     {prefix, suffix, path?, language?, open_files?, buffers?, multiline?}
+                                          -> ghost text to insert at the cursor (assistant.completions);
+                                          the editor hanging up cancels it and the generation behind it
+  GET    /completions/stats               counts: requests, cached, cancelled, superseded, streams open
 Errors are ``{"error": {"type", "message"}}`` with 400 (bad request), 404, 409 (stale file, wrong
 state), 422 (a reply that cannot be applied), 503 (model endpoint down, or the service shutting down).
 
@@ -43,6 +47,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from corolla.assistant import errors
+from corolla.assistant.completions import Completer, CompletionConfig, CompletionRequest
 from corolla.assistant.context import EditorState
 from corolla.assistant.core import Assistant
 from corolla.assistant.edits.types import EditFormat
@@ -92,6 +97,20 @@ class EditRequest(Strict):
     allow_structure: bool = False  # as in MessageRequest
 
 
+class CompleteRequest(Strict):
+    prefix: str = Field(max_length=MAX_TEXT)  # the document's text before the cursor
+    suffix: str = Field(default="", max_length=MAX_TEXT)  # and after it
+    path: str | None = Field(default=None, max_length=4096)  # workspace-relative; None for an untitled one
+    language: str | None = Field(default=None, max_length=64)  # the editor's language id
+    open_files: list[str] = Field(default_factory=list, max_length=200)
+    buffers: dict[str, str] = Field(default_factory=dict)  # unsaved texts of open files
+    multiline: bool | None = None  # None: one line or a block, as the syntax at the cursor suggests
+
+    def request(self) -> CompletionRequest:
+        return CompletionRequest(self.prefix, self.suffix, self.path, self.language, tuple(self.open_files),
+                                 dict(self.buffers), self.multiline)
+
+
 class AcceptRequest(Strict):
     applied_by_editor: bool = False  # the editor applied and saved it itself (its undo stack keeps it)
 
@@ -125,7 +144,8 @@ class _ShuttingDown(Exception):
     pass
 
 
-def create_service(assistant: Assistant, *, token: str | None = None, allow_origins: tuple[str, ...] = ()) -> FastAPI:
+def create_service(assistant: Assistant, *, token: str | None = None, allow_origins: tuple[str, ...] = (),
+                   completions: CompletionConfig | None = None) -> FastAPI:
     app = FastAPI(title="corolla assistant", docs_url=None, redoc_url=None)
     root = assistant.root
     app.state.closing = closing = Closing()
@@ -231,6 +251,22 @@ def create_service(assistant: Assistant, *, token: str | None = None, allow_orig
     async def undo(body: UndoRequest):
         edit_id, proposal = await run(assistant.undo, body.session_id)
         return {"edit_id": edit_id, "status": "undone", "files": [c.path for c in proposal.changes]}
+
+    completer = Completer(root, lambda: assistant.count_tokens, llm=assistant.llm, config=completions)
+    app.state.completer = completer
+
+    @app.post("/completions")
+    async def complete(body: CompleteRequest, request: Request):
+        async def hung_up() -> None:  # (request.is_disconnected() sees nothing through the guard middleware)
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        result = await until_closed(closing, lambda: completer.complete(body.request(), hung_up()))
+        return result.to_json()
+
+    @app.get("/completions/stats")
+    async def completion_stats():
+        return completer.stats.to_json()
 
     from corolla.assistant.agent.routes import add_agent_routes
 

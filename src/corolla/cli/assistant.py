@@ -15,6 +15,7 @@ import re
 import sys
 from pathlib import Path
 
+from corolla.assistant.agent.modes import MODES, MODES_HELP, WORKFLOW_MODE
 from corolla.assistant.edits.types import FORMATS
 from corolla.assistant.errors import AssistantError, EditError
 
@@ -54,6 +55,9 @@ def add_policy_flags(p: argparse.ArgumentParser) -> None:
                         "the allow-list are asked for in a terminal and refused otherwise")
     g.add_argument("--max-steps", type=int, default=20, help="most model replies per agent run (default 20)")
     g.add_argument("--command-timeout", type=float, default=120.0, help="seconds a command may run (default 120)")
+    g.add_argument("--mode", choices=MODES, default=WORKFLOW_MODE,
+                   help=f"how the agent works (default {WORKFLOW_MODE}, the one measured better): "
+                        + MODES_HELP.replace("auto (default)", "auto"))
 
 
 def command_policy(args):
@@ -296,7 +300,7 @@ def run_until_green(args) -> int:
     assistant = make_assistant(args)
     path, _ = parse_file(args.file, assistant.root)
     report = tests_until_green(assistant.llm, assistant.root, path, rounds=args.rounds, policy=command_policy(args),
-                               store=assistant.store, config=AgentConfig(max_steps=args.max_steps, mode="tools"),
+                               store=assistant.store, config=AgentConfig(max_steps=args.max_steps, mode=args.mode),
                                on_event=print_step)
     print(report.to_text())
     return 0 if report.status == "green" else 1
@@ -308,7 +312,7 @@ def run_refactor(args) -> int:
 
     assistant = make_assistant(args)
     report = refactor(assistant.llm, assistant.root, args.request, policy=command_policy(args), store=assistant.store,
-                      config=AgentConfig(max_steps=args.max_steps, mode="tools"), fix_rounds=args.fix_rounds,
+                      config=AgentConfig(max_steps=args.max_steps, mode=args.mode), fix_rounds=args.fix_rounds,
                       on_event=print_step)
     print(report.to_text())
     return 0 if report.status in ("green", "untested") else 1

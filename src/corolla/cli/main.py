@@ -15,7 +15,7 @@ SWARM_PACKAGES = frozenset({"torch", "hivemind", "transformers", "tokenizers", "
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from corolla.cli import agent, api, assistant, dht, finetune, generate, models, server, swarm
+    from corolla.cli import agent, api, assistant, dht, finetune, generate, mcp, models, server, swarm
 
     parser = argparse.ArgumentParser(
         prog="corolla",
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="how much to log on stderr (default: INFO)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (models, dht, server, swarm, generate, finetune, api, assistant, agent):
+    for module in (models, dht, server, swarm, generate, finetune, api, assistant, agent, mcp):
         module.register(sub)
     return parser
 

@@ -5,17 +5,26 @@ Before anything runs, the test functions of every Python test file are snapshott
 assert counts, skips); afterwards :func:`check_tests` lists each test that disappeared, lost asserts or
 became skipped, and each test file that was deleted or no longer parses. What to do about a violation
 (put the file back) is the workflow's business (:mod:`.workflows`).
+
+The same rule also holds at write time: a :class:`TestGuard` in the agent's tool context is asked about
+every write (a tool's edit or a code block, in every mode) before it is made, and a write that would
+delete or weaken an existing test is refused with the reason for the model, the file untouched.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from corolla.assistant.agent.testing import is_test_file
 from corolla.assistant.context import list_files
 from corolla.assistant.workspace import read_text
+
+if TYPE_CHECKING:
+    from corolla.assistant.edits import Allowance, FileChange
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,14 +102,96 @@ def check_tests(root: Path, snapshot: dict[str, dict[str, GuardedTest]]) -> dict
         if now is None:
             problems[path] = [f"{path} no longer parses, so its tests cannot be checked"]
             continue
-        found = []
-        for name, info in before.items():
-            if name not in now:
-                found.append(f"{name} was removed")
-            elif now[name].asserts < info.asserts:
-                found.append(f"{name} lost asserts ({info.asserts} -> {now[name].asserts})")
-            elif now[name].skipped and not info.skipped:
-                found.append(f"{name} was marked skipped")
+        found = [what for _, what in weakened(before, now)]
         if found:
             problems[path] = [f"{path}: {f}" for f in found]
     return problems
+
+
+def weakened(before: dict[str, GuardedTest], now: dict[str, GuardedTest]) -> list[tuple[str, str]]:
+    """(test name, what happened to it) for each test of ``before`` that ``now`` removed, weakened or skipped."""
+    found = []
+    for name, info in before.items():
+        if name not in now:
+            found.append((name, f"{name} was removed"))
+        elif now[name].asserts < info.asserts:
+            found.append((name, f"{name} lost asserts ({info.asserts} -> {now[name].asserts})"))
+        elif now[name].skipped and not info.skipped:
+            found.append((name, f"{name} was marked skipped"))
+    return found
+
+
+@dataclasses.dataclass
+class TestGuard:
+    """The rule of :func:`check_tests` at write time: :meth:`check` lists what a write would do to existing tests.
+
+    ``snapshot``: the tests that count as existing (a workflow's, taken before it started). ``lazy``: a
+    Python test file first written in this run that the snapshot does not hold counts with the tests it had
+    just before that first write (a plain agent run: no scan of the workspace up front; a file the run
+    creates has none). ``strict``: the request cannot allow anything (a workflow's prompts quote the
+    failing tests by name); otherwise a test the request names with "remove", "delete", ... may go, as
+    definitions may (:class:`corolla.assistant.edits.Allowance`). ``refused``: every violation refused so far.
+    """
+
+    __test__ = False  # not a pytest class
+
+    snapshot: dict[str, dict[str, GuardedTest]] = dataclasses.field(default_factory=dict)
+    lazy: bool = True
+    strict: bool = False
+    refused: list[str] = dataclasses.field(default_factory=list)
+    _seen: set[str] = dataclasses.field(default_factory=set)
+
+    def check(self, changes: Iterable[FileChange], allow: Allowance | None = None) -> list[str]:
+        """The violations of ``changes`` (``path: test_x was removed``, ...); [] when the write may be made."""
+        problems: list[str] = []
+        for change in changes:
+            before = self._existing(change)
+            if not before:
+                continue
+            now = tests_in_source(change.after)
+            if now is None:
+                problems.append(f"{change.path} would no longer parse, so its tests could not run")
+                continue
+            for name, what in weakened(before, now):
+                if not self._allowed(name, allow):
+                    problems.append(f"{change.path}: {what}")
+        return problems
+
+    def refuse(self, changes: Iterable[FileChange], allow: Allowance | None = None) -> str | None:
+        """None when ``changes`` keep every existing test, else the refusal to send back (and it is recorded)."""
+        problems = self.check(changes, allow)
+        if not problems:
+            return None
+        self.refused += [p for p in problems if p not in self.refused]
+        return (f"it would delete or weaken existing tests ({'; '.join(problems)}). Existing tests must keep "
+                "their asserts and must not be removed or skipped: change the code under test instead")
+
+    def refuse_edits(self, root: Path, edits: list, allow: Allowance | None = None) -> str | None:
+        """:meth:`refuse` for edits that another check refused (the structure guard: a test function removed),
+        so that the model hears the reason that concerns tests; None when they keep every existing test."""
+        from corolla.assistant.edits import propose
+        from corolla.assistant.edits.structure import EVERYTHING
+        from corolla.assistant.errors import EditError
+
+        try:
+            proposal = propose(Path(root), list(edits), allow=EVERYTHING)
+        except EditError:
+            return None
+        return self.refuse(proposal.changes, allow)
+
+    def _existing(self, change: FileChange) -> dict[str, GuardedTest] | None:
+        path = change.path
+        if path in self.snapshot or not self.lazy or path in self._seen:
+            return self.snapshot.get(path)
+        self._seen.add(path)
+        if not (path.endswith(".py") and is_test_file(path)) or change.before is None:
+            return None
+        tests = tests_in_source(change.before)
+        if tests:
+            self.snapshot[path] = tests
+        return tests
+
+    def _allowed(self, name: str, allow: Allowance | None) -> bool:
+        if self.strict or allow is None:
+            return False
+        return allow.everything or name in allow.names or name.rsplit(".", 1)[-1] in allow.names

@@ -11,7 +11,11 @@ Tool calling is native when the endpoint offers it (``tools=[...]`` in the reque
 does, with Qwen's template); if the endpoint refuses tools, or ``native_tools`` is False, the tools
 are described in the system prompt and the calls parsed from the text (:mod:`.toolcalls`).
 
-Every step is an event of the session (``task``, ``assistant``, ``tool_call``, ``tool_result``,
+The tools of the workspace's MCP servers (``.corolla/mcp.json``, ``.vscode/mcp.json``;
+:mod:`corolla.assistant.mcp`) join the built-in ones in tools mode, as ``mcp__<server>__<tool>``: the
+servers start when a run starts and, unless the caller passed its own :class:`MCPHub`, stop when it ends.
+
+Every step is an event of the session (``task``, ``mcp``, ``assistant``, ``tool_call``, ``tool_result``,
 ``edit``, ``malformed``, ``report``), so ``corolla agent logs`` can follow a run from another
 process and a run survives a restart as a readable record. The result is an :class:`AgentReport`
 saying what changed, what ran, whether the tests pass and what is left.
@@ -26,22 +30,26 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corolla.assistant.agent import prompts
-from corolla.assistant.agent.modes import DEFAULT_MODE, Mode, check_mode
+from corolla.assistant.agent.guard import TestGuard
+from corolla.assistant.agent.modes import DEFAULT_MODE, Mode, uses_blocks
 from corolla.assistant.agent.policy import CommandPolicy
 from corolla.assistant.agent.report import AgentReport
 from corolla.assistant.agent.testing import detect_test_command
 from corolla.assistant.agent.toolcalls import parse_arguments, parse_text_calls
 from corolla.assistant.agent.tools import ToolContext, ToolResult, apply_edits, openai_tools, run_tool
-from corolla.assistant.agent.writes import WriteError, find_writes, mentioned_files
+from corolla.assistant.agent.writes import Focus, WriteError, find_writes, mentioned_files, task_ranges
 from corolla.assistant.context import find_instructions, list_files
 from corolla.assistant.edits import Allowance, FileChange, unified_diff
 from corolla.assistant.errors import AssistantError, EndpointError
 from corolla.assistant.llm import LLM
 from corolla.assistant.sessions import SessionStore, title_from
 from corolla.assistant.workspace import read_text
+
+if TYPE_CHECKING:
+    from corolla.assistant.mcp.hub import MCPHub
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +66,8 @@ class AgentConfig:
     tools: tuple[str, ...] = ("read_file", "list_dir", "search", "edit", "write_file", "run_command", "run_tests")
     history_chars: int = 24000  # older tool results are cut when the conversation grows past this
     mode: Mode = DEFAULT_MODE  # see :mod:`.modes`
+    guard_tests: bool = True  # refuse writes that delete or weaken existing tests (:class:`.guard.TestGuard`)
+    mcp: bool = True  # offer the tools of the workspace's MCP servers (tools mode)
 
 
 class Agent:
@@ -67,7 +77,8 @@ class Agent:
     def __init__(self, llm: LLM, root: Path, *, policy: CommandPolicy, store: SessionStore | None = None,
                  session_id: str | None = None, config: AgentConfig | None = None,
                  stop: threading.Event | None = None, clock: Callable[[], float] = time.monotonic,
-                 ctx: ToolContext | None = None, on_event: Callable[[str, Any], None] | None = None):
+                 ctx: ToolContext | None = None, on_event: Callable[[str, Any], None] | None = None,
+                 mcp: MCPHub | None = None):
         self.llm = llm
         self.root = Path(root).resolve()
         self.policy = policy
@@ -78,11 +89,14 @@ class Agent:
         self.clock = clock
         self.ctx = ctx or ToolContext(root=self.root, policy=policy)
         self.on_event = on_event
+        self.mcp = mcp  # the caller's MCP servers (it closes them); None: the workspace's, for each run
+        self._own_mcp: MCPHub | None = None
         self._native: bool | None = self.config.native_tools
         self._commands: list[dict] = []
         self._read: list[str] = []  # files read in this run, for a code block that names none
         self._blocks = False  # this run is in blocks mode
         self._has_tests = False  # the workspace has a test command (looked up once a run)
+        self._focus = Focus()  # the line ranges the task names, kept current as writes move them
 
     # --- events --------------------------------------------------------------------------------
     def event(self, type: str, data: Any) -> None:
@@ -98,19 +112,30 @@ class Agent:
 
     # --- the loop ------------------------------------------------------------------------------
     def run(self, task: str) -> AgentReport:
+        try:
+            return self._run(task)
+        finally:
+            self._close_mcp()
+
+    def _run(self, task: str) -> AgentReport:
         start = self.clock()
         first_edit = len(self.ctx.applied)
         self._commands: list[dict] = []  # what ran (and what was refused) in this run, in order
         self._read = []
         self._blocks = self._blocks_mode(task)
         self.ctx.allow = Allowance.from_request(task)  # renaming or removing a definition only when asked
+        if self.config.guard_tests and self.ctx.guard is None:
+            self.ctx.guard = TestGuard()  # each test file as it was before this agent first wrote it
+        self._focus = _focus(self.root, task)
         self._has_tests = detect_test_command(self.root) is not None
         if self._blocks:
             self._native = False
         self.event("task", {"task": task, "root": str(self.root), "config": dataclasses.asdict(self.config),
                             "mode": "blocks" if self._blocks else "tools"})
+        self._open_mcp()
         messages = [{"role": "system", "content": self._system()}, {"role": "user", "content": self._first(task)}]
         steps, malformed = 0, 0
+        answers: set[str] = set()  # the replies without a tool call so far: one sent again means a stuck model
         status, summary, error = "error", "", ""
         tests: dict | None = None
         try:
@@ -129,6 +154,10 @@ class Agent:
                 self.event("assistant", {"step": steps, "text": reply.content, "native": native,
                                          "tool_calls": [{"name": n, "arguments": a} for _, n, a, _ in calls]})
                 if not calls and reason is None:
+                    if reply.content.strip() in answers:
+                        status, error = "repeating", "the model sent one of its earlier replies again"
+                        break
+                    answers.add(reply.content.strip())
                     wrote = self._write_blocks(messages, reply.content, task)
                     if wrote is None:
                         status, summary = "done", reply.content.strip()
@@ -158,6 +187,41 @@ class Agent:
         self.event("report", report.to_json())
         return report
 
+    # --- MCP servers ----------------------------------------------------------------------------
+    def _open_mcp(self) -> None:
+        """The MCP servers' tools for this run (their servers start now), into ``ctx.extra``."""
+        self.ctx.extra = {}
+        if self._blocks or not self.config.mcp:
+            return
+        hub = self.mcp
+        try:
+            if hub is None:
+                from corolla.assistant.mcp.hub import MCPHub
+
+                hub = MCPHub.from_workspace(self.root)
+                if not hub.configured:
+                    return
+                self._own_mcp = hub
+            if not hub.configured:
+                return
+            from corolla.assistant.mcp.tools import agent_tools
+
+            self.ctx.extra = agent_tools(hub)
+            self.event("mcp", {"servers": [{"name": s.name, "state": s.state, "error": s.error,
+                                            "tools": [t.qualified for t in s.tools]} for s in hub.statuses()]})
+        except (AssistantError, OSError, ValueError) as e:
+            logger.warning("the MCP servers are not used in this run: %s", e)
+            self.event("mcp", {"error": str(e)})
+
+    def _close_mcp(self) -> None:
+        self.ctx.extra = {}
+        hub, self._own_mcp = self._own_mcp, None
+        if hub is not None:
+            hub.close()
+
+    def _tool_names(self) -> list[str]:
+        return [*self.config.tools, *(n for n in self.ctx.extra if n not in self.config.tools)]
+
     def _halt(self, start: float) -> tuple[str, str] | None:
         if self.stop.is_set():
             return "stopped", "stopped on request"
@@ -171,14 +235,14 @@ class Agent:
         instructions = "\n\n".join(i.body for i in find_instructions(self.root, None))
         if self._blocks:
             return prompts.blocks_system_prompt(str(self.root), files, instructions, self._has_tests)
-        described = None if self._native is not False else openai_tools(list(self.config.tools))
+        described = None if self._native is not False else openai_tools(self._tool_names(), self.ctx.extra)
         return prompts.system_prompt(str(self.root), files, instructions, described)
 
     def _complete(self, messages: list[dict]):
         if self._native is False:
             return self.llm.complete(messages)
         try:
-            reply = self.llm.complete(messages, tools=openai_tools(list(self.config.tools)))
+            reply = self.llm.complete(messages, tools=openai_tools(self._tool_names(), self.ctx.extra))
         except EndpointError as e:
             if self._native is not None:
                 raise
@@ -200,7 +264,7 @@ class Agent:
                 if err:
                     reasons.append(f"{c.name}: {err}")
             return calls, ("; ".join(reasons) or None), True
-        parsed = parse_text_calls(reply.content, set(self.config.tools))
+        parsed = parse_text_calls(reply.content, set(self._tool_names()))
         return [(None, c.name, c.arguments, None) for c in parsed.calls], parsed.error, False
 
     def _run_calls(self, messages: list[dict], text: str, calls, native: bool, reason: str | None,
@@ -243,10 +307,11 @@ class Agent:
         so it is the final answer; else {"tests": the test run or None, "summary": what was done}."""
         tests = None
         try:
-            writes = find_writes(text, self.root, mentioned_files(self.root, task) + self._read)
+            writes = find_writes(text, self.root, mentioned_files(self.root, task) + self._read, self._focus)
         except WriteError as e:
             result = ToolResult(False, f"write refused: {e}")
             writes = None
+            self.event("tool_result", {"name": "write", "ok": False, "output": result.output, "data": {}})
         if writes == []:
             return None
         if writes is not None:
@@ -262,7 +327,7 @@ class Agent:
             else:
                 self.event("tool_result", {"name": "write", "ok": result.ok, "output": result.output,
                                            "data": result.data})
-            self._edit_events(before)
+            self._edit_events(before, {w.edit.path: w.lines for w in writes})
         messages.append({"role": "assistant", "content": text})
         feedback = prompts.result_message("write", result.ok, result.output)
         if not result.ok:
@@ -271,7 +336,7 @@ class Agent:
             ran = self._tool("run_tests", {})
             tests = _tests_after("run_tests", ran, None, len(self.ctx.applied))
             feedback += "\n\n" + prompts.result_message("run_tests", ran.ok, ran.output)
-            follow = "" if ran.ok else prompts.BLOCKS_TESTS_FAIL
+            follow = "" if ran.ok else prompts.BLOCKS_TESTS_FAIL + prompts.task_reminder(task)
         else:
             follow = ("Check it with run_tests, or reply with a short summary (no code) if the task is done."
                       if not self._blocks else prompts.BLOCKS_DONE)
@@ -279,11 +344,11 @@ class Agent:
         return {"tests": tests, "summary": "The tests pass." if tests and tests["passed"] else ""}
 
     def _blocks_mode(self, task: str) -> bool:
-        mode = check_mode(self.config.mode)
-        return mode == "blocks" or (mode == "auto" and bool(mentioned_files(self.root, task)))
+        return uses_blocks(self.config.mode, bool(mentioned_files(self.root, task)))
 
     def _first(self, task: str) -> str:
-        """The first user message: the task (blocks mode: with the files it names, so no step is spent reading)."""
+        """The first user message: the task (blocks mode: after the files it names, so no step is spent reading,
+        and after the lines it names, if it does)."""
         if not self._blocks:
             return task
         shown = []
@@ -292,7 +357,11 @@ class Agent:
             if text is not None and len(text) <= MAX_SHOWN_FILE_CHARS:
                 shown.append(prompts.file_block(rel, text))
                 self._read.append(rel)
-        return task + ("\n\n" + "\n\n".join(shown) if shown else "")
+        for rel, (a, b) in self._focus.ranges.items():  # after the files: the lines to change
+            text = read_text(self.root, rel) or ""
+            if rel in self._read and (a, b) != (1, len(text.splitlines())):
+                shown.append(prompts.range_block(rel, a, b, text))
+        return "\n\n".join([*shown, task])  # the task last, nearest the answer: small models follow it better
 
     def _tool(self, name: str, args: dict) -> ToolResult:
         before, ran = len(self.ctx.applied), len(self.ctx.commands)
@@ -307,9 +376,11 @@ class Agent:
         self._edit_events(before)
         return result
 
-    def _edit_events(self, before: int) -> None:
-        """An ``edit`` event for each proposal applied since ``before``."""
+    def _edit_events(self, before: int, replaced: dict | None = None) -> None:
+        """An ``edit`` event for each proposal applied since ``before`` (and the focus follows the lines they
+        moved; ``replaced``: the line range each file's write replaced, when it was a range write)."""
         for proposal in self.ctx.applied[before:]:
+            self._focus.follow(proposal.changes, replaced)
             self.event("edit", {"diff": proposal.diff, "files": list(proposal.paths)})
 
     def _report(self, status: str, summary: str, error: str, steps: int, tests: dict | None,
@@ -324,6 +395,15 @@ class Agent:
 
 
 # --- helpers -----------------------------------------------------------------------------------------
+def _focus(root: Path, task: str) -> Focus:
+    """The line ranges of workspace files that ``task`` names and that lie inside them."""
+    focus = Focus()
+    for rel, (a, b) in task_ranges(root, task).items():
+        if b <= len((read_text(root, rel) or "").splitlines()):
+            focus.add(rel, a, b)
+    return focus
+
+
 def _tests_after(name: str, result: ToolResult, tests: dict | None, edits_seen: int) -> dict | None:
     """The last test run's outcome (``edits_seen``: how many edits were applied when it ran)."""
     if name != "run_tests":

@@ -13,6 +13,11 @@ here-documents, redirections that write a file, and flags that make a read-only 
 something (``find -delete``, ``sort -o``, ``pytest --basetemp``).
 
 :meth:`CommandPolicy.run` then runs it with :func:`corolla.assistant.agent.shell.run_shell`.
+
+Tools of MCP servers (``mcp__<server>__<tool>``) are actions of the same kind: :meth:`CommandPolicy.decide_tool`
+runs a call when its server is trusted or an ``auto_approve`` entry names the tool, its server
+(``mcp__<server>``) or all of them (``mcp``), and otherwise asks through the same ``approve`` callback
+(refused when there is none); :meth:`CommandPolicy.authorize_tool` asks.
 """
 
 from __future__ import annotations
@@ -232,6 +237,32 @@ class CommandPolicy:
                                       "agent's tools (read_file, search, edit, run_tests) or an allowed command, "
                                       "or have the user pass --auto-approve PREFIX")
         return Decision("ask", reason)
+
+    def decide_tool(self, tool: str, *, trusted: bool = False) -> Decision:
+        """Run, ask or refuse a call of the external tool ``tool`` (an MCP server's, ``mcp__<server>__<name>``)."""
+        if trusted:
+            return Decision("run", "its server is trusted")
+        names = [p.strip() for p in self.auto_approve if p.strip()]
+        if any(tool == p or tool.startswith(p.rstrip("_") + "__") for p in names):
+            return Decision("run", "auto-approved")
+        server = "__".join(tool.split("__")[:2])
+        if self.approve is None:
+            return Decision("refuse", f"calling {tool} needs approval (its MCP server is not trusted), and this run "
+                                      f"cannot ask anyone; use the agent's other tools, or have the user pass "
+                                      f"--auto-approve {tool} (or {server} for all its tools)")
+        return Decision("ask", "a tool of an MCP server")
+
+    def authorize_tool(self, tool: str, call: str, *, trusted: bool = False) -> Decision:
+        """:meth:`decide_tool`, asking ``approve`` with ``call`` (the call as a person reads it) when it says ask:
+        the result is ``run`` or ``refuse``."""
+        decision = self.decide_tool(tool, trusted=trusted)
+        if decision.action != "ask":
+            return decision
+        try:
+            approved = bool(self.approve(call)) if self.approve else False
+        except (EOFError, KeyboardInterrupt, OSError):
+            approved = False
+        return Decision("run", "approved") if approved else Decision("refuse", "the user declined the call")
 
     def run(self, command: str, cwd: Path) -> CommandResult:
         """Decide, ask if needed, and run ``command`` in ``cwd`` within the policy's limits."""

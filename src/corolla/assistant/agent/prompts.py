@@ -51,6 +51,8 @@ or the whole functions you change (each from its first line to its last). Like t
 ```{lang}
 <the new code>
 ```
+To replace some lines only, write the path with their first and last line numbers (path:FIRST-LAST) on the line
+before the block. Send only the code you change, never a file as it is.
 Write complete code: no placeholders, no "..." for code you keep.{tests}
 When nothing is left to change, reply with a short summary and no code."""
 
@@ -61,6 +63,14 @@ BLOCKS_TESTS_FAIL = ("The tests fail. Find the cause in the output above and sen
 BLOCKS_DONE = "If the task is done, reply with a short summary and no code."
 BLOCKS_AGAIN_CALL = ("That could not be used ({reason}). Do not call functions: send the new code, the file's path "
                      "on one line and then the code in one fenced block.")
+
+
+def task_reminder(task: str) -> str:
+    """The task's first line, to repeat after a failure (a small model loses it in a long conversation)."""
+    first = next((line.strip() for line in task.splitlines() if line.strip()), "")
+    if not first:
+        return ""
+    return "\nThe task: " + (first if len(first) <= 300 else first[:300].rsplit(" ", 1)[0] + " ...")
 
 
 def blocks_system_prompt(root: str, files: list[str], instructions: str = "", tests: bool = True) -> str:
@@ -86,6 +96,12 @@ def _project_parts(files: list[str], instructions: str, more_hint: str) -> list[
 def file_block(path: str, text: str) -> str:
     """A file as the model sees it in blocks mode: its path, then its text in a fenced block."""
     return code_block(path, text.rstrip(), path)
+
+
+def range_block(path: str, a: int, b: int, text: str) -> str:
+    """Lines ``a-b`` of a file (its ``text``) as the lines the task is about, headed as a block that replaces them."""
+    lines = "\n".join(text.splitlines()[a - 1:b])
+    return f"The lines to change, {path}:{a}-{b}:\n" + code_block(f"{path}:{a}-{b}", lines.rstrip(), path)
 
 
 def system_prompt(root: str, files: list[str], instructions: str = "", tools: list[dict] | None = None) -> str:
@@ -132,18 +148,25 @@ def call_text(name: str, arguments: dict) -> str:
 
 
 # --- workflows ----------------------------------------------------------------------------------------
-def fix_tests_task(file: str, test_file: str, output: str) -> str:
+# (``blocks``: the agent works in blocks mode, where the tests run after each change without being asked)
+def fix_tests_task(file: str, test_file: str, output: str, blocks: bool = False) -> str:
+    then = "" if blocks else " Then call run_tests."
     return (f"The tests in {test_file} for {file} fail:\n{output}\n\n"
             f"Find the cause. If the code in {file} is wrong, fix the code; if a new test expects the wrong "
-            f"thing, fix that test. Do not delete or weaken tests that already existed. Then call run_tests.")
+            f"thing, fix that test. Do not delete or weaken tests that already existed.{then}")
 
 
-def refactor_task(request: str, test_command: str | None) -> str:
-    check = f" Then run the tests ({test_command}) with run_tests; they must still pass." if test_command else ""
+def refactor_task(request: str, test_command: str | None, blocks: bool = False) -> str:
+    if not test_command:
+        check = ""
+    elif blocks:
+        check = f" The tests ({test_command}) run after each change; they must still pass."
+    else:
+        check = f" Then run the tests ({test_command}) with run_tests; they must still pass."
     return f"Refactor the code: {request}\nKeep the behaviour the same.{check}"
 
 
-def refactor_fix_task(request: str, output: str) -> str:
+def refactor_fix_task(request: str, output: str, blocks: bool = False) -> str:
+    then = "" if blocks else " Then call run_tests."
     return (f"After your refactoring ({request}) the tests that passed before fail now:\n{output}\n\n"
-            f"Fix the code so the tests pass again, keeping the refactoring. Do not change the tests. "
-            f"Then call run_tests.")
+            f"Fix the code so the tests pass again, keeping the refactoring. Do not change the tests.{then}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
-STATUSES = ("done", "step_cap", "time_cap", "stopped", "error")  # how an agent run ended
+STATUSES = ("done", "step_cap", "time_cap", "repeating", "stopped", "error")  # how an agent run ended
 
 
 @dataclasses.dataclass
@@ -32,6 +32,8 @@ class AgentReport:
             out.append(f"the step cap was reached after {self.steps} model replies: the task may be unfinished")
         elif self.status == "time_cap":
             out.append("the time cap was reached: the task may be unfinished")
+        elif self.status == "repeating":
+            out.append("the model sent one of its earlier replies again (it was stuck): the task may be unfinished")
         elif self.status == "stopped":
             out.append("the run was stopped on request: the task may be unfinished")
         elif self.status == "error":
@@ -102,7 +104,7 @@ class WorkflowReport:
             verdict = "pass" if r["passed"] else "FAIL"
             lines.append(f"  {r['round']}: tests {verdict} (`{r['command']}`, exit {r['exit_code']})")
         if self.refused:
-            lines.append("Refused and reverted (existing tests must not be deleted or weakened):")
+            lines.append("Refused, the tests kept as they were (existing tests must not be deleted or weakened):")
             lines += [f"  - {v}" for v in self.refused]
         stat = diffstat(self.diff)
         if stat:

@@ -10,7 +10,9 @@ The run is non-interactive: a command the policy would ask about is refused unle
 ``--auto-approve`` prefixes allows it. Steps are stored as session events by the Agent itself; this
 module sets the session's status (``running``, then ``done`` / ``failed`` / ``stopped``), commits the
 worktree on the agent's branch (so ``git diff base...branch`` is the reviewable result) and stores
-the report in the session's meta.
+the report in the session's meta. The MCP servers the workspace configures (its ``.corolla/mcp.json``,
+which a worktree does not have, and ``.vscode/mcp.json``) work on the worktree and stop with the run;
+their tools, like commands, run only when ``--auto-approve`` names them (or the server is trusted).
 
 SIGTERM (``corolla agent stop``) sets the Agent's stop event. The agent runs in a worker thread so the
 main thread can act on it at once: after a short grace it kills the commands the agent started (they
@@ -87,8 +89,9 @@ def status_of(report_status: str) -> str:
 
 
 def build_agent(root: Path, session_id: str, workdir: Path, options: RunOptions, store: SessionStore,
-                stop: threading.Event, llm=None):
-    """The Agent for this run (``llm`` injected by tests; else one for ``options``' endpoint)."""
+                stop: threading.Event, llm=None, mcp=None):
+    """The Agent for this run (``llm`` injected by tests; else one for ``options``' endpoint; ``mcp``: the
+    MCP servers, which the caller closes)."""
     from corolla.assistant.agent.loop import Agent, AgentConfig
     from corolla.assistant.agent.policy import CommandPolicy
     from corolla.assistant.llm import LLM, LLMConfig
@@ -102,7 +105,8 @@ def build_agent(root: Path, session_id: str, workdir: Path, options: RunOptions,
         llm = LLM(config)
     policy = CommandPolicy(auto_approve=tuple(options.auto_approve), approve=None)
     config = AgentConfig(max_steps=options.max_steps, max_wall_s=options.max_wall_s, mode=options.mode)
-    return Agent(llm, workdir, policy=policy, store=store, session_id=session_id, config=config, stop=stop)
+    return Agent(llm, workdir, policy=policy, store=store, session_id=session_id, config=config, stop=stop,
+                 mcp=mcp)
 
 
 def run_agent(root: Path, session_id: str, options: RunOptions | None = None, *, stop: threading.Event | None = None,
@@ -119,8 +123,11 @@ def run_agent(root: Path, session_id: str, options: RunOptions | None = None, *,
     store.update_meta(session_id, {"status": "running", "started": time.time()})
     store.add_event(session_id, "status", {"status": "running"})
     final: dict
+    from corolla.assistant.mcp.hub import MCPHub
+
+    hub = MCPHub.from_workspace(root, workspace=workdir)  # starts nothing until the agent's run does
     try:
-        agent = build_agent(root, session_id, workdir, options, store, stop, llm=llm)
+        agent = build_agent(root, session_id, workdir, options, store, stop, llm=llm, mcp=hub)
         report = agent.run(meta["task"])
         final = {"status": status_of(report.status), "outcome": report.status, "report": report.to_json(),
                  "report_text": report.to_text()}
@@ -133,6 +140,8 @@ def run_agent(root: Path, session_id: str, options: RunOptions | None = None, *,
         log.exception("agent %s failed", session_id)
         final = {"status": "failed", "error": f"{type(e).__name__}: {e}", "error_type": type(e).__name__}
         store.add_event(session_id, "error", {"type": type(e).__name__, "message": str(e)})
+    finally:
+        hub.close()  # no MCP server outlives the run
     return finish(store, session_id, final)
 
 

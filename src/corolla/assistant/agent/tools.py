@@ -10,6 +10,9 @@ Edits go through :mod:`corolla.assistant.edits` (``propose`` then ``apply``), so
 checks (exact or fuzzy match, placeholders, syntax) and its atomic writes; each applied proposal
 is kept in :attr:`ToolContext.applied`, so a run's edits can be undone in reverse order.
 Commands go through the context's :class:`CommandPolicy`.
+
+Tools from elsewhere (an MCP server's, :mod:`corolla.assistant.mcp.tools`) join a run through
+:attr:`ToolContext.extra`: the same checks, the same policy, the same output cap.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from corolla.assistant.agent import search as search_mod
+from corolla.assistant.agent.guard import TestGuard
 from corolla.assistant.agent.policy import CommandPolicy
-from corolla.assistant.agent.schema import check_args
+from corolla.assistant.agent.schema import check_args, check_args_jsonschema
 from corolla.assistant.agent.shell import CommandResult, truncate_middle
 from corolla.assistant.agent.testing import detect_test_command, summarise_tests
 from corolla.assistant.context import list_files
 from corolla.assistant.edits import Allowance, Edit, Proposal, apply, propose, revert
+from corolla.assistant.edits.structure import DanglingNameError
 from corolla.assistant.errors import (
     AmbiguousMatchError,
     AssistantError,
@@ -70,6 +75,8 @@ class ToolContext:
     applied: list[Proposal] = field(default_factory=list)  # in order; undo = revert in reverse
     commands: list[dict] = field(default_factory=list)  # {"command", "exit_code", "timed_out", "duration_s"}
     allow: Allowance = field(default_factory=Allowance)  # structural changes the task asked for (set per run)
+    extra: dict[str, Tool] = field(default_factory=dict)  # tools beyond TOOLS for this run (MCP servers')
+    guard: TestGuard | None = None  # refuses writes that delete or weaken existing tests (see .guard)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -87,17 +94,21 @@ class ToolContext:
 
 @dataclass(frozen=True)
 class Tool:
-    """A callable tool: its name, what it is for (the model reads this), its JSON schema, and its code."""
+    """A callable tool: its name, what it is for (the model reads this), its JSON schema, and its code.
+    ``jsonschema``: the schema may use any JSON Schema keyword (a tool of an MCP server), so the arguments
+    are checked with :func:`check_args_jsonschema` instead of the built-in tools' strict checker."""
 
     name: str
     description: str
     parameters: dict
     run: Callable[[ToolContext, dict], ToolResult]
+    jsonschema: bool = False
 
     def usage(self) -> str:
-        props, required = self.parameters.get("properties", {}), set(self.parameters.get("required", ()))
-        args = ", ".join(f"{k}: {v.get('type', 'any')}" + ("" if k in required else " (optional)")
-                         for k, v in props.items())
+        props = self.parameters.get("properties") if isinstance(self.parameters.get("properties"), dict) else {}
+        required = set(self.parameters.get("required") or ())
+        args = ", ".join(f"{k}: {v.get('type', 'any') if isinstance(v, dict) else 'any'}"
+                         + ("" if k in required else " (optional)") for k, v in props.items())
         return f"{self.name}({args})"
 
 
@@ -106,13 +117,15 @@ def _fail(message: str, **data) -> ToolResult:
 
 
 def run_tool(ctx: ToolContext, name: str, args) -> ToolResult:
-    """Run tool ``name`` with ``args`` (a dict or its JSON text); model mistakes give ``ok=False``, never raise."""
-    tool = TOOLS.get(name) if isinstance(name, str) else None
+    """Run tool ``name`` (one of TOOLS or of ``ctx.extra``) with ``args`` (a dict or its JSON text); model
+    mistakes give ``ok=False``, never raise."""
+    tool = (TOOLS.get(name) or ctx.extra.get(name)) if isinstance(name, str) else None
     if tool is None:
-        close = difflib.get_close_matches(str(name), list(TOOLS), n=1)
+        known = [*TOOLS, *ctx.extra]
+        close = difflib.get_close_matches(str(name), known, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        return _fail(f"unknown tool {name!r}.{hint} The tools are: {', '.join(TOOLS)}.")
-    checked, problem = check_args(tool, args)
+        return _fail(f"unknown tool {name!r}.{hint} The tools are: {', '.join(known)}.")
+    checked, problem = (check_args_jsonschema if tool.jsonschema else check_args)(tool, args)
     if checked is None:
         return _fail(problem)
     try:
@@ -123,15 +136,16 @@ def run_tool(ctx: ToolContext, name: str, args) -> ToolResult:
         return _fail(f"{name} failed: {e}")
 
 
-def openai_tools(names=None) -> list[dict]:
-    """The tools (all, or ``names`` in that order) as OpenAI-style function definitions."""
-    chosen = list(TOOLS) if names is None else list(names)
-    unknown = [n for n in chosen if n not in TOOLS]
+def openai_tools(names=None, extra: dict[str, Tool] | None = None) -> list[dict]:
+    """The tools (all, or ``names`` in that order; ``extra`` beside TOOLS) as OpenAI-style function definitions."""
+    known = {**TOOLS, **(extra or {})}
+    chosen = list(known) if names is None else list(names)
+    unknown = [n for n in chosen if n not in known]
     if unknown:
-        raise ValueError(f"unknown tool(s) {', '.join(unknown)}; known: {', '.join(TOOLS)}")
+        raise ValueError(f"unknown tool(s) {', '.join(unknown)}; known: {', '.join(known)}")
     return [{"type": "function", "function": {"name": t.name, "description": t.description,
                                               "parameters": t.parameters}}
-            for t in (TOOLS[n] for n in chosen)]
+            for t in (known[n] for n in chosen)]
 
 
 # --- paths -------------------------------------------------------------------------------------
@@ -265,6 +279,7 @@ _EDIT_HINTS = [
     (AmbiguousMatchError, "Put more surrounding lines into search so that it matches one place only."),
     (PlaceholderError, "Write out the complete new code in replace; no placeholders."),
     (SyntaxBreakError, "Fix replace so that the file still parses."),
+    (DanglingNameError, "Send the whole file, with every use of the old name changed."),
     (StructureBreakError, "Keep every definition at its place and indentation, with its name."),
     (StaleFileError, "Read the file again and redo the edit against its current text."),
 ]
@@ -282,8 +297,15 @@ def _apply_edit(ctx: ToolContext, tool: str, *edits: Edit) -> ToolResult:
         if not proposal.changes:
             return ToolResult(False, f"{tool}: the edit would change nothing (the new text equals the old)",
                               unchanged=True)
+        refusal = ctx.guard.refuse(proposal.changes, ctx.allow) if ctx.guard is not None else None
+        if refusal:
+            return _fail(f"{tool} refused: {refusal}", error="TestGuard", tests_guard=True)
         apply(ctx.root, proposal)
     except EditError as e:
+        refusal = (ctx.guard.refuse_edits(ctx.root, list(edits), ctx.allow)
+                   if ctx.guard is not None and isinstance(e, StructureBreakError) else None)
+        if refusal:  # a test function removed: the test guard's reason is the one to hear
+            return _fail(f"{tool} refused: {refusal}", error="TestGuard", tests_guard=True)
         hint = next((h for cls, h in _EDIT_HINTS if isinstance(e, cls)), "")
         return _fail(f"{tool} refused: {e} {hint}".rstrip(), error=type(e).__name__)
     ctx.applied.append(proposal)

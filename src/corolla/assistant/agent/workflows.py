@@ -1,10 +1,15 @@
 """Two workflows built on the agent: tests until green, and a refactor that keeps the tests green.
 
 Both guard the project's existing tests (:mod:`.guard`): before anything runs, the test functions of
-every Python test file that exists are snapshotted; after every round, a test that disappeared, lost
-asserts or became skipped is a violation, and the test file is put back as it was at the start of the
-round (applied as an edit, so a later revert stays exact). An agent that "fixes" failing tests by
-deleting them gets nowhere.
+every Python test file that exists are snapshotted; a write of the agent that would delete or weaken
+one of them is refused as it is made (in every mode: a tool's edit or a code block), the reason sent
+back to the model; and after every round, a test that disappeared, lost asserts or became skipped
+anyway (a command changed the file) is a violation, and the test file is put back as it was at the
+start of the round (applied as an edit, so a later revert stays exact). An agent that "fixes" failing
+tests by deleting them gets nowhere.
+
+The agent works in :data:`.modes.WORKFLOW_MODE` unless ``config`` says otherwise; its tasks are worded
+for the mode it will use (in blocks mode the tests run after each change by themselves).
 
 ``refactor`` runs the tests before and after; if they were green and are red, the agent gets a
 bounded number of fix rounds, and if the tests are still red everything it changed is reverted.
@@ -12,6 +17,7 @@ bounded number of fix rounds, and if the tests are still red everything it chang
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import threading
 import time
@@ -21,11 +27,13 @@ from typing import Any
 
 from corolla.assistant import commands
 from corolla.assistant.agent import prompts
-from corolla.assistant.agent.guard import check_tests, snapshot_tests
+from corolla.assistant.agent.guard import TestGuard, check_tests, snapshot_tests
 from corolla.assistant.agent.loop import Agent, AgentConfig, net_changes
+from corolla.assistant.agent.modes import WORKFLOW_MODE, uses_blocks
 from corolla.assistant.agent.policy import CommandPolicy
 from corolla.assistant.agent.report import WorkflowReport
 from corolla.assistant.agent.tools import ToolContext, detect_test_command
+from corolla.assistant.agent.writes import mentioned_files
 from corolla.assistant.context import find_instructions
 from corolla.assistant.edits import (
     Edit,
@@ -88,11 +96,13 @@ class _Run:
         self.store = store
         if store is not None and session_id is None:
             session_id = store.create(title, kind="workflow", meta={"workflow": name}).id
-        self.ctx = ToolContext(root=self.root, policy=policy)
-        self.agent = Agent(llm, self.root, policy=policy, store=store, session_id=session_id,
-                           config=config or AgentConfig(max_steps=12, mode="tools"), stop=stop, clock=clock,
-                           ctx=self.ctx, on_event=on_event)
         self.snapshot = snapshot_tests(self.root)
+        # every write is checked against the tests as they were before the workflow (not the tests it adds);
+        # strict: the workflow's prompts quote failing tests by name, which must not allow removing them
+        self.ctx = ToolContext(root=self.root, policy=policy, guard=TestGuard(self.snapshot, lazy=False, strict=True))
+        self.agent = Agent(llm, self.root, policy=policy, store=store, session_id=session_id,
+                           config=config or AgentConfig(max_steps=12, mode=WORKFLOW_MODE), stop=stop, clock=clock,
+                           ctx=self.ctx, on_event=on_event)
         self.results: list[dict] = []
         self.refused: list[str] = []
         self.reports: list[str] = []
@@ -106,8 +116,19 @@ class _Run:
         self.rounds += 1
         return {p: t for p in self.snapshot if (t := read_text(self.root, p)) is not None}
 
-    def run_agent(self, task: str) -> None:
-        report = self.agent.run(task)
+    def worded(self, make: Callable[..., str], *args) -> str:
+        """The task ``make(*args, blocks=...)`` worded for the mode the agent will run it in."""
+        blocks = uses_blocks(self.agent.config.mode, bool(mentioned_files(self.root, make(*args))))
+        return make(*args, blocks=blocks)
+
+    def run_agent(self, task: str, mode: str | None = None) -> None:
+        config = self.agent.config
+        if mode is not None:
+            self.agent.config = dataclasses.replace(config, mode=mode)
+        try:
+            report = self.agent.run(task)
+        finally:
+            self.agent.config = config
         self.reports.append(f"Round {self.rounds}:\n{report.to_text()}")
 
     def guard(self, texts: dict[str, str]) -> None:
@@ -132,8 +153,10 @@ class _Run:
 
     def finish(self, status: str, error: str = "") -> WorkflowReport:
         changes = net_changes(self.root, self.ctx.applied)
+        written = self.ctx.guard.refused if self.ctx.guard is not None else []  # refused as they were written
+        refused = [*written, *(v for v in self.refused if v not in written)]
         report = WorkflowReport(status, self.rounds, "\n".join(self.reports), [c.path for c in changes],
-                                self.results, self.refused, unified_diff(changes), self.name, error,
+                                self.results, refused, unified_diff(changes), self.name, error,
                                 self.agent.session_id)
         self.event("workflow_report", report.to_json())
         return report
@@ -170,12 +193,12 @@ def tests_until_green(llm: LLM, root: Path, file: str, *, rounds: int = 3, polic
     result = run.test(command, "round 1") if written else None
     while not (result and result["passed"]) and run.rounds < rounds and not run.agent.stop.is_set():
         texts = run.round_start()
-        if result is None:
+        if result is None:  # a new file: written with write_file, in tools mode (a code block edits files that exist)
             task = (f"Write tests for {file} in {test_rel} using "
                     f"{commands.detect_test_framework(root, file)} (write_file), then call run_tests.")
+            run.run_agent(task, mode="tools")
         else:
-            task = prompts.fix_tests_task(file, test_rel, result["output"])
-        run.run_agent(task)
+            run.run_agent(run.worded(prompts.fix_tests_task, file, test_rel, result["output"]))
         run.guard(texts)
         result = run.test(command, f"round {run.rounds}")
     if result is None:
@@ -230,7 +253,7 @@ def refactor(llm: LLM, root: Path, request: str, *, policy: CommandPolicy, store
     run.event("workflow", {"workflow": "refactor", "request": request, "test_command": command})
     before = run.test(command, "before") if command else None
     texts = run.round_start()
-    run.run_agent(prompts.refactor_task(request, shlex.join(command) if command else None))
+    run.run_agent(run.worded(prompts.refactor_task, request, shlex.join(command) if command else None))
     run.guard(texts)
     if command is None:
         return run.finish("untested", "no test command found: the change was not checked by tests")
@@ -242,7 +265,7 @@ def refactor(llm: LLM, root: Path, request: str, *, policy: CommandPolicy, store
         if after["passed"] or run.agent.stop.is_set():
             break
         texts = run.round_start()
-        run.run_agent(prompts.refactor_fix_task(request, after["output"]))
+        run.run_agent(run.worded(prompts.refactor_fix_task, request, after["output"]))
         run.guard(texts)
         after = run.test(command, f"round {run.rounds}")
     if after["passed"]:

@@ -5,7 +5,8 @@
 1. custom instructions (``.github/copilot-instructions.md``, ``.github/instructions/*.instructions.md``
    whose ``applyTo`` globs match the current or an open file, ``AGENTS.md`` at the root and nearest
    the current file);
-2. the selection;
+2. the selection, with the headers of the definitions it is inside of (the ``def`` line of a
+   selected body: :mod:`~corolla.assistant.context.enclosing`);
 3. ``#file:path`` / ``#file:path:A-B`` references from the query (a note when a path is missing or
    outside the workspace);
 4. diagnostics;

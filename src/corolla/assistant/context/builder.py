@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from corolla.assistant.context.budget import Counter, approx_tokens, fit_window, with_markers
+from corolla.assistant.context.enclosing import scope_note
 from corolla.assistant.context.files import list_files
 from corolla.assistant.context.instructions import find_instructions
 from corolla.assistant.context.ranking import Signals, identifiers, import_fragments, imported_files
@@ -100,11 +101,13 @@ def _part(kind: str, label: str, text: str, count: Counter, truncated: bool = Fa
 
 
 def _lines_part(kind: str, label: str, path: str, lines: list[str], first_line: int, header: str,
-                allowance: int, count: Counter, center: int | None = None) -> ContextPart | None:
-    """The whole block when it fits, else the largest window of it (with markers), else None."""
+                allowance: int, count: Counter, center: int | None = None, note: str = "") -> ContextPart | None:
+    """The whole block when it fits, else the largest window of it (with markers), else None.
+    ``note``: a line between the header and the block (what the lines are inside of)."""
     if allowance < MIN_PART_TOKENS:
         return None
-    whole = code_block(header, "\n".join(lines), path)
+    lead = f"\n{note}" if note else ""
+    whole = code_block(header + lead, "\n".join(lines), path)
     tokens = count(whole)
     if tokens <= allowance:
         return ContextPart(kind, label, whole, tokens)
@@ -112,7 +115,7 @@ def _lines_part(kind: str, label: str, path: str, lines: list[str], first_line: 
 
     def render(a: int, b: int) -> str:
         whole = str(last) if first_line == 1 else f"{first_line}-{last}"
-        shown = f"{header} (lines {first_line + a}-{first_line + b - 1} of {whole})"
+        shown = f"{header} (lines {first_line + a}-{first_line + b - 1} of {whole}){lead}"
         return code_block(shown, with_markers(lines, a, b, first_line), path)
 
     fitted = fit_window(lines, render, allowance, count, center)
@@ -144,8 +147,9 @@ def _selection_slots(req: _Request) -> list[_Slot]:
         a, b = req.selection
         lines = req.current_text.splitlines()[a - 1:b]
         label = f"{req.current}:{a}-{b}"
+        note = scope_note(req.current_text, req.current, a, b)  # the def line of a selected body, and so on
         slots.append(_Slot(label, lambda n: _lines_part("selection", label, req.current, lines, a,
-                                                        f"### Selection: {label}", n, req.count)))
+                                                        f"### Selection: {label}", n, req.count, note=note)))
     elif any(r.kind == "selection" for r in req.refs):
         slots.append(_note_slot("#selection", "#selection was written but nothing is selected", req.count))
     return slots
@@ -263,6 +267,14 @@ def _tree_slot(req: _Request) -> _Slot:
 
 
 # ---- the allocation ---------------------------------------------------------------------------
+def _separator_tokens(count: Counter) -> int:
+    """What a separator adds between two parts: alone it may be one token, but between the fence that
+    ends a part and the heading that starts the next a BPE tokenizer can split it in two."""
+    edge_a, edge_b = "```", "###"
+    between = count(edge_a + SEPARATOR + edge_b) - count(edge_a) - count(edge_b)
+    return max(count(SEPARATOR), between)
+
+
 def build_context(state: EditorState, query: str = "", *, budget_tokens: int = 3000,
                   count_tokens: Counter = approx_tokens, include_tree: bool = True,
                   include_repo_map: bool = True) -> Context:
@@ -271,7 +283,7 @@ def build_context(state: EditorState, query: str = "", *, budget_tokens: int = 3
     Deterministic: the same workspace, state and query give the same Context.
     """
     req = _request(state, query, count_tokens)
-    sep = count_tokens(SEPARATOR)
+    sep = _separator_tokens(count_tokens)
     tail = include_repo_map or include_tree
     groups: list[Callable[[], list[_Slot]]] = [  # called in turn: later groups see what earlier ones showed
         lambda: _instruction_slots(req), lambda: _selection_slots(req), lambda: _reference_slots(req),

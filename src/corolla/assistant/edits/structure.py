@@ -20,11 +20,16 @@ a function), ``moved`` (into another class, or out of one), ``renamed`` (a new d
 same kind appeared at its place) or ``removed``. :class:`Allowance` says which of these the request
 asked for: the definitions it names when it also says to remove, rename, move, nest, inline or merge
 something, or all of them when the caller passes ``everything`` (the CLI's ``--allow-structure``).
+
+Even an allowed removal or renaming of a module-level definition is refused while the file still reads
+the old name and nothing in it defines that name any more (``rename calc_avg to mean_of`` that renamed
+the ``def`` but not the calls): that file would fail with a NameError the moment those lines run.
 """
 
 from __future__ import annotations
 
 import ast
+import builtins
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -213,7 +218,15 @@ def check_structure(path: str, before: str | None, after: str, allow: Allowance 
     that ``allow`` does not cover."""
     if before is None or language_of(path) != "python":
         return
-    refused = [c for c in structural_changes(before, after) if not allow.allows(c)]
+    changes = structural_changes(before, after)
+    refused = [c for c in changes if not allow.allows(c)]
+    dangling = [] if refused else _dangling(after, changes)
+    if dangling:
+        listed = "; ".join(f"`{c.qualname}` would be {c.change}" + (f" to `{c.to}`" if c.to else "")
+                           + f" but the file still uses `{c.name}` (line{'s' if len(lines) > 1 else ''} "
+                           + ", ".join(map(str, lines)) + ")" for c, lines in dangling)
+        raise DanglingNameError(f"{path}: the edit would leave names that nothing defines: {listed}. Change "
+                                "those uses too, in the same edit", [c for c, _ in dangling])
     if refused:
         listed = "; ".join(c.describe() for c in refused)
         raise StructureBreakError(
@@ -222,6 +235,45 @@ def check_structure(path: str, before: str | None, after: str, allow: Allowance 
                else "the definition where it is, with its name")
             + ", and change only what was asked; if such a change is wanted, the request must say so "
               "(e.g. \"rename X to Y\", \"remove X\")", refused)
+
+
+class DanglingNameError(StructureBreakError):
+    """An allowed removal or renaming that leaves uses of the old name behind (see the module's docstring)."""
+
+
+def _dangling(after: str, changes: list[StructureChange]) -> list[tuple[StructureChange, list[int]]]:
+    """The module-level definitions removed or renamed by ``changes`` that ``after`` still reads (with the
+    lines) although nothing in it binds the name any more and it is no builtin."""
+    tree = _parse(after)
+    gone = [c for c in changes if c.change in ("removed", "renamed") and c.qualname == c.name]
+    if tree is None or not gone:
+        return []
+    bound: set[str] = set()
+    reads: dict[str, list[int]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            if isinstance(node.ctx, ast.Load):
+                reads.setdefault(node.id, []).append(node.lineno)
+            else:
+                bound.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, ast.alias):
+            bound.add((node.asname or node.name).split(".")[0])
+            if node.name == "*":
+                return []  # a star import may define anything
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            bound.update(node.names)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+        elif isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
+            bound.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            bound.add(node.rest)
+    return [(c, sorted(set(reads[c.name]))) for c in gone
+            if c.name in reads and c.name not in bound and not hasattr(builtins, c.name)]
 
 
 def _what_became_of(d: Definition, used: str, arrived: list[Definition]) -> StructureChange:
