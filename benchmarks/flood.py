@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -43,10 +44,13 @@ def timed(model, ids, new_tokens: int) -> tuple[list[int], float]:
 
 
 def _flood_process(conn, peer: str, maddrs: list[str], model_id: str, identities: int, num_blocks: int,
-                   hidden_size: int) -> None:
+                   hidden_size: int, cpus: set[int] | None) -> None:
     """The flood in a process of its own (as an attacker's machine would be): the honest client's
     process then shares only the cores with it, not its interpreter. Answers "count" with the
-    flood's answers so far; on "stop" sends the answers by type and ends."""
+    flood's answers so far; on "stop" sends the answers by type and ends. ``cpus``: the cores it
+    may use (None: any)."""
+    if cpus:  # the flood's own cores (its p2p daemons inherit them), as if it ran on another machine
+        os.sched_setaffinity(0, cpus)
     with Flood(peer, maddrs, model_id, identities, num_blocks=num_blocks, hidden_size=hidden_size) as flood:
         conn.send("ready")
         while conn.recv() != "stop":
@@ -91,8 +95,19 @@ def main() -> int:
     p.add_argument("--new-tokens", type=int, default=48)
     p.add_argument("--server-args", nargs=argparse.REMAINDER, default=[],
                    help="extra `corolla server` flags (last on the line), e.g. --peer-requests-per-s 100")
+    p.add_argument("--split-cpus", action="store_true",
+                   help="the flood on the last core, the server and the client on the others (one torch thread), "
+                        "as if the attackers ran elsewhere: measures the server's policy, not the machine's starvation")
     p.add_argument("--out", default=str(_common.OUT_DIR / "flood.json"))
     args = p.parse_args()
+    flood_cpus = None
+    if args.split_cpus:
+        cores = sorted(os.sched_getaffinity(0))
+        if len(cores) < 2:
+            p.error("--split-cpus needs 2 cores or more")
+        flood_cpus = {cores[-1]}
+        os.sched_setaffinity(0, set(cores[:-1]))  # this process, and the server it starts, on the others
+        args.server_args = ["--torch-threads", str(len(cores) - 1), *args.server_args]
     _common.quiet_logs()
     ref = resolve_model(args.model)
     from transformers import AutoConfig, AutoTokenizer
@@ -115,7 +130,7 @@ def main() -> int:
                 idle_ms.append(ms)
                 same.append(tokens == baseline)
                 with FloodProcess(server.peer_id, maddrs, swarm.model_id, args.identities, num_blocks,
-                                  config.hidden_size) as flood:
+                                  config.hidden_size, flood_cpus) as flood:
                     time.sleep(2)
                     before = flood.requests
                     tokens, ms = timed(model, ids, args.new_tokens)
@@ -129,7 +144,8 @@ def main() -> int:
     ratio = statistics.median(flood_ms) / statistics.median(idle_ms)
     result = {
         "model": args.model, "identities": args.identities, "runs": args.runs, "new_tokens": args.new_tokens,
-        "server_args": args.server_args, "idle_step_ms": idle_ms, "flood_step_ms": flood_ms, "ratio": ratio,
+        "server_args": args.server_args, "split_cpus": args.split_cpus,
+        "idle_step_ms": idle_ms, "flood_step_ms": flood_ms, "ratio": ratio,
         "flood_codes": codes, "flood_answers_during": answers, "outputs_equal": all(same),
         "environment": _common.environment(),
     }

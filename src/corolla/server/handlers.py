@@ -54,7 +54,7 @@ from corolla.server.training import Graph, TrainingRunner
 
 log = logging.getLogger(__name__)
 
-INFO_TTL_S = 0.2  # an rpc_info answer is at most this old
+INFO_TTL_S = 0.2  # an rpc_info answer is at most this old (and as fresh as its sessions and steps)
 
 
 async def _read_into(requests: AsyncIterator[runtime_pb2.ExpertRequest], inbox: asyncio.Queue) -> None:
@@ -122,9 +122,9 @@ class BlockHandlers:
             max_length=config.max_session_length,
         )
         self._info = info
-        # the encoded info and when it was made: a flood of info calls (cheap to send, the info is not
-        # cheap to build) is answered from it for INFO_TTL_S instead of costing the event loop each time
-        self._info_cache: tuple[float, bytes] = (-1e9, b"")
+        # the encoded info, when it was made and the counts it holds: a flood of info calls (cheap to send,
+        # the info is not cheap to build) is answered from it for INFO_TTL_S while no session or step changed
+        self._info_cache: tuple[float, tuple, bytes] = (-1e9, (), b"")
         # one compute thread (torch already uses every core for one request), inference first
         self.compute = PriorityExecutor()
         self.training = TrainingRunner(self.compute, lambda: self.span, dtype)
@@ -225,12 +225,18 @@ class BlockHandlers:
             self.limits.admit(context.remote_id.to_base58(), _nbytes(request))
         except CorollaError as e:
             return error_response(e)
-        made, info = self._info_cache
-        now = time.monotonic()
-        if now - made > INFO_TTL_S:
+        made, state, info = self._info_cache
+        now, current = time.monotonic(), self._info_state()
+        if now - made > INFO_TTL_S or state != current:
             info = self._info()
-            self._info_cache = (now, info)
+            self._info_cache = (now, current, info)
         return runtime_pb2.ExpertResponse(metadata=info)
+
+    def _info_state(self) -> tuple:
+        """What an info answer counts that changes with every session and step: a cached answer is
+        used only while these are the same."""
+        return (len(self.sessions), self.batcher.steps, self.batcher.batches, self.inflight, self.batcher.pending,
+                self.training.active)
 
     async def rpc_forward(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
         try:
