@@ -7,6 +7,7 @@ import collections
 import random
 import threading
 import time
+import uuid
 
 import msgpack
 import pytest
@@ -33,9 +34,11 @@ def _hidden(*shape, dtype=torch.float32):
     return torch.randn(*shape).to(dtype)
 
 
-def _open(model_id, start=0, end=6, max_length=64, session_id="s" * 16):
-    return SessionOpen(model_id=model_id, session_id=session_id, start_block=start, end_block=end,
-                       max_length=max_length)
+def _open(model_id, start=0, end=6, max_length=64, session_id=None):
+    # a fresh id per request: the server frees a refused request's session when its stream ends, which
+    # may come after this test's next request (one id for all: "session ... is already open", in CI)
+    return SessionOpen(model_id=model_id, session_id=session_id or uuid.uuid4().hex, start_block=start,
+                       end_block=end, max_length=max_length)
 
 
 class RawCaller:
