@@ -21,6 +21,7 @@ from hivemind.proto import runtime_pb2
 
 from corolla.client.remote import SwarmClient, parse_response, wire_tensors
 from corolla.client.verify import Verdict
+from corolla.client.witness import Witnesses
 from corolla.errors import (
     CorollaError,
     NoRouteError,
@@ -216,16 +217,6 @@ class _HopState:
     outputs: list[torch.Tensor] = dataclasses.field(default_factory=list)  # and the server's answer to each
 
 
-@dataclasses.dataclass
-class _Witness:
-    """A session on a second server covering a hop's blocks, fed the hop's inputs at each check
-    (only those since the last one: its own KV cache holds the rest), so that a check costs the
-    tokens since the last check, not a forward of the whole prefix."""
-    stream: _HopStream
-    epoch: int  # the session's chain epoch it was fed in (a rebuild changes every hop's inputs)
-    fed: int = 0  # positions of the hop's inputs its cache holds
-
-
 def cut_steps(inputs: list[torch.Tensor], length: int) -> list[torch.Tensor]:
     """The kept inputs [B, T_i, H] cut to their first ``length`` tokens in all."""
     kept, total = [], 0
@@ -289,8 +280,8 @@ class InferenceSession:
         self._sample = random.Random(client.config.verify_seed)
         self.verdicts: list[Verdict] = []  # every check of this session's hops, in order
         self.rebuilds = 0  # chains rebuilt without a server found computing wrong
-        self._witnesses: dict[tuple[int, int], _Witness] = {}  # by span; used on the client's loop only
-        self._epoch = 0  # chain rebuilds so far: witnesses fed before the last one are stale
+        # the checks' witnesses (one session per span on other servers) and the chain's epoch
+        self._witnesses = Witnesses(client, lambda hop: _HopStream(client, hop, max_length), self._closing)
 
     @property
     def steps(self) -> int:
@@ -425,98 +416,15 @@ class InferenceSession:
                 jobs.append((hop, torch.cat(state.inputs, dim=1), torch.cat(state.outputs, dim=1), candidates))
         spans = {(state.stream.hop.start, state.stream.hop.end) for state in self._hops}
         if jobs:
-            self._verifying = asyncio.run_coroutine_threadsafe(self._verify(jobs, spans, self._epoch),
-                                                               self.client.loop.loop)
-
-    async def _verify(self, jobs, spans: set[tuple[int, int]], epoch: int) -> list[Verdict]:
-        """Each job's hop checked on a witness (the one kept for its span if it may still serve,
-        else a new one on the first candidate that answers): the witness computes the hop's inputs
-        since its last check and its answers are compared with the hop's for those positions."""
-        verdicts = []
-        try:
-            for span in [span for span in self._witnesses if span not in spans]:  # the chain was re-routed
-                await self._drop_witness(span)
-            for hop, hidden, outputs, candidates in jobs:
-                answer = await self._witness_answer(hop, hidden, candidates, epoch)
-                if answer is None:
-                    continue
-                witness, start, theirs = answer
-                verifier = witness.stream.hop.peer_id
-                verdict = await self.client.judge(hop, hidden, outputs[:, start:], verifier, theirs,
-                                                  [c for c in candidates if c.peer_id != verifier])
-                verdicts.append(verdict)
-                if verdict.agreed:
-                    witness.fed = hidden.shape[1]
-                else:  # one of the two computed wrong (or the dispute stays open): no later check trusts it
-                    await self._drop_witness((hop.start, hop.end))
-        except BaseException:
-            for span in list(self._witnesses):
-                await self._drop_witness(span)
-            raise
-        if self._closed:  # closed meanwhile: no witness outlives the session
-            for span in list(self._witnesses):
-                await self._drop_witness(span)
-        return verdicts
-
-    async def _witness_answer(self, hop: Hop, hidden: torch.Tensor, candidates,
-                              epoch: int) -> tuple[_Witness, int, torch.Tensor] | None:
-        """(witness, start, its outputs for positions ``start:``) for ``hop`` whose inputs so far
-        are ``hidden``; None when no candidate answered or nothing is new since the last check."""
-        span, total = (hop.start, hop.end), hidden.shape[1]
-        allowed = {c.peer_id for c in candidates}
-        witness = self._witnesses.get(span)
-        if witness is not None and (witness.stream.hop.peer_id not in allowed or witness.epoch != epoch):
-            await self._drop_witness(span)
-            witness = None
-        if witness is not None:
-            start = min(witness.fed, total)
-            if start == total:
-                return None
-            try:
-                return witness, start, await self._feed(witness, hidden, start)
-            except CorollaError as e:  # gone, evicted, busy: a new witness (its replay costs a prefill)
-                log.debug("witness %s failed: %s: %s", witness.stream.hop.peer_id, type(e).__name__, e)
-                await self._drop_witness(span)
-        for record in candidates:
-            if self._closed:
-                return None
-            witness = self._witnesses[span] = _Witness(_HopStream(self.client, Hop(record.peer_id, *span),
-                                                                  self.max_length), epoch)
-            try:
-                return witness, 0, await self._feed(witness, hidden, 0)
-            except CorollaError as e:
-                log.debug("verifier %s did not answer: %s: %s", record.peer_id, type(e).__name__, e)
-                await self._drop_witness(span)
-        return None
-
-    async def _feed(self, witness: _Witness, hidden: torch.Tensor, start: int) -> torch.Tensor:
-        """``hidden[:, start:]`` through the witness (rolled back to ``start`` first if its cache
-        holds more: tokens dropped since, e.g. rejected drafts), in chunks; its outputs."""
-        chunk = max(1, self.client.config.max_chunk_tokens // hidden.shape[0])
-        outs, position = [], start
-        for x in hidden[:, start:].split(chunk, dim=1):
-            if position < witness.fed:
-                outs.append(await witness.stream.step_truncating(x, position))
-            else:
-                outs.append(await witness.stream.step(x, position))
-            position += x.shape[1]
-            witness.fed = position
-        return torch.cat(outs, dim=1)
-
-    async def _drop_witness(self, span: tuple[int, int]) -> None:
-        witness = self._witnesses.pop(span, None)
-        if witness is not None:
-            try:
-                await witness.stream.close()
-            except Exception as e:  # already broken
-                log.debug("closing the witness stream to %s failed: %s", witness.stream.hop.peer_id, e)
+            self._verifying = asyncio.run_coroutine_threadsafe(
+                self._witnesses.check(jobs, spans, self._witnesses.epoch), self.client.loop.loop)
 
     def _rebuild(self) -> None:
         """A new chain for every block without the servers found wrong, its caches rebuilt from
         the first block's inputs (those the client computed itself: nothing wrong in them)."""
         bad = self.client.distrusted & {state.stream.hop.peer_id for state in self._hops}
         log.warning("rebuilding this session's chain without %s (found computing wrong)", ", ".join(sorted(bad)))
-        self._epoch += 1  # every hop's inputs are computed again: the witnesses' caches are stale
+        self._witnesses.new_epoch()  # every hop's inputs are computed again: the witnesses' caches are stale
         self._replace(0, len(self._hops))
         self.rebuilds += 1
 
@@ -742,13 +650,9 @@ class InferenceSession:
         if self._verifying is not None:
             self._verifying.cancel()
         try:  # the witnesses of the checks (a check cancelled above closes those it held itself)
-            self.client.loop.run(self._drop_witnesses(), timeout=5.0)
+            self.client.loop.run(self._witnesses.drop_all(), timeout=5.0)
         except Exception as e:
             log.debug("closing the witness streams failed: %s", e)
-
-    async def _drop_witnesses(self) -> None:
-        for span in list(self._witnesses):
-            await self._drop_witness(span)
 
     def __enter__(self) -> InferenceSession:
         return self
