@@ -1,7 +1,7 @@
-"""Completions as you type (corolla.assistant.completions): the shape at the cursor, the prompt within its
-budget, cutting and cleaning the streamed middle, snippets from open tabs and the repo map, and the
-service's ``POST /completions`` over the real API (a scripted model): cache, skip, supersede, and a
-cancelled request that stops the generation and frees its session."""
+"""Completions as you type (corolla.assistant.completions; its pure parts in corolla.assistant.fim): the
+shape at the cursor, the prompt within its budget, cutting and cleaning the streamed middle, snippets from
+open tabs and the repo map, and the service's ``POST /completions`` over the real API (a scripted model):
+cache, skip, supersede, and a cancelled request that stops the generation and frees its session."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ import pytest
 
 from corolla.api.app import create_app
 from corolla.api.server import serving
-from corolla.assistant.completions import (
-    Completer,
+from corolla.assistant.completions import Completer, CompletionRequest
+from corolla.assistant.context.budget import approx_tokens
+from corolla.assistant.core import Assistant
+from corolla.assistant.fim import (
     CompletionConfig,
-    CompletionRequest,
     Cutter,
     Snippet,
     build_prompt,
@@ -29,8 +30,6 @@ from corolla.assistant.completions import (
     normalize_language,
     plan,
 )
-from corolla.assistant.context.budget import approx_tokens
-from corolla.assistant.core import Assistant
 from corolla.assistant.llm import LLM, LLMConfig
 from corolla.assistant.service import create_service
 from tests.assistant.scripted import ScriptedModel
