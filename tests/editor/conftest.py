@@ -19,7 +19,6 @@ test fails, a screenshot and the processes' logs go to ``$COROLLA_TEST_ARTIFACTS
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -70,17 +69,8 @@ def extensions_dir(editor_tools, vsix, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def scripted_model(tmp_path_factory):
     """The scripted model process; namespace(url, requests(): the requests it answered, as dicts)."""
-    folder = tmp_path_factory.mktemp("scripted-model")
-    proc, url = harness.start_scripted_model(folder)
-    log = folder / "requests.jsonl"
-
-    def requests() -> list[dict]:
-        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-
-    try:
-        yield SimpleNamespace(url=url, proc=proc, requests=requests, logs=[proc.log, log])
-    finally:
-        proc.stop()
+    with harness.running_scripted_model(tmp_path_factory.mktemp("scripted-model")) as model:
+        yield model
 
 
 @pytest.fixture(scope="module")

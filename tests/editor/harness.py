@@ -6,6 +6,7 @@ the groups, with any descendants that left them, in ``stop()``; waits are condit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,8 +18,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
@@ -304,6 +306,22 @@ def start_scripted_model(folder: Path, rules: list[dict] | None = None) -> tuple
         proc.stop()
         raise
     return proc, url
+
+
+@contextlib.contextmanager
+def running_scripted_model(folder: Path, rules: list[dict] | None = None) -> Iterator[SimpleNamespace]:
+    """The scripted model (:func:`start_scripted_model`) while the ``with`` lasts, stopped after it;
+    namespace(url, proc, requests(): the requests it answered, as dicts, logs)."""
+    proc, url = start_scripted_model(folder, rules)
+    log = folder / "requests.jsonl"
+
+    def requests() -> list[dict]:
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+    try:
+        yield SimpleNamespace(url=url, proc=proc, requests=requests, logs=[proc.log, log])
+    finally:
+        proc.stop()
 
 
 def start_service(workspace: Path, endpoint: str, folder: Path) -> tuple[Proc, str]:

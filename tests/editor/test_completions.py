@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from types import SimpleNamespace
 
 import pytest
 
@@ -41,17 +40,8 @@ FIM_SCRIPT = [
 @pytest.fixture(scope="module")
 def scripted_model(tmp_path_factory):
     """This module's model: FIM rules (overrides conftest's)."""
-    folder = tmp_path_factory.mktemp("scripted-fim-model")
-    proc, url = harness.start_scripted_model(folder, FIM_SCRIPT)
-    log = folder / "requests.jsonl"
-
-    def requests() -> list[dict]:
-        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-
-    try:
-        yield SimpleNamespace(url=url, proc=proc, requests=requests, logs=[proc.log, log])
-    finally:
-        proc.stop()
+    with harness.running_scripted_model(tmp_path_factory.mktemp("scripted-fim-model"), FIM_SCRIPT) as model:
+        yield model
 
 
 def completions_item(wb):
