@@ -9,7 +9,10 @@ One service serves one workspace. It listens on 127.0.0.1 and refuses requests t
   POST   /sessions                        {title?} -> a new session
   GET    /sessions/{id}                   the session with its messages and edits
   DELETE /sessions/{id}
-  POST   /sessions/{id}/messages          {text, editor} -> SSE: session, context, delta…, edit|edit_error, done
+  POST   /sessions/{id}/messages          {text, editor} -> SSE: session, context, delta…, edit|edit_error, done;
+                                          plain chat with MCP servers also warning, tool_call, tool_result
+                                          (see Assistant.respond; the service asks nobody: a tool of an
+                                          untrusted server runs only if `serve --auto-approve` names it)
   POST   /edits                           {instruction, editor, session_id?, format?} -> a proposal (diff + edit_id)
   GET    /edits/{id}                      the proposal and its status
   POST   /edits/{id}/accept | /reject     apply atomically ({applied_by_editor: true}: the editor applied

@@ -60,6 +60,24 @@ def add_policy_flags(p: argparse.ArgumentParser) -> None:
                         + MODES_HELP.replace("auto (default)", "auto"))
 
 
+def add_tool_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--auto-approve", action="append", default=[], metavar="PREFIX",
+                   help="MCP tools chat may call without asking: mcp__SERVER__TOOL, mcp__SERVER (all its tools) "
+                        "or mcp (all); repeatable. Tools of servers marked trusted in .corolla/mcp.json always "
+                        "run; others are asked for in a terminal and refused otherwise")
+
+
+def tool_policy(args, ask: bool = False):
+    """Which MCP tools chat may call: the ``--auto-approve`` ones, and (``ask`` in a terminal) those a person allows."""
+    from corolla.assistant.agent.policy import CommandPolicy
+
+    def approve(call: str) -> bool:
+        return input(f"call {call}? [y/N] ").strip().lower() in ("y", "yes")
+
+    return CommandPolicy(auto_approve=tuple(getattr(args, "auto_approve", ()) or ()),
+                         approve=approve if ask and sys.stdin.isatty() else None)
+
+
 def command_policy(args):
     """The command policy from flags: ask a person when there is a terminal, refuse otherwise."""
     from corolla.assistant.agent.policy import CommandPolicy
@@ -76,6 +94,7 @@ def register(sub) -> None:
     a.add_argument("question")
     a.add_argument("--file", default=None, help="the file the question is about (FILE or FILE:A-B)")
     a.add_argument("--lines", default=None, help="lines A:B of --file")
+    add_tool_flags(a)
     add_endpoint(a)
     a.set_defaults(func=run_ask)
 
@@ -151,6 +170,7 @@ def register(sub) -> None:
     serve.add_argument("--token", default=os.environ.get("COROLLA_ASSISTANT_TOKEN"),
                        help="require `Authorization: Bearer TOKEN` (default $COROLLA_ASSISTANT_TOKEN)")
     serve.add_argument("--allow-origin", action="append", default=[], help="a browser origin allowed to call it")
+    add_tool_flags(serve)
     add_endpoint(serve)
     add_edit_flags(serve)
     serve.set_defaults(func=run_serve)
@@ -169,7 +189,9 @@ def workspace_of(args) -> Path:
         return cwd.resolve()
 
 
-def make_assistant(args):
+def make_assistant(args, ask_tools: bool = False):
+    """The assistant the flags describe; ``ask_tools``: a person at a terminal approves MCP tool calls in chat.
+    Close it (its MCP servers) when done."""
     from corolla.assistant.core import Assistant, AssistantConfig
     from corolla.assistant.llm import LLM, LLMConfig
     from corolla.models.resolve import local_tokenizer
@@ -181,7 +203,8 @@ def make_assistant(args):
     assistant_config = AssistantConfig(context_tokens=args.context_tokens)
     if getattr(args, "format", None):
         assistant_config.edit_format = args.format
-    return Assistant(LLM(config), workspace_of(args), config=assistant_config, find_tokenizer=local_tokenizer)
+    return Assistant(LLM(config), workspace_of(args), config=assistant_config, find_tokenizer=local_tokenizer,
+                     tool_policy=tool_policy(args, ask=ask_tools))
 
 
 def parse_file(spec: str, root: Path, lines: str | None = None) -> tuple[str, tuple[int, int] | None]:
@@ -219,6 +242,7 @@ def stream_turn(assistant, text: str, state, session_id: str | None, out=None, a
     """Print a turn's reply as it streams; returns the last edit / commit / error events seen."""
     out = out or sys.stdout
     seen: dict = {}
+    calls: dict[str, str] = {}  # tool call id -> the call as shown
     for event in assistant.respond(text, state, session_id, allow_structure=allow_structure):
         kind = event["type"]
         if kind == "delta":
@@ -227,16 +251,30 @@ def stream_turn(assistant, text: str, state, session_id: str | None, out=None, a
         elif kind == "context" and event["parts"]:
             labels = ", ".join(p["label"] for p in event["parts"])
             print(f"[context: {labels}; {event['used_tokens']}/{event['budget_tokens']} tokens]", file=sys.stderr)
+        elif kind == "warning":
+            print(f"[warning: {event['message']}]", file=sys.stderr)
+        elif kind == "tool_result":
+            print(tool_line(calls.get(event["id"], event["name"]), event), file=sys.stderr)
+        elif kind == "tool_call":
+            calls[event["id"]] = event["call"]
         elif kind in ("edit", "edit_error", "commit_message", "done", "session"):
             seen[kind] = event
     out.write("\n")
     return seen
 
 
+def tool_line(call: str, result: dict, width: int = 300) -> str:
+    """One line for a tool call of chat: ``[tool mcp__notes__add {"a": 2} -> 42]`` (or why it failed)."""
+    first = next((line for line in result["output"].splitlines() if line.strip()), "")
+    if len(first) > width:
+        first = first[:width] + "..."
+    return f"[tool {call} -> {first}]" if result["ok"] else f"[tool {call}: {first}]"
+
+
 def run_ask(args) -> int:
-    assistant = make_assistant(args)
-    state = editor_state(assistant, args, args.file, args.lines)
-    seen = stream_turn(assistant, args.question, state, args.session)
+    with make_assistant(args, ask_tools=True) as assistant:
+        state = editor_state(assistant, args, args.file, args.lines)
+        seen = stream_turn(assistant, args.question, state, args.session)
     print(f"[session {seen['done']['session_id']}]", file=sys.stderr)
     return 0
 
@@ -407,6 +445,7 @@ def run_serve(args) -> int:
     serve_forever(app, args.host, args.port, on_started=lambda base: print(
         f"assistant service for {assistant.root}: {base}", flush=True))
     app.state.agents.close(min(AGENT_CLOSE_S, STOP.remaining(margin_s=2.0)))  # agents run in this process stop
+    assistant.close()  # the MCP servers chat started
     kill_descendants()  # the commands they were running; background agents' runners are spared
     return 0
 

@@ -20,7 +20,11 @@ Reference files in a question with #file:path or #file:path:10-20, the selected 
 
 
 def run_assistant_chat(args) -> int:
-    assistant = make_assistant(args)
+    with make_assistant(args, ask_tools=True) as assistant:  # closing it stops the MCP servers chat started
+        return _chat(assistant, args)
+
+
+def _chat(assistant, args) -> int:
     interactive = sys.stdin.isatty()
     session_id = args.session
     if session_id:

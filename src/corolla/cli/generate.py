@@ -31,8 +31,9 @@ def register(sub) -> None:
     add_compression(c)
     add_adapter(c)
     add_sampling(c)
-    from corolla.cli.assistant import add_endpoint
+    from corolla.cli.assistant import add_endpoint, add_tool_flags
 
+    add_tool_flags(c)
     add_endpoint(c)
     c.set_defaults(func=run_chat)
 
