@@ -110,7 +110,7 @@ def test_two_background_agents_apply_one_discard_the_other(scripted, llm_model, 
                                                    replace=ADD_DOC)))
     llm_model.add(of_task("TASK-B"), together(call("write_file", path="NOTES.md", content="# Notes\n")))
     before = user_tree(workspace)
-    a = manager.start("TASK-A: document add in calc.py", options=options(scripted))
+    a = manager.start("TASK-A: document the add function", options=options(scripted))  # tools mode
     b = manager.start("TASK-B: write NOTES.md", options=options(scripted))
     wait_for(lambda: all(status(manager, x) not in ("queued", "running") for x in (a, b)), "both agents to finish")
     for agent_id in (a, b):

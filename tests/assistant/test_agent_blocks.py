@@ -30,8 +30,10 @@ def fenced(code: str, lang: str = "python") -> str:
     return f"```{lang}\n{code}\n```"
 
 
-def blocks_run(llm, root, task: str, steps: int = 4, mode: str = "blocks", **config):
-    return Agent(llm, root, policy=CommandPolicy(), config=AgentConfig(max_steps=steps, mode=mode, **config)).run(task)
+def blocks_run(llm, root, task: str, steps: int = 4, mode: str = "blocks", edit_first: bool = False, **config):
+    """The blocks loop itself (``edit_first``: start with the edit command's single edit, off unless asked)."""
+    config = AgentConfig(max_steps=steps, mode=mode, edit_first=edit_first, **config)
+    return Agent(llm, root, policy=CommandPolicy(), config=config).run(task)
 
 
 def after(root, writes) -> dict[str, str]:
@@ -251,7 +253,9 @@ def test_refactor_from_the_command_line_in_blocks_mode(scripted, llm_model, work
                                                       "    assert mean([2, 4]) == 3\n")
     git(workspace, "add", "-A")
     git(workspace, "commit", "-q", "-m", "tests")
-    llm_model.queue("calc.py\n" + fenced("def mean(values):\n    total = sum(values)\n    return total / len(values)"))
+    # the first request is the edit command's (the whole file asked for, as `corolla edit` would)
+    llm_model.queue(fenced(CALC.replace("    return sum(values) / len(values)",
+                                        "    total = sum(values)\n    return total / len(values)")))
     done = corolla(workspace, base, "refactor", "in calc.py, name the sum in mean", "--mode", "blocks")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "total = sum(values)" in (workspace / "calc.py").read_text()
@@ -281,3 +285,45 @@ def test_a_model_that_sends_an_earlier_reply_again_ends_the_run(llm, llm_model, 
     assert report.status == "repeating" and report.steps == 3, report.to_text()
     assert "sent one of its earlier replies again" in report.to_text()
     assert len(llm_model.requests) == 3
+
+
+# --- the first step: the edit command's single edit ----------------------------------------------------------
+def test_blocks_mode_starts_with_the_edit_commands_edit_and_stops_when_the_tests_pass(llm, llm_model, project):
+    llm_model.queue(fenced(MEAN_FIXED))  # the new version of lines 5-6, as `corolla edit calc.py:5-6` asks
+    report = blocks_run(llm, project, "In calc.py lines 5-6: make mean() raise ValueError for an empty list.",
+                        edit_first=True)
+    assert report.status == "done" and report.tests["passed"] and report.steps == 1, report.to_text()
+    assert (project / "calc.py").read_text() == CALC_FIXED
+    assert len(llm_model.requests) == 1
+    assert "Change this code as asked: In calc.py lines 5-6" in llm_model.requests[0].prompt
+
+
+def test_an_edit_first_that_fails_the_tests_goes_on_in_blocks_with_their_output(llm, llm_model, project):
+    wrong = 'def mean(values):\n    if not values:\n        return 0\n    return sum(values) / len(values)'
+    llm_model.queue(fenced(wrong), "calc.py:5-8\n" + fenced(MEAN_FIXED))
+    report = blocks_run(llm, project, "In calc.py lines 5-6: make mean() raise ValueError for an empty list.",
+                        edit_first=True)
+    assert report.status == "done" and report.tests["passed"] and report.steps == 2, report.to_text()
+    assert (project / "calc.py").read_text() == CALC_FIXED
+    second = llm_model.requests[1].prompt
+    assert "calc.py:5-6\n```python\n" + wrong in second  # the first edit, as a block for the task's lines
+    assert "The tests fail." in second and "test_mean_of_empty_list_raises" in second
+
+
+def test_a_refused_edit_first_changes_nothing_and_the_blocks_loop_goes_on(llm, llm_model, project):
+    llm_model.queue("I cannot do that.", "Still no code.", "calc.py:5-6\n" + fenced(MEAN_FIXED))
+    report = blocks_run(llm, project, "In calc.py lines 5-6: make mean() raise ValueError for an empty list.",
+                        edit_first=True)
+    assert report.status == "done" and report.tests["passed"], report.to_text()
+    assert (project / "calc.py").read_text() == CALC_FIXED
+    assert "Change this code as asked" not in llm_model.requests[2].prompt  # the loop's own first message
+
+
+def test_a_function_only_reply_to_a_whole_file_edit_first_is_applied_as_a_block(llm, llm_model, project):
+    # the edit command asked for the whole file; the model sent only the function it changed: the edit
+    # refuses it (add() would go), the blocks loop's parser puts it in its place
+    llm_model.queue(fenced(MEAN_FIXED), "I cannot.")
+    report = blocks_run(llm, project, "In calc.py: make mean() raise ValueError for an empty list.", edit_first=True)
+    assert report.status == "done" and report.tests["passed"] and report.steps == 1, report.to_text()
+    assert (project / "calc.py").read_text() == CALC_FIXED
+    assert len(llm_model.requests) == 2 and "`add` would be removed" in llm_model.requests[1].prompt

@@ -194,7 +194,7 @@ MEAN_WRONG = 'def mean(values):\n    if not values:\n        return 0\n    retur
 
 
 def blocks_run(llm, root, task: str, mode: str = "blocks", steps: int = 6, events: list | None = None):
-    config = AgentConfig(max_steps=steps, mode=mode)
+    config = AgentConfig(max_steps=steps, mode=mode, edit_first=False)  # the blocks loop itself
     on_event = (lambda t, d: events.append((t, d))) if events is not None else None
     return Agent(llm, root, policy=CommandPolicy(), config=config, on_event=on_event).run(task)
 

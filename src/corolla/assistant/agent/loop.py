@@ -40,10 +40,11 @@ from corolla.assistant.agent.report import AgentReport
 from corolla.assistant.agent.testing import detect_test_command
 from corolla.assistant.agent.toolcalls import parse_arguments, parse_text_calls
 from corolla.assistant.agent.tools import ToolContext, ToolResult, apply_edits, openai_tools, run_tool
-from corolla.assistant.agent.writes import Focus, WriteError, find_writes, mentioned_files, task_ranges
+from corolla.assistant.agent.writes import Focus, WriteError, find_writes, map_range, mentioned_files, task_ranges
 from corolla.assistant.context import find_instructions, list_files
-from corolla.assistant.edits import Allowance, FileChange, unified_diff
-from corolla.assistant.errors import AssistantError, EndpointError
+from corolla.assistant.edits import Allowance, Edit, FileChange, unified_diff
+from corolla.assistant.errors import AssistantError, EditError, EndpointError
+from corolla.assistant.fences import code_block
 from corolla.assistant.llm import LLM
 from corolla.assistant.sessions import SessionStore, title_from
 from corolla.assistant.workspace import read_text
@@ -68,6 +69,7 @@ class AgentConfig:
     mode: Mode = DEFAULT_MODE  # see :mod:`.modes`
     guard_tests: bool = True  # refuse writes that delete or weaken existing tests (:class:`.guard.TestGuard`)
     mcp: bool = True  # offer the tools of the workspace's MCP servers (tools mode)
+    edit_first: bool = True  # blocks mode, one named file with tests: start with the edit command's single edit
 
 
 class Agent:
@@ -139,7 +141,11 @@ class Agent:
         status, summary, error = "error", "", ""
         tests: dict | None = None
         try:
-            while True:
+            if self._halt(start) is None and (first := self._edit_first(messages, task)) is not None:
+                steps, tests = 1, first["tests"]
+                if tests is not None and tests["passed"]:
+                    status, summary = "done", first["summary"]
+            while status != "done":
                 halt = self._halt(start)
                 if halt:
                     status, error = halt
@@ -301,24 +307,28 @@ class Agent:
         if rel and rel not in self._read:
             self._read.append(rel)
 
-    def _write_blocks(self, messages: list[dict], text: str, task: str) -> dict | None:
+    def _write_blocks(self, messages: list[dict], text: str, task: str, edits: list[Edit] | None = None,
+                      ) -> dict | None:
         """Apply the reply's code blocks for workspace files and send the result back (in blocks mode with
         the tests' result: they run after each change). None: the reply has none, or they change nothing,
-        so it is the final answer; else {"tests": the test run or None, "summary": what was done}."""
+        so it is the final answer; else {"tests": the test run or None, "summary": what was done}.
+        ``edits``: what ``text`` says, already parsed (the first edit's whole-file change)."""
         tests = None
         try:
-            writes = find_writes(text, self.root, mentioned_files(self.root, task) + self._read, self._focus)
+            writes = None if edits is not None else find_writes(
+                text, self.root, mentioned_files(self.root, task) + self._read, self._focus)
         except WriteError as e:
             result = ToolResult(False, f"write refused: {e}")
             writes = None
             self.event("tool_result", {"name": "write", "ok": False, "output": result.output, "data": {}})
         if writes == []:
             return None
-        if writes is not None:
-            self.event("tool_call", {"name": "write", "arguments": {"files": [w.edit.path for w in writes],
-                                                                   "how": [w.how for w in writes]}})
+        if writes is not None or edits is not None:
+            edits = edits if edits is not None else [w.edit for w in writes]
+            self.event("tool_call", {"name": "write", "arguments": {
+                "files": [e.path for e in edits], "how": [w.how for w in writes] if writes else ["edit"]}})
             before = len(self.ctx.applied)
-            result = apply_edits(self.ctx, "write", [w.edit for w in writes])
+            result = apply_edits(self.ctx, "write", edits)
             if result.unchanged:
                 self.event("tool_result", {"name": "write", "ok": True, "output": "no change", "data": {}})
                 if not self._blocks or not self._has_tests:
@@ -327,7 +337,7 @@ class Agent:
             else:
                 self.event("tool_result", {"name": "write", "ok": result.ok, "output": result.output,
                                            "data": result.data})
-            self._edit_events(before, {w.edit.path: w.lines for w in writes})
+            self._edit_events(before, {w.edit.path: w.lines for w in writes or []})
         messages.append({"role": "assistant", "content": text})
         feedback = prompts.result_message("write", result.ok, result.output)
         if not result.ok:
@@ -342,6 +352,44 @@ class Agent:
                       if not self._blocks else prompts.BLOCKS_DONE)
         messages.append({"role": "user", "content": feedback + ("\n\n" + follow if follow else "")})
         return {"tests": tests, "summary": "The tests pass." if tests and tests["passed"] else ""}
+
+    def _edit_first(self, messages: list[dict], task: str) -> dict | None:
+        """Blocks mode on one named file with tests: first the single edit ``corolla edit`` makes (the whole
+        format, on the task's lines or the file), applied and tested like a written block; the loop goes on
+        from its result. None when it does not apply or the model's edit was refused (nothing changed)."""
+        files = mentioned_files(self.root, task)
+        if not (self.config.edit_first and self._blocks and self._has_tests and len(files) == 1):
+            return None
+        from corolla.assistant.core import Assistant  # the edit command's prompt and checks, one place
+
+        rel, lines = files[0], self._focus.current(files[0])
+        assistant = Assistant(self.llm, self.root, self.store)
+        state = assistant.state(current_file=rel, selection=lines, open_files=(rel,))
+        session_id = assistant.store.create(title_from(task), kind="edit").id
+        try:
+            outcome = assistant.propose_edit(task, state, session_id, fmt="whole")
+        except EditError as e:
+            self.event("tool_result", {"name": "edit_first", "ok": False, "output": f"refused: {e}", "data": {}})
+            # the model's code may still be a blocks-mode change (e.g. only the function it rewrote, where the
+            # whole file was asked for): the loop's own parser takes it; else the loop starts from its own first message
+            replies = [m.content for m in assistant.store.messages(session_id) if m.role == "assistant"]
+            code = next((r for r in reversed(replies) if "```" in r), None)  # the last reply with code
+            if code is None:
+                return None
+            self.event("assistant", {"step": 1, "text": code, "native": False, "tool_calls": [], "edit_first": True})
+            return self._write_blocks(messages, code, task)
+        changes = outcome.proposal.changes
+        if not changes or len(changes) != 1 or changes[0].path != rel or changes[0].before is None:
+            return None
+        after = changes[0].after
+        label = f"{rel}:{lines[0]}-{lines[1]}" if lines else rel
+        new_lines = None
+        if lines:  # the new version of the task's lines, as a blocks-mode reply would send it
+            moved = map_range(changes[0].before.splitlines(), after.splitlines(), *lines)
+            new_lines = "\n".join(after.splitlines()[moved[0] - 1:moved[1]]) if moved else None
+        reply = code_block(label, new_lines if new_lines is not None else after.rstrip(), rel)
+        self.event("assistant", {"step": 1, "text": reply, "native": False, "tool_calls": [], "edit_first": True})
+        return self._write_blocks(messages, reply, task, [Edit(rel, changes[0].before, after, line=1)])
 
     def _blocks_mode(self, task: str) -> bool:
         return uses_blocks(self.config.mode, bool(mentioned_files(self.root, task)))
