@@ -295,7 +295,8 @@ def test_blocks_mode_starts_with_the_edit_commands_edit_and_stops_when_the_tests
     assert report.status == "done" and report.tests["passed"] and report.steps == 1, report.to_text()
     assert (project / "calc.py").read_text() == CALC_FIXED
     assert len(llm_model.requests) == 1
-    assert "Change this code as asked: In calc.py lines 5-6" in llm_model.requests[0].prompt
+    asked = "Change this code as asked: make mean() raise ValueError for an empty list."
+    assert asked in llm_model.requests[0].prompt  # the task's first line, without "In calc.py lines 5-6:"
 
 
 def test_an_edit_first_that_fails_the_tests_goes_on_in_blocks_with_their_output(llm, llm_model, project):
@@ -327,3 +328,16 @@ def test_a_function_only_reply_to_a_whole_file_edit_first_is_applied_as_a_block(
     assert report.status == "done" and report.tests["passed"] and report.steps == 1, report.to_text()
     assert (project / "calc.py").read_text() == CALC_FIXED
     assert len(llm_model.requests) == 2 and "`add` would be removed" in llm_model.requests[1].prompt
+
+
+@pytest.mark.parametrize(("task", "asked"), [
+    ("In words.py lines 13-15: Make it case-insensitive.\nThe tests in t.py check it.", "Make it case-insensitive."),
+    ("in `words.py`: make it faster", "make it faster"),
+    ("In words.py:3-4, rename x", "rename x"),
+    ("Fix words.py so that it works", "Fix words.py so that it works"),
+    ("In other.py: do it", "In other.py: do it"),
+])
+def test_the_edit_first_is_asked_the_tasks_instruction_alone(task, asked):
+    from corolla.assistant.agent.loop import _instruction
+
+    assert _instruction(task, "words.py") == asked

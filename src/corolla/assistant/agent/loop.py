@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -367,7 +368,7 @@ class Agent:
         state = assistant.state(current_file=rel, selection=lines, open_files=(rel,))
         session_id = assistant.store.create(title_from(task), kind="edit").id
         try:
-            outcome = assistant.propose_edit(task, state, session_id, fmt="whole")
+            outcome = assistant.propose_edit(_instruction(task, rel), state, session_id, fmt="whole")
         except EditError as e:
             self.event("tool_result", {"name": "edit_first", "ok": False, "output": f"refused: {e}", "data": {}})
             # the model's code may still be a blocks-mode change (e.g. only the function it rewrote, where the
@@ -443,6 +444,16 @@ class Agent:
 
 
 # --- helpers -----------------------------------------------------------------------------------------
+def _instruction(task: str, path: str) -> str:
+    """What the edit command is asked, from an agent's task: its first line, without a leading "In PATH[ lines
+    A-B]:" (the edit shows the file and its lines). The rest of the task (how to check, what not to touch) is
+    for the loop: with it in the edit's request the small model often sent the code back unchanged."""
+    first = next((line.strip() for line in task.splitlines() if line.strip()), task.strip())
+    rest = re.sub(rf"^in\s+`?{re.escape(path)}`?(?::\d+-\d+|\s+lines?\s+\d+(?:\s*-\s*\d+)?)?\s*[:,]\s*", "", first,
+                  flags=re.IGNORECASE)
+    return rest if rest else first
+
+
 def _focus(root: Path, task: str) -> Focus:
     """The line ranges of workspace files that ``task`` names and that lie inside them."""
     focus = Focus()
