@@ -4,27 +4,22 @@ shown as diffs and applied only when accepted. Every turn and edit is kept in th
 
 Every surface (CLI, service for editors, the agent later) goes through this one class.
 
-Plain chat (no slash command) may use the tools of the workspace's MCP servers (``.corolla/mcp.json``,
-``.vscode/mcp.json``; :mod:`corolla.assistant.mcp`): their servers start on the first chat turn that finds
-them configured and stay up for the next turns until :meth:`Assistant.close`. A call runs under the
-assistant's :class:`~corolla.assistant.agent.policy.CommandPolicy` like an agent's (a trusted or
-auto-approved server's tool runs; the rest is asked for through the policy's ``approve``, refused without
-one), its output is cut like a command's and goes back to the model, for at most ``tool_rounds`` rounds.
-Without configured servers a turn is one streamed request, as it always was.
+Plain chat (no slash command) may use the tools of the workspace's MCP servers, for at most ``tool_rounds``
+rounds (:mod:`corolla.assistant.chat_tools`): their servers start on the first chat turn that finds them
+configured and stay up for the next turns until :meth:`Assistant.close`. Without configured servers a turn
+is one streamed request, as it always was.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import json
 import logging
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from corolla.assistant import commands, git
+from corolla.assistant.chat_tools import ChatTools, _chat_tool  # noqa: F401 (_chat_tool: tests import it from here)
 from corolla.assistant.commands import Command
 from corolla.assistant.context import Context, EditorState, build_context
 from corolla.assistant.context.diffview import render_changes
@@ -46,7 +41,6 @@ from corolla.assistant.errors import (
     AssistantError,
     CheckFailedError,
     EditError,
-    EndpointError,
     NoChangeError,
     StaleFileError,
     UnsafePathError,
@@ -58,7 +52,7 @@ from corolla.assistant.workspace import normalize, read_text
 
 if TYPE_CHECKING:
     from corolla.assistant.agent.policy import CommandPolicy
-    from corolla.assistant.agent.tools import Tool, ToolContext, ToolResult
+    from corolla.assistant.agent.tools import Tool
     from corolla.assistant.mcp.hub import MCPHub
 
 logger = logging.getLogger(__name__)
@@ -106,11 +100,7 @@ class Assistant:
         self._counter = counter
         self._find_tokenizer = find_tokenizer
         self.tool_policy = tool_policy
-        self._mcp: MCPHub | None = mcp
-        self._own_mcp = mcp is None
-        self._mcp_lock = threading.Lock()
-        self._mcp_warned: set[tuple[str, str, str]] = set()  # (server, state, error) already said
-        self._native_tools: bool | None = None  # None until the endpoint took (True) or refused (False) tools
+        self._chat_tools = ChatTools(self.llm, self.root, self.store, mcp)
 
     def __enter__(self) -> Assistant:
         return self
@@ -120,13 +110,12 @@ class Assistant:
 
     def close(self) -> None:
         """Stop the MCP servers chat started (idempotent; a later chat turn starts them again)."""
-        with self._mcp_lock:
-            hub = self._mcp if self._own_mcp else None
-            if self._own_mcp:
-                self._mcp = None
-            self._mcp_warned = set()
-        if hub is not None:
-            hub.close()
+        self._chat_tools.close()
+
+    @property
+    def _mcp(self) -> MCPHub | None:
+        """Chat's MCP servers: the caller's, those started so far, or None."""
+        return self._chat_tools.hub
 
     @property
     def count_tokens(self) -> TokenCounter:
@@ -181,15 +170,16 @@ class Assistant:
         self.store.add_message(session_id, "user", text, context=context.to_json() if context else None)
         messages = messages[:1] + history + messages[1:]
         tools: dict[str, Tool] = {}
-        if command is None:
-            tools, warnings = self._chat_tools()
+        if command is None and self.config.mcp:
+            tools, warnings = self._chat_tools.tools()
             for warning in warnings:
                 self.store.add_event(session_id, "warning", {"message": warning})
                 yield {"type": "warning", "message": warning}
         pieces: list[str] = []
         try:
             if tools:
-                yield from self._tool_turn(messages, tools, pieces, session_id)
+                yield from self._chat_tools.turn(messages, tools, pieces, session_id, policy=self.tool_policy,
+                                                 rounds=self.config.tool_rounds)
             else:
                 yield from self._stream(messages, pieces)
         finally:  # a stopped stream keeps what was said so far
@@ -210,93 +200,6 @@ class Assistant:
         for piece in self.llm.stream(messages, **overrides):
             pieces.append(piece)
             yield {"type": "delta", "text": piece}
-
-    # --- MCP tools in plain chat -----------------------------------------------------------------
-    def _chat_tools(self) -> tuple[dict[str, Tool], list[str]]:
-        """The tools of the workspace's MCP servers (starting them on first use), and warnings not said yet
-        about servers that cannot be used. No tools when nothing is configured (the configuration is read
-        again each turn until there is one), the endpoint refused tools or ``config.mcp`` is off."""
-        if not self.config.mcp or self._native_tools is False:
-            return {}, []
-        from corolla.assistant.mcp.hub import MCPHub
-        from corolla.assistant.mcp.tools import agent_tools
-
-        try:
-            with self._mcp_lock:
-                hub = self._mcp
-                if hub is None:
-                    hub = MCPHub.from_workspace(self.root)
-                    if not hub.configured:
-                        return {}, []
-                    self._mcp = hub
-            if not hub.configured:
-                return {}, []
-            tools = agent_tools(hub)  # starts the servers not started yet, each within its deadline
-            statuses = hub.statuses()
-        except (AssistantError, OSError, ValueError) as e:
-            logger.warning("chat goes on without MCP tools: %s", e)
-            return {}, [f"the MCP servers cannot be used ({e}); chat goes on without their tools"]
-        warnings = []
-        with self._mcp_lock:
-            for s in statuses:
-                if not s.failed or (s.name, s.state, s.error) in self._mcp_warned:
-                    continue
-                self._mcp_warned.add((s.name, s.state, s.error))
-                what = {"failed": "could not start", "stopped": "stopped", "invalid": "has a bad entry"}[s.state]
-                warnings.append(f"MCP server {s.name!r} {what}: {s.error}; chat goes on without its tools")
-        return tools, warnings
-
-    def _tool_turn(self, messages: list[dict], tools: dict[str, Tool], pieces: list[str],
-                   session_id: str) -> Iterator[dict]:
-        """Ask with the tools offered, run the calls, send the results back; the reply without a call is the
-        answer. After ``tool_rounds`` replies with calls the answer is asked for with tools declined."""
-        from corolla.assistant.agent.policy import CommandPolicy
-        from corolla.assistant.agent.tools import ToolContext, openai_tools
-
-        ctx = ToolContext(root=self.root, policy=self.tool_policy or CommandPolicy(), extra=tools)
-        offered = openai_tools(list(tools), tools)
-        for rounds in range(self.config.tool_rounds):
-            try:
-                reply = self.llm.complete(messages, tools=offered)
-            except EndpointError as e:
-                if rounds > 0 or self._native_tools:
-                    raise  # it took tools before: this is another problem (down, overloaded)
-                warning = f"the model endpoint refused tools ({e}); chat goes on without the MCP servers' tools"
-                self.store.add_event(session_id, "warning", {"message": warning})
-                yield {"type": "warning", "message": warning}
-                yield from self._stream(messages, pieces)
-                self._native_tools = False
-                return
-            self._native_tools = True
-            if reply.content.strip():
-                yield from _said(pieces, reply.content)
-            if not reply.tool_calls:
-                return
-            yield from self._run_calls(ctx, messages, reply, tools, session_id)
-        if pieces:
-            yield from _said(pieces, "")
-        yield from self._stream(messages, pieces, tools=offered, tool_choice="none")
-
-    def _run_calls(self, ctx: ToolContext, messages: list[dict], reply, tools: dict[str, Tool],
-                   session_id: str) -> Iterator[dict]:
-        from corolla.assistant.agent.shell import truncate_middle
-        from corolla.assistant.agent.toolcalls import parse_arguments
-
-        parsed = [(c, *parse_arguments(c.arguments)) for c in reply.tool_calls]
-        messages.append({"role": "assistant", "content": reply.content, "tool_calls": [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": json.dumps(args or {})}}
-            for c, args, _ in parsed]})
-        for c, args, problem in parsed:
-            shown = _call_text(c.name, args if args is not None else c.arguments)
-            yield {"type": "tool_call", "id": c.id, "name": c.name, "arguments": args, "call": shown}
-            result = _chat_tool(ctx, tools, c.name, args, problem)
-            output = truncate_middle(result.output, ctx.policy.max_output_chars)
-            refused = bool(result.data.get("refused"))
-            self.store.add_message(session_id, "tool", f"{shown}\n{output}",
-                                   meta={"name": c.name, "arguments": args, "ok": result.ok, "refused": refused})
-            yield {"type": "tool_result", "id": c.id, "name": c.name, "ok": result.ok, "output": output,
-                   "refused": refused}
-            messages.append({"role": "tool", "tool_call_id": c.id, "content": output})
 
     def _prompt(self, command: Command | None, rest: str, state: EditorState,
                 ) -> tuple[list[dict], Context | None, Target | None]:
@@ -515,45 +418,6 @@ class Assistant:
         revert(self.root, proposal)
         self.store.set_edit_status(record.id, "undone")
         return record.id, proposal
-
-
-def _said(pieces: list[str], text: str) -> Iterator[dict]:
-    """``text`` as a delta, apart from what was said before it (in an earlier round) by a blank line."""
-    if pieces and not "".join(pieces).endswith("\n\n"):
-        gap = "\n" if "".join(pieces).endswith("\n") else "\n\n"
-        pieces.append(gap)
-        yield {"type": "delta", "text": gap}
-    if text:
-        pieces.append(text)
-        yield {"type": "delta", "text": text}
-
-
-def _call_text(name: str, args) -> str:
-    """A tool call as a person reads it: ``mcp__notes__add {"a": 1, "b": 2}``."""
-    from corolla.assistant.mcp.tools import MAX_SHOWN_CALL_CHARS
-
-    shown = json.dumps(args, ensure_ascii=False, default=str) if not isinstance(args, str) else args
-    if len(shown) > MAX_SHOWN_CALL_CHARS:
-        shown = shown[:MAX_SHOWN_CALL_CHARS] + f"... ({len(shown)} characters)"
-    return f"{name} {shown}"
-
-
-def _chat_tool(ctx: ToolContext, tools: dict[str, Tool], name: str, args: dict | None,
-               problem: str | None) -> ToolResult:
-    """One call of chat's tools (only those offered: never the agent's own): checked against the tool's
-    schema, then :func:`corolla.assistant.mcp.tools.call_tool` under ``ctx.policy``; never raises."""
-    from corolla.assistant.agent.tools import ToolResult, run_tool
-
-    if problem is not None:
-        return ToolResult(False, f"{name} was not called: {problem}")
-    if name not in tools:
-        close = difflib.get_close_matches(str(name), list(tools), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        return ToolResult(False, f"unknown tool {name!r}.{hint} The tools are: {', '.join(tools)}.")
-    try:
-        return run_tool(ctx, name, args)
-    except (AssistantError, OSError, ValueError) as e:
-        return ToolResult(False, f"{name} failed: {e}")
 
 
 def _retry_request(error: EditError) -> str:
