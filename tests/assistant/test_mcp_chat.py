@@ -15,7 +15,8 @@ import pytest
 from corolla.api.server import serving
 from corolla.assistant.agent.policy import CommandPolicy
 from corolla.assistant.agent.tools import ToolContext
-from corolla.assistant.core import Assistant, AssistantConfig, _chat_tool
+from corolla.assistant.chat_tools import _chat_tool
+from corolla.assistant.core import Assistant, AssistantConfig
 from corolla.assistant.errors import EndpointError
 from corolla.assistant.llm import LLM, LLMConfig
 from corolla.assistant.service import create_service
@@ -156,7 +157,7 @@ def test_without_mcp_configuration_a_turn_is_one_streamed_request(make, llm_mode
     assert kinds(events) == ["session", "context", *["delta"] * kinds(events).count("delta"), "done"]
     assert kinds(events).count("delta") > 1 and text_of(events) == "Hello there, how can I help?"
     assert len(llm_model.requests) == 1 and "<tools>" not in llm_model.requests[0].prompt
-    assert a._mcp is None  # nothing started
+    assert a._chat_tools.hub is None  # nothing started
     assert [m.role for m in a.store.messages(events[0]["id"])] == ["user", "assistant"]
 
 
@@ -166,7 +167,7 @@ def test_slash_commands_offer_no_tools(make, llm_model, workspace, tmp_path):
     a = make()
     events = list(a.respond("/explain", a.state(current_file="calc.py", selection=(1, 2))))
     assert text_of(events) == "It adds." and len(llm_model.requests) == 1
-    assert DESCRIPTION not in llm_model.requests[0].prompt and a._mcp is None
+    assert DESCRIPTION not in llm_model.requests[0].prompt and a._chat_tools.hub is None
 
 
 def test_the_tool_rounds_are_capped_then_the_answer_streams_without_tools(make, llm_model, workspace, tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from corolla.assistant import commands, git
-from corolla.assistant.chat_tools import ChatTools, _chat_tool  # noqa: F401 (_chat_tool: tests import it from here)
+from corolla.assistant.chat_tools import ChatTools
 from corolla.assistant.commands import Command
 from corolla.assistant.context import Context, EditorState, build_context
 from corolla.assistant.context.diffview import render_changes
@@ -111,11 +111,6 @@ class Assistant:
     def close(self) -> None:
         """Stop the MCP servers chat started (idempotent; a later chat turn starts them again)."""
         self._chat_tools.close()
-
-    @property
-    def _mcp(self) -> MCPHub | None:
-        """Chat's MCP servers: the caller's, those started so far, or None."""
-        return self._chat_tools.hub
 
     @property
     def count_tokens(self) -> TokenCounter:
