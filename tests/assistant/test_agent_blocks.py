@@ -290,8 +290,9 @@ def test_a_model_that_sends_an_earlier_reply_again_ends_the_run(llm, llm_model, 
 # --- the first step: the edit command's single edit ----------------------------------------------------------
 def test_blocks_mode_starts_with_the_edit_commands_edit_and_stops_when_the_tests_pass(llm, llm_model, project):
     llm_model.queue(fenced(MEAN_FIXED))  # the new version of lines 5-6, as `corolla edit calc.py:5-6` asks
-    report = blocks_run(llm, project, "In calc.py lines 5-6: make mean() raise ValueError for an empty list.",
-                        edit_first=True)
+    task = ("In calc.py lines 5-6: make mean() raise ValueError for an empty list.\n"
+            "The tests in tests/test_calc.py check it; do not change tests/test_calc.py.")  # a test file named too
+    report = blocks_run(llm, project, task, edit_first=True)
     assert report.status == "done" and report.tests["passed"] and report.steps == 1, report.to_text()
     assert (project / "calc.py").read_text() == CALC_FIXED
     assert len(llm_model.requests) == 1

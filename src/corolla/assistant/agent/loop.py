@@ -38,7 +38,7 @@ from corolla.assistant.agent.guard import TestGuard
 from corolla.assistant.agent.modes import DEFAULT_MODE, Mode, uses_blocks
 from corolla.assistant.agent.policy import CommandPolicy
 from corolla.assistant.agent.report import AgentReport
-from corolla.assistant.agent.testing import detect_test_command
+from corolla.assistant.agent.testing import detect_test_command, is_test_file
 from corolla.assistant.agent.toolcalls import parse_arguments, parse_text_calls
 from corolla.assistant.agent.tools import ToolContext, ToolResult, apply_edits, openai_tools, run_tool
 from corolla.assistant.agent.writes import Focus, WriteError, find_writes, map_range, mentioned_files, task_ranges
@@ -358,7 +358,7 @@ class Agent:
         """Blocks mode on one named file with tests: first the single edit ``corolla edit`` makes (the whole
         format, on the task's lines or the file), applied and tested like a written block; the loop goes on
         from its result. None when it does not apply or the model's edit was refused (nothing changed)."""
-        files = mentioned_files(self.root, task)
+        files = [f for f in mentioned_files(self.root, task) if not is_test_file(f)]  # "do not change the tests"
         if not (self.config.edit_first and self._blocks and self._has_tests and len(files) == 1):
             return None
         from corolla.assistant.core import Assistant  # the edit command's prompt and checks, one place
