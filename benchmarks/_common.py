@@ -31,6 +31,21 @@ MIB = 1024 * 1024
 T = TypeVar("T")
 
 
+def _stop_on_signals() -> None:
+    """SIGTERM unwinds a benchmark like Ctrl-C, so the ``with`` blocks stop the swarms it started (their
+    servers run in sessions of their own: killed with the default SIGTERM, a benchmark left them running),
+    and the process is gone within corolla's stop deadline either way (a second signal ends it at once).
+    Only when a benchmark script is the program: a test that imports a benchmark keeps its own handlers."""
+    main = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+    if main is not None and main.parent == OUT_DIR.parent and threading.current_thread() is threading.main_thread():
+        from corolla.shutdown import on_stop_signals
+
+        on_stop_signals(interrupt=True)
+
+
+_stop_on_signals()
+
+
 def quiet_logs() -> None:
     """Warnings only; hivemind, transformers and asyncio chatter off."""
     logging.basicConfig(level=logging.WARNING)
