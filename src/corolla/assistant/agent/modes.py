@@ -2,7 +2,8 @@
 
 - ``tools``: the model drives with tool calls (read, search, edit, run the tests, ...).
 - ``blocks``: for small models: the files the task names are in the first message, the model answers
-  with code blocks and the tests run after each change (tool calls in the text still work).
+  with code blocks and the tests run after each change (tool calls in the text still work). With one
+  (non-test) file named and tests present, the first step is the edit command's single edit.
 - ``auto``: blocks when the task names a file of the workspace, else tools.
 
 The workflows (``tests --until-green``, ``refactor``) run their agent in :data:`WORKFLOW_MODE` unless told
