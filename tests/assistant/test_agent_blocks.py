@@ -253,9 +253,7 @@ def test_refactor_from_the_command_line_in_blocks_mode(scripted, llm_model, work
                                                       "    assert mean([2, 4]) == 3\n")
     git(workspace, "add", "-A")
     git(workspace, "commit", "-q", "-m", "tests")
-    # the first request is the edit command's (the whole file asked for, as `corolla edit` would)
-    llm_model.queue(fenced(CALC.replace("    return sum(values) / len(values)",
-                                        "    total = sum(values)\n    return total / len(values)")))
+    llm_model.queue("calc.py\n" + fenced("def mean(values):\n    total = sum(values)\n    return total / len(values)"))
     done = corolla(workspace, base, "refactor", "in calc.py, name the sum in mean", "--mode", "blocks")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "total = sum(values)" in (workspace / "calc.py").read_text()

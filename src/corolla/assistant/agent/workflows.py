@@ -100,9 +100,11 @@ class _Run:
         # every write is checked against the tests as they were before the workflow (not the tests it adds);
         # strict: the workflow's prompts quote failing tests by name, which must not allow removing them
         self.ctx = ToolContext(root=self.root, policy=policy, guard=TestGuard(self.snapshot, lazy=False, strict=True))
-        self.agent = Agent(llm, self.root, policy=policy, store=store, session_id=session_id,
-                           config=config or AgentConfig(max_steps=12, mode=WORKFLOW_MODE), stop=stop, clock=clock,
-                           ctx=self.ctx, on_event=on_event)
+        # no edit-first step: a workflow's tasks are its own prompts about failing tests, not one instruction
+        # for one file that the edit command could carry out
+        config = dataclasses.replace(config or AgentConfig(max_steps=12, mode=WORKFLOW_MODE), edit_first=False)
+        self.agent = Agent(llm, self.root, policy=policy, store=store, session_id=session_id, config=config,
+                           stop=stop, clock=clock, ctx=self.ctx, on_event=on_event)
         self.results: list[dict] = []
         self.refused: list[str] = []
         self.reports: list[str] = []
