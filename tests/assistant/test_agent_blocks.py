@@ -16,6 +16,7 @@ from corolla.assistant.agent.prompts import fix_tests_task, refactor_fix_task, r
 from corolla.assistant.agent.writes import Focus, WriteError, find_writes, map_range, named_range, task_ranges
 from corolla.assistant.edits import Allowance, FileChange, propose
 from corolla.assistant.errors import SyntaxBreakError
+from corolla.assistant.sessions import SessionStore
 from tests.assistant.conftest import CALC, TESTS, git
 
 MEAN_FIXED = '''def mean(values):
@@ -296,6 +297,19 @@ def test_blocks_mode_starts_with_the_edit_commands_edit_and_stops_when_the_tests
     assert len(llm_model.requests) == 1
     asked = "Change this code as asked: make mean() raise ValueError for an empty list."
     assert asked in llm_model.requests[0].prompt  # the task's first line, without "In calc.py lines 5-6:"
+    assert not (project / ".corolla" / "sessions.db").exists()  # an agent without a store leaves none behind
+
+
+def test_the_edit_first_exchange_is_no_session_of_its_own_in_the_agents_store(llm, llm_model, project):
+    llm_model.queue(fenced(MEAN_FIXED))
+    store = SessionStore(project)
+    config = AgentConfig(max_steps=4, mode="blocks", edit_first=True)
+    report = Agent(llm, project, policy=CommandPolicy(), config=config, store=store).run(
+        "In calc.py lines 5-6: make mean() raise ValueError for an empty list.")
+    assert report.status == "done" and report.steps == 1, report.to_text()
+    assert [s.kind for s in store.list()] == ["agent"]  # the user's history: the agent's run, not an extra edit
+    firsts = [e for e in store.events(store.list()[0].id) if e.type == "assistant" and e.data.get("edit_first")]
+    assert len(firsts) == 1 and "raise ValueError" in firsts[0].data["text"]  # the exchange is in its transcript
 
 
 def test_an_edit_first_that_fails_the_tests_goes_on_in_blocks_with_their_output(llm, llm_model, project):

@@ -27,6 +27,7 @@ import dataclasses
 import json
 import logging
 import re
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -364,7 +365,14 @@ class Agent:
         from corolla.assistant.core import Assistant  # the edit command's prompt and checks, one place
 
         rel, lines = files[0], self._focus.current(files[0])
-        assistant = Assistant(self.llm, self.root, self.store)
+        # the edit's exchange is a step of this agent's transcript (its events), not a session of its own in
+        # the user's history: the Assistant keeps it in a throwaway store
+        with tempfile.TemporaryDirectory(prefix="corolla-edit-first-") as scratch:
+            return self._edit_first_in(Assistant(self.llm, self.root, SessionStore(Path(scratch))), messages, task,
+                                       rel, lines)
+
+    def _edit_first_in(self, assistant, messages: list[dict], task: str, rel: str,
+                       lines: tuple[int, int] | None) -> dict | None:
         state = assistant.state(current_file=rel, selection=lines, open_files=(rel,))
         session_id = assistant.store.create(title_from(task), kind="edit").id
         try:
