@@ -13,6 +13,7 @@ from corolla.assistant.agent.loop import Agent, AgentConfig
 from corolla.assistant.agent.modes import WORKFLOW_MODE, uses_blocks
 from corolla.assistant.agent.policy import CommandPolicy
 from corolla.assistant.agent.prompts import fix_tests_task, refactor_fix_task, refactor_task
+from corolla.assistant.agent.testing import failing_tests
 from corolla.assistant.agent.writes import Focus, WriteError, find_writes, map_range, named_range, task_ranges
 from corolla.assistant.edits import Allowance, FileChange, propose
 from corolla.assistant.errors import SyntaxBreakError
@@ -322,6 +323,38 @@ def test_an_edit_first_that_fails_the_tests_goes_on_in_blocks_with_their_output(
     second = llm_model.requests[1].prompt
     assert "calc.py:5-6\n```python\n" + wrong in second  # the first edit, as a block for the task's lines
     assert "The tests fail." in second and "test_mean_of_empty_list_raises" in second
+
+
+def test_an_edit_first_that_breaks_a_passing_test_is_undone_and_the_loop_starts_from_the_code_as_it_was(
+        llm, llm_model, project):
+    breaks_add = CALC_FIXED.replace("return a + b", "return a - b")  # fixes mean(), breaks add()
+    llm_model.queue(fenced(breaks_add), "calc.py:5-6\n" + fenced(MEAN_FIXED))
+    store = SessionStore(project)
+    config = AgentConfig(max_steps=4, mode="blocks", edit_first=True)
+    report = Agent(llm, project, policy=CommandPolicy(), config=config, store=store).run(
+        "In calc.py: make mean() raise ValueError for an empty list.")
+    assert report.status == "done" and report.tests["passed"], report.to_text()
+    assert (project / "calc.py").read_text() == CALC_FIXED and "a - b" not in report.diff
+    assert len(llm_model.requests) == 2
+    second = llm_model.requests[1].prompt
+    assert "a - b" not in second and "test_add" not in second  # the loop's first message, the code as it was
+    events = store.events(store.list()[0].id)
+    undone = [e.data for e in events if e.type == "tool_result" and e.data["name"] == "edit_first"]
+    assert undone and undone[0]["data"]["undone"] == ["calc.py"], undone
+    assert "tests/test_calc.py::test_add" in undone[0]["output"]
+    assert [e.data.get("undo", False) for e in events if e.type == "edit"] == [False, True, False]
+
+
+@pytest.mark.parametrize("output, exit_code, failing", [
+    ("..F\n=== short test summary info ===\nFAILED tests/test_a.py::test_x - assert 1 == 2\n"
+     "ERROR tests/test_b.py\n1 failed, 2 passed, 1 error in 0.1s\n", 1,
+     {"tests/test_a.py::test_x", "tests/test_b.py"}),
+    ("3 passed in 0.1s\n", 0, set()),
+    ("FAIL: TestX.test_y\nRan 1 test\n", 1, None),  # not pytest's summary: unknown
+])
+def test_the_failing_tests_are_read_from_pytest_s_summary(output, exit_code, failing):
+    found = failing_tests(output, exit_code)
+    assert (set(found) if found is not None else None) == failing
 
 
 def test_a_refused_edit_first_changes_nothing_and_the_blocks_loop_goes_on(llm, llm_model, project):

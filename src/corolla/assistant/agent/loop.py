@@ -23,6 +23,7 @@ saying what changed, what ran, whether the tests pass and what is left.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -44,7 +45,7 @@ from corolla.assistant.agent.toolcalls import parse_arguments, parse_text_calls
 from corolla.assistant.agent.tools import ToolContext, ToolResult, apply_edits, openai_tools, run_tool
 from corolla.assistant.agent.writes import Focus, WriteError, find_writes, map_range, mentioned_files, task_ranges
 from corolla.assistant.context import find_instructions, list_files
-from corolla.assistant.edits import Allowance, Edit, FileChange, unified_diff
+from corolla.assistant.edits import Allowance, Edit, FileChange, revert, unified_diff
 from corolla.assistant.errors import AssistantError, EditError, EndpointError
 from corolla.assistant.fences import code_block
 from corolla.assistant.llm import LLM
@@ -365,11 +366,29 @@ class Agent:
         from corolla.assistant.core import Assistant  # the edit command's prompt and checks, one place
 
         rel, lines = files[0], self._focus.current(files[0])
+        # which tests fail before it: a first edit that makes one of the others fail is undone (below)
+        before = _tests_after("run_tests", self._tool("run_tests", {}), None, len(self.ctx.applied))
+        applied, focus, asked = len(self.ctx.applied), copy.deepcopy(self._focus), len(messages)
         # the edit's exchange is a step of this agent's transcript (its events), not a session of its own in
         # the user's history: the Assistant keeps it in a throwaway store
         with tempfile.TemporaryDirectory(prefix="corolla-edit-first-") as scratch:
-            return self._edit_first_in(Assistant(self.llm, self.root, SessionStore(Path(scratch))), messages, task,
-                                       rel, lines)
+            first = self._edit_first_in(Assistant(self.llm, self.root, SessionStore(Path(scratch))), messages, task,
+                                        rel, lines)
+        broke = _newly_failing(before, first["tests"] if first else None)
+        if not broke or len(self.ctx.applied) != applied + 1:
+            return first
+        # first, do no harm: the loop starts from the code as it was (the loop alone did better than going on
+        # from such an edit: the model kept resending the code that broke them)
+        proposal = self.ctx.applied.pop()
+        revert(self.root, proposal)
+        self._focus = focus
+        del messages[asked:]
+        self.event("tool_result", {"name": "edit_first", "ok": False, "data": {"undone": list(proposal.paths)},
+                                   "output": "the first edit was undone: it made tests fail that passed before it: "
+                                             + ", ".join(broke)})
+        self.event("edit", {"diff": unified_diff([FileChange(c.path, c.after, c.before) for c in proposal.changes]),
+                            "files": list(proposal.paths), "undo": True})
+        return None
 
     def _edit_first_in(self, assistant, messages: list[dict], task: str, rel: str,
                        lines: tuple[int, int] | None) -> dict | None:
@@ -452,6 +471,16 @@ class Agent:
 
 
 # --- helpers -----------------------------------------------------------------------------------------
+def _newly_failing(before: dict | None, after: dict | None) -> list[str]:
+    """The tests failing in ``after`` that passed in ``before`` (test runs as :func:`_tests_after` gives them);
+    none when either run does not say which failed."""
+    if before is None or after is None or after["passed"] or before.get("failing") is None \
+            or after.get("failing") is None:
+        return []
+    failed = set(before["failing"])  # a test file that failed to import before stands for all of its tests
+    return sorted(t for t in after["failing"] if t not in failed and t.split("::")[0] not in failed)
+
+
 def _instruction(task: str, path: str) -> str:
     """What the edit command is asked, from an agent's task: its first line, without a leading "In PATH[ lines
     A-B]:" (the edit shows the file and its lines). The rest of the task (how to check, what not to touch) is
@@ -478,7 +507,8 @@ def _tests_after(name: str, result: ToolResult, tests: dict | None, edits_seen: 
     data = result.data or {}
     exit_code = data.get("exit_code")
     passed = data.get("passed", exit_code == 0 and not data.get("timed_out") and not data.get("refused"))
-    return {"command": data.get("command"), "exit_code": exit_code, "passed": bool(passed), "edits_seen": edits_seen}
+    return {"command": data.get("command"), "exit_code": exit_code, "passed": bool(passed), "edits_seen": edits_seen,
+            "failing": data.get("failing")}
 
 
 def net_changes(root: Path, applied) -> list[FileChange]:

@@ -72,6 +72,18 @@ def detect_test_command(root: Path) -> list[str] | None:
     return None
 
 
+_PYTEST_FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+?)(?: - .*)?$")
+
+
+def failing_tests(output: str, exit_code: int | None) -> frozenset[str] | None:
+    """The tests a pytest run reports failing or erroring (its short summary's ``FAILED``/``ERROR`` lines), an
+    empty set when it passed; None when the output does not say (another runner, a run cut short)."""
+    if exit_code == 0:
+        return frozenset()
+    found = frozenset(m.group(1) for line in output.splitlines() if (m := _PYTEST_FAILED.match(line.rstrip())))
+    return found or None
+
+
 def summarise_tests(output: str) -> str:
     """The line of a test run's output that says how it went (the last one that looks like a verdict)."""
     lines = [ln.rstrip() for ln in output.splitlines() if ln.strip()]

@@ -28,7 +28,7 @@ from corolla.assistant.agent.guard import TestGuard
 from corolla.assistant.agent.policy import CommandPolicy
 from corolla.assistant.agent.schema import check_args, check_args_jsonschema
 from corolla.assistant.agent.shell import CommandResult, truncate_middle
-from corolla.assistant.agent.testing import detect_test_command, summarise_tests
+from corolla.assistant.agent.testing import detect_test_command, failing_tests, summarise_tests
 from corolla.assistant.context import list_files
 from corolla.assistant.edits import Allowance, Edit, Proposal, apply, propose, revert
 from corolla.assistant.edits.structure import DanglingNameError
@@ -381,8 +381,10 @@ def _run_tests(ctx: ToolContext, args: dict) -> ToolResult:
         summary = "no tests were collected (exit code 5)"
     verdict = "passed" if passed else "FAILED"
     text = f"tests {verdict} (exit code {res.exit_code}): {summary}\n$ {command}\n{res.output.rstrip()}"
+    failing = None if res.timed_out else failing_tests(res.output, res.exit_code)
     return ToolResult(passed, text, {"command": command, "exit_code": res.exit_code, "passed": passed,
-                                     "summary": summary, "timed_out": res.timed_out})
+                                     "summary": summary, "timed_out": res.timed_out,
+                                     "failing": sorted(failing) if failing is not None else None})
 
 
 def _obj(properties: dict, required: list[str]) -> dict:
