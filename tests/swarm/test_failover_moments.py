@@ -22,7 +22,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from corolla.client import session as session_module
+from corolla.client.hopstream import HopStream
 from corolla.errors import PeerUnresponsiveError
 from corolla.swarm.local import LocalSwarm
 from tests.swarm.conftest import local_greedy
@@ -71,7 +71,7 @@ class SendWatch:
 
     def __init__(self, monkeypatch):
         self.hook = None
-        original = session_module._HopStream.send
+        original = HopStream.send
         watch = self
 
         async def send(stream, hidden, position, *args, **kwargs):
@@ -79,7 +79,7 @@ class SendWatch:
                 watch.hook(stream, position)
             return await original(stream, hidden, position, *args, **kwargs)
 
-        monkeypatch.setattr(session_module._HopStream, "send", send)
+        monkeypatch.setattr(HopStream, "send", send)
 
 
 def replace_dead(swarm, victim):

@@ -37,13 +37,14 @@ def test_a_link_whose_push_connection_failed_is_not_asked_to_push_again():
     from types import SimpleNamespace
 
     from corolla.client.config import ClientConfig
-    from corolla.client.session import InferenceSession, _HopState, _HopStream
+    from corolla.client.hopstream import HopStream
+    from corolla.client.session import InferenceSession, _HopState
     from corolla.protocol.messages import ErrorInfo
     from corolla.swarm.routing import Hop
 
     client = SimpleNamespace(config=ClientConfig(), model_id="m")
     session = InferenceSession(client, max_length=64)
-    session._hops = [_HopState(_HopStream(client, Hop(p, i, i + 1), 64)) for i, p in enumerate("ABC")]
+    session._hops = [_HopState(HopStream(client, Hop(p, i, i + 1), 64)) for i, p in enumerate("ABC")]
     for state in session._hops:
         state.stream._open_sent = True
     peers = lambda route: [t.peer_id for t in route]  # noqa: E731

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 class WitnessStream(Protocol):
-    """What a witness needs of a session stream (the inference session's ``_HopStream``)."""
+    """What a witness needs of a session stream (:class:`corolla.client.hopstream.HopStream`)."""
     hop: Hop
 
     async def step(self, hidden: torch.Tensor, position: int) -> torch.Tensor: ...
