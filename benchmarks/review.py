@@ -377,15 +377,27 @@ def cited_lines(reply: str) -> set[int]:
     return {int(n) for n in _CITED.findall(reply)}
 
 
+_OK_LINE = re.compile(r"^\W*(?:line\s*)?[\w./-]*:?\d+\W*:\s*\**OK\b", re.I | re.M)  # a verdicts-style "line N: OK: ..."
+
+
+def without_ok_lines(reply: str) -> str:
+    """The reply without the lines that judge a changed line right (the ``verdicts`` style)."""
+    return "\n".join(line for line in reply.splitlines() if not _OK_LINE.match(line))
+
+
 def declares_clean(reply: str) -> bool:
     from corolla.assistant.commands import parse_findings
 
-    return not parse_findings(reply) and bool(_CLEAN.search(reply))
+    rest = without_ok_lines(reply)
+    if rest != reply and not rest.strip():
+        return True  # every changed line judged OK
+    return not parse_findings(rest) and bool(_CLEAN.search(rest))
 
 
 def found(case: Case, reply: str) -> bool:
     if declares_clean(reply):
         return False
+    reply = without_ok_lines(reply)
     lines = changed_lines(case)
     if any(abs(n - line) <= 2 for n in cited_lines(reply) for line in lines):
         return True
@@ -560,7 +572,7 @@ def main(argv=None) -> int:
     p.add_argument("--cases", type=int, default=None, help="only the first N bug cases (default all)")
     p.add_argument("--benign", type=int, default=len(BENIGN), help=f"benign cases (default {len(BENIGN)})")
     p.add_argument("--variants", nargs="+", default=["list", "reasoned", "legacy"],
-                   choices=["list", "reasoned", "legacy"],
+                   choices=["list", "reasoned", "verdicts", "legacy"],
                    help="review prompts: list and reasoned (AssistantConfig.review_style: straight to the list of "
                         "bugs, or one sentence on the behaviour first), legacy (before issue 20); default all")
     p.add_argument("--no-fix", action="store_true", help="reviews only")

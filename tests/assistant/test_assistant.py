@@ -152,7 +152,7 @@ def test_review_and_git_errors(assistant, llm_model, workspace):
     with pytest.raises(AssistantError, match="nothing to review"):
         list(assistant.respond("/review", assistant.state()))
     (workspace / "calc.py").write_text(CALC.replace("a + b", "a - b"))
-    llm_model.add("Review", "- calc.py:2 add subtracts")
+    llm_model.add("is a bug", "line 2: BUG: add subtracts")
     seen, events = events_of(assistant, "/review unstaged", assistant.state())
     assert "-    return a + b" in llm_model.requests[-1].prompt
     assert "subtracts" in "".join(e["text"] for e in events if e["type"] == "delta")

@@ -116,14 +116,24 @@ def test_review_prompt_asks_for_bugs_of_the_change(assistant_for, llm_model, rep
     (repo / "textwrap.py").write_text(BUGGY)
     bug = line_of(BUGGY, "split(',')")
     llm_model.add("find the bugs", f"textwrap.py:{bug}: split(',') splits on commas, not whitespace")
+    llm_model.add("decide whether the change is a bug", f"line {bug}: BUG: split(',') splits on commas")
     assistant = assistant_for(repo)
+    assert assistant.config.review_style == "verdicts"  # the default: a verdict on each changed line
     events = list(assistant.respond("/review unstaged", assistant.state()))
     prompt = llm_model.requests[-1].prompt
     assert f"line {bug}: `split()` became `split(',')`" in prompt and "def shorten(" in prompt
-    assert "FILE:LINE: what is wrong" in prompt and NO_BUGS in prompt
+    assert "line N: BUG: what is wrong" in prompt and "line N: OK:" in prompt and NO_BUGS not in prompt
     assert "instructions" not in prompt.lower()  # there are none
     reply = "".join(e["text"] for e in events if e["type"] == "delta")
+    assert reply == f"line {bug}: BUG: split(',') splits on commas"
+
+    assistant.config.review_style = "list"  # straight to a list of FILE:LINE findings, or "No bugs found."
+    events = list(assistant.respond("/review unstaged", assistant.state()))
+    prompt = llm_model.requests[-1].prompt
+    assert "FILE:LINE: what is wrong" in prompt and NO_BUGS in prompt
+    reply = "".join(e["text"] for e in events if e["type"] == "delta")
     assert parse_findings(reply) == [Finding("textwrap.py", bug, "split(',') splits on commas, not whitespace")]
+    assistant.config.review_style = "verdicts"
 
     (repo / "AGENTS.md").write_text("Never split on commas.\n")
     list(assistant.respond("/review unstaged", assistant.state()))

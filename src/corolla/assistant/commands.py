@@ -55,8 +55,19 @@ REVIEW_TASKS = {
         "Then list the bugs the change introduces, one per line, in this form:\n" + _REVIEW_FORM +
         "If the function still does what its name and docstring say, end with exactly: No bugs found.\n"
         "No style remarks, no suggestions of tests, no general advice."),
+    # a verdict on each changed line: the escape of "No bugs found." above is what both coders answered for
+    # every seeded bug (benchmarks/review.py); made to judge each line, they name it
+    "verdicts": (
+        "For each changed line listed above, decide whether the change is a bug: does the new code give a wrong "
+        "result for some input, given what the function is meant to do (its name, its docstring, the code around "
+        "it)? Think about one concrete input. Answer one line per changed line, starting with its number, in one "
+        "of these forms:\nline N: BUG: what is wrong, and what goes wrong because of it\n"
+        "line N: OK: why the results stay right"),
 }
-DEFAULT_REVIEW_STYLE = "list"
+# by benchmarks/review.py (2026-12-07, 20 seeded bugs, 4 safe changes): "list" answered "No bugs found." to every
+# bug with both coders (0/20); "verdicts" names every changed line a bug (20/20, and 4/4 false alarms). With these
+# models a review cannot yet tell a bug from a safe change: the default is the one that does not hide a bug
+DEFAULT_REVIEW_STYLE = "verdicts"
 REVIEW_TASK = REVIEW_TASKS[DEFAULT_REVIEW_STYLE]
 
 COMMANDS: dict[str, Command] = {c.name: c for c in (
