@@ -23,8 +23,9 @@ applied and left unstaged. Then, through the assistant's own code paths (``corol
   declares it clean (``verdicts``: its ``line N: OK`` lines are no findings, and a reply of only such
   lines declares it clean). Variants: ``list``, ``reasoned`` and ``verdicts`` are ``review_style``
   settings of the assistant (straight to the ``FILE:LINE:`` list; one sentence on how the change
-  alters the function's behaviour first; BUG or OK for each changed line); ``legacy`` sends the prompt ``/review`` had before issue 20 (the bare
-  ``git diff`` and a generic senior-engineer task), built here, as the baseline of the same run.
+  alters the function's behaviour first; BUG or OK for each changed line); ``legacy`` sends the
+  prompt ``/review`` had before issue 20 (the bare ``git diff`` and a generic senior-engineer task),
+  built here, as the baseline of the same run.
 - **fix**: ``Assistant.fix`` (what ``corolla fix FILE:A-B --error SYMPTOM`` asks, with one retry of
   an unusable reply) with the function the bug is in selected and the check's failure as the
   diagnostic (e.g. ``AssertionError: shorten('Hello  world!', width=12) returned 'Hello [...]', not
