@@ -345,6 +345,29 @@ def test_an_edit_first_that_breaks_a_passing_test_is_undone_and_the_loop_starts_
     assert [e.data.get("undo", False) for e in events if e.type == "edit"] == [False, True, False]
 
 
+def test_a_first_edit_that_cannot_be_undone_is_kept_and_the_loop_goes_on_from_it(llm, llm_model, project,
+                                                                                  monkeypatch):
+    from corolla.assistant.agent import loop
+    from corolla.assistant.errors import StaleFileError
+
+    def stale(root, proposal):
+        raise StaleFileError("calc.py was changed since")
+
+    monkeypatch.setattr(loop, "revert", stale)
+    breaks_add = CALC_FIXED.replace("return a + b", "return a - b")
+    llm_model.queue(fenced(breaks_add), "calc.py:1-2\n" + fenced("def add(a, b):\n    return a + b"))
+    store = SessionStore(project)
+    config = AgentConfig(max_steps=4, mode="blocks", edit_first=True)
+    report = Agent(llm, project, policy=CommandPolicy(), config=config, store=store).run(
+        "In calc.py: make mean() raise ValueError for an empty list.")
+    assert report.status == "done" and report.steps == 2, report.to_text()  # repaired from the test output
+    assert (project / "calc.py").read_text() == CALC_FIXED
+    assert "test_add" in llm_model.requests[1].prompt  # the loop went on from the edit's failing tests
+    kept = [e.data["output"] for e in store.events(store.list()[0].id)
+            if e.type == "tool_result" and e.data["name"] == "edit_first"]
+    assert kept and "cannot be undone" in kept[0]
+
+
 @pytest.mark.parametrize("output, exit_code, failing", [
     ("..F\n=== short test summary info ===\nFAILED tests/test_a.py::test_x - assert 1 == 2\n"
      "ERROR tests/test_b.py\n1 failed, 2 passed, 1 error in 0.1s\n", 1,
