@@ -96,3 +96,19 @@ def test_assistant_serve_prints_its_url_and_serves(scripted, workspace):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_review_asks_for_a_verdict_on_each_changed_line_or_in_the_style_named(scripted, llm_model, workspace):
+    _, base = scripted
+    llm_model.add("decide whether the change is a bug", "line 2: BUG: add subtracts")
+    llm_model.add("find the bugs", "calc.py:2: add subtracts")
+    (workspace / "calc.py").write_text(CALC.replace("a + b", "a - b"))
+    done = corolla(workspace, base, "review", "unstaged")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "line 2: BUG: add subtracts"
+    assert "line N: OK:" in llm_model.requests[-1].prompt and "-    return a + b" in llm_model.requests[-1].prompt
+    listed = corolla(workspace, base, "review", "unstaged", "--style", "list")
+    assert listed.returncode == 0 and listed.stdout.strip() == "calc.py:2: add subtracts", listed.stderr
+    assert "No bugs found." in llm_model.requests[-1].prompt
+    wrong = corolla(workspace, base, "review", "--style", "loud")
+    assert wrong.returncode == 2 and "invalid choice: 'loud'" in wrong.stderr

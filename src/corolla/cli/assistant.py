@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from corolla.assistant.agent.modes import MODES, MODES_HELP, WORKFLOW_MODE
+from corolla.assistant.commands import DEFAULT_REVIEW_STYLE, REVIEW_TASKS
 from corolla.assistant.edits.types import FORMATS
 from corolla.assistant.errors import AssistantError, EditError
 
@@ -149,6 +150,9 @@ def register(sub) -> None:
     r.add_argument("scope", nargs="?", default="auto", choices=["auto", "staged", "unstaged", "all", "branch"],
                    help="what to review (default: staged if anything is staged, else unstaged)")
     r.add_argument("--base", default=None, help="base branch for `review branch` (default main/master)")
+    r.add_argument("--style", default=None, choices=sorted(REVIEW_TASKS),
+                   help=f"how the model is asked (default {DEFAULT_REVIEW_STYLE}: BUG or OK for each changed line; "
+                        "list: FILE:LINE findings or 'No bugs found.'; reasoned: a sentence on the change first)")
     add_endpoint(r)
     r.set_defaults(func=run_command, command="review", file=None)
 
@@ -203,6 +207,8 @@ def make_assistant(args, ask_tools: bool = False):
     assistant_config = AssistantConfig(context_tokens=args.context_tokens)
     if getattr(args, "format", None):
         assistant_config.edit_format = args.format
+    if getattr(args, "style", None):
+        assistant_config.review_style = args.style
     return Assistant(LLM(config), workspace_of(args), config=assistant_config, find_tokenizer=local_tokenizer,
                      tool_policy=tool_policy(args, ask=ask_tools))
 
