@@ -6,6 +6,9 @@ problem's program is its prompt plus its canonical solution, and in it
 - single: one line of the solution is masked (chosen with a seeded RNG among lines of 6+ characters that
   are not comments); the cursor sits after that line's indentation, as after pressing Enter. The editor
   asks for one line (``multiline: false``);
+- typed: the single task's line after its first ``TYPED_CHARS`` characters were typed, asked right after
+  the single task (as when the user types on after the first ghost text): the API's prompt cache then
+  holds the file up to the cursor's line, and the service's prefix window keeps its start;
 - multi: the body of a block of the solution (2-8 lines under an ``if``/``for``/``while``/``else``/...)
   is masked; the cursor sits on the body's first line after its indentation, as after typing the header
   and Enter. The service decides the shape itself (``multiline`` not sent), as for the editor.
@@ -18,10 +21,12 @@ streamed token (measured in the service, from the request's arrival; the prefill
 whole completion (measured by the client: when the editor shows the ghost text, since the service answers
 with the whole line or block), p50 and p90, and the prompt's tokens. The machine is small and shared: each
 completion's CPU time (this process and its servers) and the CPU that other processes took meanwhile are
-recorded too. Several ``--budget-tokens`` are compared task by task (one service each, on the same swarm).
+recorded too. Several ``--budget-tokens`` are compared task by task (one service each, on the same swarm),
+and so are the API with and without its prompt cache (``--prompt-cache on off``: one API each).
 
     .venv/bin/python benchmarks/completions.py --models qwen2.5-coder-0.5b --limit 40 --kinds single multi
     .venv/bin/python benchmarks/completions.py --limit 20 --kinds single --budget-tokens 640 160
+    .venv/bin/python benchmarks/completions.py --limit 30 --kinds single typed --prompt-cache on off
     .venv/bin/python benchmarks/completions.py --check     # no model: every reference middle passes its tests
 """
 
@@ -42,7 +47,8 @@ from pathlib import Path
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 MODELS = ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
-KINDS = ("single", "multi")
+KINDS = ("single", "typed", "multi")
+TYPED_CHARS = 3
 TEST_TIMEOUT_S = 10.0
 BLOCK_HEADERS = ("if ", "elif ", "else", "for ", "while ", "with ", "try", "except", "finally", "def ")
 
@@ -81,12 +87,15 @@ def make_tasks(problem: dict, kinds: tuple[str, ...], seed: int = 0) -> list[Tas
         suffix = "\n" + "\n".join(lines[last + 1:]) + ("\n" if last + 1 < len(lines) else "")
         return prefix, middle, suffix
 
-    if "single" in kinds:
+    if "single" in kinds or "typed" in kinds:
         eligible = [i for i, line in enumerate(lines) if len(line.strip()) >= 6 and not line.strip().startswith("#")]
         if eligible:
             i = rng.choice(eligible)
             prefix, middle, suffix = cut(i, i)
             tasks.append(Task(problem["task_id"], "single", prefix, suffix, middle, test))
+            if "typed" in kinds:
+                typed = middle[:TYPED_CHARS]
+                tasks.append(Task(problem["task_id"], "typed", prefix + typed, suffix, middle[len(typed):], test))
     if "multi" in kinds:
         blocks = []
         for i, line in enumerate(lines[:-1]):
@@ -143,17 +152,19 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def summarize(results: list[dict]) -> dict:
     out = {}
-    for model, budget in dict.fromkeys((r["model"], r["budget_tokens"]) for r in results):
+    for model, budget, cache in dict.fromkeys((r["model"], r["budget_tokens"], r.get("prompt_cache", "on"))
+                                              for r in results):
         for kind in KINDS:
-            rs = [r for r in results if r["model"] == model and r["budget_tokens"] == budget and r["kind"] == kind]
+            rs = [r for r in results if (r["model"], r["budget_tokens"], r.get("prompt_cache", "on"), r["kind"])
+                  == (model, budget, cache, kind)]
             if not rs:
                 continue
             answered = [r for r in rs if r["finish_reason"] != "error"]  # latencies of the answered ones
             first = [r["first_token_s"] for r in answered if r["first_token_s"] is not None]
             total = [r["total_s"] for r in answered]
             single = [r for r in answered if r["foreign_cpu_s"] / max(r["total_s"], 1e-9) <= 0.2]  # nearly alone
-            out[f"{model} {budget} {kind}"] = {
-                "model": model, "budget_tokens": budget, "kind": kind, "tasks": len(rs),
+            out[f"{model} {budget} {cache} {kind}"] = {
+                "model": model, "budget_tokens": budget, "prompt_cache": cache, "kind": kind, "tasks": len(rs),
                 "passed": sum(r["passed"] for r in rs),
                 "pass_rate": sum(r["passed"] for r in rs) / len(rs),
                 "first_token_p50_s": percentile(first, 0.5), "first_token_p90_s": percentile(first, 0.9),
@@ -190,7 +201,7 @@ def complete(client, task: Task, workspace: Path) -> dict:
     """One task through POST /completions (the masked file written to disk, as an editor would have it)."""
     (workspace / "solution.py").write_text(task.prefix + task.suffix)
     body = {"prefix": task.prefix, "suffix": task.suffix, "path": "solution.py", "language": "python"}
-    if task.kind == "single":
+    if task.kind in ("single", "typed"):
         body["multiline"] = False
     start = time.perf_counter()
     reply = client.post("/completions", json=body)
@@ -208,6 +219,9 @@ def run_model(model_name: str, tasks: list[Task], args, console) -> list[dict]:
     import httpx
 
     import _common
+    from corolla.api.app import create_app
+    from corolla.api.engine import SwarmEngine
+    from corolla.api.server import serving
     from corolla.assistant.completions import CompletionConfig
 
     results = []
@@ -217,16 +231,22 @@ def run_model(model_name: str, tasks: list[Task], args, console) -> list[dict]:
         else:
             swarm = stack.enter_context(_common.swarm_api(model_name, args.servers, console, "completions"))
             endpoint, model_id = swarm.base_url, swarm.ref.model_id
+        endpoints = {"on": endpoint}  # an own swarm's API keeps a prompt cache; "off": another API without one
+        if "off" in args.prompt_cache and not args.endpoint:
+            base = stack.enter_context(serving(create_app(SwarmEngine(swarm.model, prompt_cache=None)),
+                                               "127.0.0.1", 0))
+            endpoints["off"] = f"{base}/v1"
         workspace = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="completions-ws-")))
-        clients = {}  # one service per prompt budget, on the same swarm: each task is asked of each in turn
+        clients = {}  # one service per (prompt budget, prompt cache), on the same swarm: each task asked of each
         for budget in args.budget_tokens:
             config = CompletionConfig()  # "default": the service's (a smaller budget for a line than a block)
             if budget != "default":  # this budget for lines and blocks alike, a quarter at most for suffix, snippets
                 config = CompletionConfig(budget_tokens=budget, suffix_tokens=budget // 4, snippet_tokens=budget // 4,
                                           block_budget_tokens=budget, block_suffix_tokens=budget // 4,
                                           block_snippet_tokens=budget // 4)
-            url, _ = stack.enter_context(completion_service(endpoint, model_id, workspace, config))
-            clients[budget] = stack.enter_context(httpx.Client(base_url=url, timeout=600))
+            for cache in args.prompt_cache:
+                url, _ = stack.enter_context(completion_service(endpoints[cache], model_id, workspace, config))
+                clients[budget, cache] = stack.enter_context(httpx.Client(base_url=url, timeout=600))
         warm = Task("warm-up", "single", "def add(a, b):\n    return ", "\n", "a + b", "")
         for client in clients.values():
             for _ in range(2):  # the first request loads the tokenizer, opens connections, warms the servers
@@ -234,14 +254,15 @@ def run_model(model_name: str, tasks: list[Task], args, console) -> list[dict]:
         watch = _common.CpuWatch()
         t0 = time.perf_counter()
         with console.status(model_id) as status:
-            for n, (task, budget) in enumerate(((t, b) for t in tasks for b in clients), 1):
+            for n, (task, (budget, cache)) in enumerate(((t, c) for t in tasks for c in clients), 1):
                 status.update(f"{model_id}: {task.task_id} {task.kind} ({n} of {len(tasks) * len(clients)})")
-                client = clients[budget]
+                client = clients[budget, cache]
                 cpu = _common.CpuWatch()
                 data = complete(client, task, workspace)
                 cpu.stop()
                 passed, why = run_tests(task, data["completion"]) if "error" not in data else (False, data["error"])
-                r = {"model": model_id, "budget_tokens": budget, "task": task.task_id, "kind": task.kind,
+                r = {"model": model_id, "budget_tokens": budget, "prompt_cache": cache, "task": task.task_id,
+                     "kind": task.kind,
                      "passed": passed, "why": why,
                      "completion": data["completion"], "reference": task.middle, "multiline": data["multiline"],
                      "finish_reason": data["finish_reason"], "prompt_tokens": data["prompt_tokens"],
@@ -254,7 +275,7 @@ def run_model(model_name: str, tasks: list[Task], args, console) -> list[dict]:
                 if args.partial:  # follow a long run
                     args.partial.write_text(json.dumps({"partial": True, "results": results}, indent=1))
                 first = "-" if r["first_token_s"] is None else f"{r['first_token_s']:.2f}"
-                console.print(f"{task.task_id:14} {task.kind:6} {budget:>7} {'pass' if passed else 'FAIL':4} "
+                console.print(f"{task.task_id:14} {task.kind:6} {budget:>7} {cache:3} {'pass' if passed else 'FAIL':4} "
                               f"first {first:>5} s "
                               f"total {r['total_s']:5.2f} s  cpu {r['cpu_s']:5.2f} s  "
                               f"others {r['foreign_cpu_s']:5.2f} s {r['prompt_tokens']:4} tok  "
@@ -280,11 +301,18 @@ def main(argv=None) -> int:
     p.add_argument("--budget-tokens", type=int, nargs="+", default=None,
                    help="the prompt's budget for lines and blocks (default: the service's, 128 for a line and 384 for "
                         "a block); several are compared task by task")
+    p.add_argument("--prompt-cache", nargs="+", default=["on"], choices=("on", "off"),
+                   help="the own swarm's API with its prompt cache (on, the default) or without (off); both: "
+                        "compared task by task")
     p.add_argument("--check", action="store_true", help="no model: check that every reference middle passes")
     p.add_argument("--json", default=None, help=f"results file (default {OUT_DIR.name}/completions.json)")
     args = p.parse_args(argv)
 
     args.budget_tokens = args.budget_tokens or ["default"]
+    if "typed" in args.kinds and "single" not in args.kinds:  # a typed line is asked after its line's start
+        args.kinds.insert(0, "single")
+    if args.endpoint:
+        args.prompt_cache = ["on"]  # whatever the endpoint does
 
     from rich.console import Console
     from rich.table import Table
@@ -312,12 +340,12 @@ def main(argv=None) -> int:
 
     summary = summarize(results)
     table = Table(title=f"HumanEval infilling through POST /completions ({len(tasks)} tasks a model)")
-    for col in ("model", "budget", "kind", "pass", "first token p50 / p90 s", "ghost text (whole) p50 / p90 s",
+    for col in ("model", "budget", "cache", "kind", "pass", "first token p50 / p90 s", "ghost text (whole) p50 / p90 s",
                 "prompt tok", "CPU s p50", "others' CPUs", "blocks", "empty", "errors"):
         table.add_column(col)
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     for s in summary.values():
-        table.add_row(s["model"], str(s["budget_tokens"]), s["kind"],
+        table.add_row(s["model"], str(s["budget_tokens"]), s["prompt_cache"], s["kind"],
                       f"{s['passed']}/{s['tasks']} ({100 * s['pass_rate']:.0f}%)",
                       f"{fmt(s['first_token_p50_s'])} / {fmt(s['first_token_p90_s'])}",
                       f"{fmt(s['total_p50_s'])} / {fmt(s['total_p90_s'])}", f"{s['prompt_tokens_mean']:.0f}",
@@ -326,6 +354,7 @@ def main(argv=None) -> int:
     console.print(table)
     config = {"models": args.models, "limit": args.limit, "kinds": args.kinds, "seed": args.seed,
               "servers": args.servers, "endpoint": args.endpoint or "own swarm", "budget_tokens": args.budget_tokens,
+              "prompt_cache": args.prompt_cache,
               **{k: v for k, v in _common.environment().items() if k in ("time", "cpus", "threads", "command")}}
     out.write_text(json.dumps({"config": config, "summary": summary, "results": results}, indent=1))
     args.partial.unlink(missing_ok=True)

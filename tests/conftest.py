@@ -61,6 +61,7 @@ class CoderApi:
     model: object  # DistributedModelForCausalLM
     model_id: str
     base: str  # the API's URL (``/v1`` not included)
+    engine: object  # SwarmEngine
 
 
 @pytest.fixture(scope="session")
@@ -82,8 +83,9 @@ def coder_api(tmp_path_factory) -> Iterator[CoderApi]:
         swarm.wait_ready([swarm.add_server((0, 24))], timeout_s=600)
         with DistributedModelForCausalLM.from_pretrained(folder, initial_peers=swarm.initial_peers,
                                                          model_id=model_id) as model:
-            with serving(create_app(SwarmEngine(model), web_dir=None), "127.0.0.1", 0) as base:
-                yield CoderApi(model, model_id, base)
+            engine = SwarmEngine(model)
+            with serving(create_app(engine, web_dir=None), "127.0.0.1", 0) as base:
+                yield CoderApi(model, model_id, base, engine)
     finally:
         swarm.stop()
 

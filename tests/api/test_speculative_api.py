@@ -26,8 +26,11 @@ def test_greedy_answers_are_the_same_with_a_draft(api_swarm, draft):
     if draft == "model":  # the target's own weights, locally: every draft is accepted
         draft = AutoModelForCausalLM.from_pretrained(api_swarm.folder)
     engine = SwarmEngine(api_swarm.model, draft=draft)
-    with served(create_app(engine, web_dir=None)) as base:
-        assert answer(base, api_swarm.model_id) == plain
+    try:
+        with served(create_app(engine, web_dir=None)) as base:
+            assert answer(base, api_swarm.model_id) == plain
+    finally:
+        engine.close(10)  # and the sessions its prompt cache keeps
     stats = api_swarm.model.last_speculation
     assert stats is not None and stats.emitted > 0 and stats.steps < stats.emitted
 

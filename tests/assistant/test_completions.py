@@ -161,6 +161,38 @@ def test_a_block_gets_a_bigger_prompt_than_a_line():
     assert approx_tokens(line.suffix) <= 16 < approx_tokens(block.suffix) <= 64
 
 
+def test_the_window_keeps_its_start_while_typing_so_the_prompt_grows_at_its_end():
+    config = CompletionConfig(budget_tokens=96, suffix_tokens=16)
+    text = lines_of(200)
+    prefix, suffix = text + "\ny = ", "\n" + lines_of(50, "z")
+    first = build_prompt(prefix, suffix, approx_tokens, config, language="python")
+    typed = prefix + "compute(1"
+    fresh = build_prompt(typed, suffix, approx_tokens, config, language="python")
+    sticky = build_prompt(typed, suffix, approx_tokens, config, language="python", start_line=first.first_line)
+    assert fresh.first_line > first.first_line  # without it the window slides: another prompt from its start
+    assert sticky.first_line == first.first_line and sticky.prefix == first.prefix + "compute(1"
+    assert sticky.suffix == first.suffix and sticky.tokens <= 96 * 1.25 + 16
+    # lines later the window has grown past its slack: it starts afresh
+    later = text + "\n" + "\n".join(f"w{i} = compute({i})" for i in range(12)) + "\ny = "
+    moved = build_prompt(later, suffix, approx_tokens, config, language="python", start_line=first.first_line)
+    assert moved.first_line > first.first_line and moved.tokens <= 96
+    # above the last window (the cursor moved up): a fresh window too
+    up = build_prompt(lines_of(20) + "\ny = ", suffix, approx_tokens, config, language="python",
+                      start_line=first.first_line)
+    assert up.first_line < first.first_line and up.tokens <= 96
+
+
+def test_the_completer_remembers_each_files_window(project):
+    completer = completer_for(project, budget_tokens=64, suffix_tokens=8, repo_map=False)
+    prefix = lines_of(100) + "\ny = "
+    first = completer.prompt(CompletionRequest(prefix, "\n", "calc.py", "python"))
+    typed = prefix + "compute(1, 2) + compute("
+    again = completer.prompt(CompletionRequest(typed, "\n", "calc.py", "python"))
+    other = completer.prompt(CompletionRequest(typed, "\n", "other.py", "python"))
+    assert again.first_line == first.first_line and again.prefix.startswith(first.prefix)
+    assert other.first_line > first.first_line  # another file's window is its own
+
+
 def test_an_over_long_line_is_clipped_from_its_start():
     prompt = build_prompt("x = '" + "a" * 5000, "'\n", approx_tokens, CompletionConfig(budget_tokens=128),
                           language="python")
@@ -431,4 +463,7 @@ def test_on_the_swarm_a_line_and_an_abandoned_completion_frees_its_server_sessio
             httpx.post(f"{url}/completions", json=body, timeout=httpx.Timeout(30, read=1.0))
         wait_for(lambda: completer.stats.cancelled == 1 and completer.stats.upstream_open == 0,
                  "the service to close its stream", 10)
-        wait_for(lambda: active() == [0] * len(peers), "the server to close the session", 120)
+        # the line's session stays in the API's prompt cache (the next keystroke reuses it); the abandoned
+        # block's is closed
+        kept = coder_api.engine.prompt_cache
+        wait_for(lambda: active() == [len(kept)] * len(peers), "the server to close the session", 120)

@@ -32,6 +32,8 @@ from typing import Protocol
 
 from corolla.api.errors import APIError, shutting_down
 from corolla.api.generation import Engine
+from corolla.api.prompt_cache import DEFAULT as DEFAULT_PROMPT_CACHE
+from corolla.api.prompt_cache import PromptCacheConfig
 from corolla.errors import ModelError
 from corolla.models.manifest import split_key
 
@@ -95,7 +97,8 @@ class SwarmCatalogue:
     def __init__(self, dht, models: Mapping[str, Path], *, engines: Mapping[str, Engine] | None = None,
                  client_options: Mapping | None = None, state_max_age_s: float = 1.0,
                  open_engine: OpenEngine | None = None, resolve: Callable[[str], Path] | None = None,
-                 read_swarm: Callable | None = None, draft=None, key: Callable[[str, Path], str] | None = None):
+                 read_swarm: Callable | None = None, draft=None, key: Callable[[str, Path], str] | None = None,
+                 prompt_cache: PromptCacheConfig | None = DEFAULT_PROMPT_CACHE):
         from corolla.models.loading import load_config
         from corolla.swarm.discovery import fetch_swarm_overview
 
@@ -107,6 +110,7 @@ class SwarmCatalogue:
         self.state_max_age_s = state_max_age_s
         self._client_options = dict(client_options or {})
         self.draft = draft  # speculative decoding for every engine it opens (see SwarmEngine)
+        self.prompt_cache = prompt_cache  # each engine's (see SwarmEngine)
         self._open_engine = open_engine or self._open_swarm_engine
         self._resolve = resolve or resolve_packaged_folder
         self._read_swarm = read_swarm or fetch_swarm_overview
@@ -218,7 +222,8 @@ class SwarmCatalogue:
         model = DistributedModelForCausalLM.from_pretrained(folder, dht=self.dht, model_id=model_id,
                                                             **self._client_options)
         try:
-            return SwarmEngine(model, state_max_age_s=self.state_max_age_s, draft=self.draft)
+            return SwarmEngine(model, state_max_age_s=self.state_max_age_s, draft=self.draft,
+                               prompt_cache=self.prompt_cache)
         except BaseException:
             model.close()
             raise

@@ -11,6 +11,8 @@ import torch
 
 from corolla.api.errors import shutting_down
 from corolla.api.generation import GenerationOptions
+from corolla.api.prompt_cache import DEFAULT as DEFAULT_PROMPT_CACHE
+from corolla.api.prompt_cache import PromptCache, PromptCacheConfig
 from corolla.client.sampling import SamplingParams, TextDelta
 from corolla.client.session import InferenceSession
 
@@ -26,11 +28,16 @@ class SwarmEngine:
 
     Concurrent generations share the model's client, whose LM head batches their steps; one with a
     server-hosted adapter (``GenerationOptions.adapter``) routes through a view of that client which
-    uses only servers hosting it (:meth:`SwarmClient.with_adapter`).
+    uses only servers hosting it (:meth:`SwarmClient.with_adapter`). A generation that ends (EOS, the
+    token limit, a stop sequence) leaves its session in the prompt cache for the next prompt that
+    starts the same way (:mod:`corolla.api.prompt_cache`; ``prompt_cache=None`` turns it off); one
+    cancelled (:class:`GenerationCancelled`: the HTTP client hung up) or failed closes it.
     """
 
-    def __init__(self, model, *, state_max_age_s: float = 1.0, draft=None):
+    def __init__(self, model, *, state_max_age_s: float = 1.0, draft=None,
+                 prompt_cache: PromptCacheConfig | None = DEFAULT_PROMPT_CACHE):
         self.model = model
+        self.prompt_cache = PromptCache(prompt_cache) if prompt_cache is not None else None
         self.draft = _usable_draft(model, draft)
         self.model_id: str = getattr(model, "name", model.model_id)  # the API's name: without the digest
         _ = model.tokenizer  # load it now, not in the first requests' threads at once
@@ -82,32 +89,69 @@ class SwarmEngine:
                                                             for t in options.extra_stops) if isinstance(i, int)}
             if tokenizer.eos_token_id is not None:
                 eos.add(tokenizer.eos_token_id)
-        ids = torch.tensor([prompt_ids], dtype=torch.long)
         decoder = TextDelta(tokenizer)
-        # our own session (not the model's): close() may close it from another thread at any moment
-        session = InferenceSession(self.client_for(options.adapter), len(prompt_ids) + options.max_tokens)
+        need = len(prompt_ids) + options.max_tokens
+        session, keep = self._session(prompt_ids, need, options.adapter)
         with self._open_lock:
             if self._closed:
+                session.close()
                 raise shutting_down()
             self._open += 1
             self._sessions.add(session)
+        ids = torch.tensor([prompt_ids[keep:]], dtype=torch.long)
         tokens = self.model.stream(ids, params=params, max_new_tokens=options.max_tokens, eos_token_id=sorted(eos),
                                    session=session, draft=self._drafter())
+        reusable = False  # the session's servers hold exactly session.token_ids (between two steps)
         try:
             for step in tokens:
                 token = int(step[0])
                 if token in eos:
+                    reusable = True
                     return
                 with self._tokenizer_lock:
                     delta = decoder.push(token)
                 yield delta
+            reusable = True
+        except GeneratorExit:  # the reader stopped between two tokens (a stop sequence, a loop)
+            reusable = True
+            raise
+        # GenerationCancelled (the client hung up) and failures leave ``reusable`` False: the servers free it now
         finally:
             tokens.close()
-            session.close()  # the servers free its caches at once
             with self._open_lock:
                 self._open -= 1
                 self._sessions.discard(session)
                 self._open_lock.notify_all()
+            kept = session.token_ids
+            if not (reusable and self.prompt_cache is not None and kept is not None
+                    and self.prompt_cache.put(session, kept[0].tolist(), options.adapter)):
+                session.close()  # the servers free its caches at once
+
+    def _session(self, prompt_ids: list[int], need: int, adapter: str | None) -> tuple[InferenceSession, int]:
+        """A session for a generation of up to ``need`` positions, and how many of the prompt's first
+        tokens its servers hold already (from the prompt cache)."""
+        if self.prompt_cache is not None:
+            session, keep = self.prompt_cache.take(prompt_ids, need, adapter)
+            if session is not None:
+                session.token_ids = torch.tensor([prompt_ids[:keep]], dtype=torch.long) if keep else None
+                session.pending_ids, session.cohort = None, None
+                return session, keep
+        # our own session (not the model's): close() may close it from another thread at any moment
+        return InferenceSession(self.client_for(adapter), self._session_length(need)), 0
+
+    def _session_length(self, need: int) -> int:
+        """A new session's max_length: ``need``, or as long as every server of the model allows when
+        the session may be kept for longer prompts (servers grow its cache as it grows)."""
+        if self.prompt_cache is None:
+            return need
+        try:
+            client = self.model.client
+            limits = [s.info.max_session_length for s in client.swarm_state(client.config.state_max_age_s).servers]
+        except Exception as e:  # no DHT read now: the session is opened all the same and finds out
+            log.debug("reading the servers' session limits failed: %s", e)
+            return need
+        limit = min(limits, default=need)
+        return max(need, min(limit, self.max_context() or limit))
 
     def _drafter(self):
         """A drafter of this request's own (a draft model's cache is per generation)."""
@@ -123,6 +167,8 @@ class SwarmEngine:
         with self._open_lock:
             self._closed = True
             sessions = list(self._sessions)
+        if self.prompt_cache is not None:
+            self.prompt_cache.close()
         for session in sessions:
             session.close()
         with self._open_lock:

@@ -3,7 +3,8 @@
 The thread drives the engine's token stream, cuts stop sequences and stops a degenerate repetition
 loop (:class:`RepetitionStop`); the event loop receives
 :class:`Delta`, then :class:`Done` or :class:`Failed`. Setting ``cancel`` stops the thread
-between tokens; it then closes the engine's stream (and with it the inference session).
+between tokens; it then throws :class:`GenerationCancelled` into the engine's stream (which closes
+the inference session rather than keeping it for the next prompt).
 :meth:`Generation.abort` also ends the event loop's side at once, whatever the thread is waiting on
 (the server shuts down).
 """
@@ -30,6 +31,12 @@ class GenerationOptions:
     extra_stops: tuple[str, ...] = ()  # special tokens that end generation besides EOS
     adapter: str | None = None  # a server-hosted LoRA adapter by name (the API's model "MODEL:NAME")
     repetition: RepetitionLimits | None = None  # None: RepetitionLimits(); RepetitionLimits(enabled=False): off
+
+
+class GenerationCancelled(Exception):
+    """Thrown into an engine's token stream when its client hung up: the engine frees what the
+    generation held (a stream merely closed ended normally, e.g. at a stop sequence, and an engine may
+    keep its session for the next prompt)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,6 +207,9 @@ def _generate(engine: Engine, prompt_ids: list[int], options: GenerationOptions,
                              count, loops.span, loops.period)
                     looped = True
                     break
+            if finish == "cancelled" and hasattr(tokens, "throw"):
+                with contextlib.suppress(GenerationCancelled, StopIteration):
+                    tokens.throw(GenerationCancelled())
         if finish is None:
             finish = "length" if count >= options.max_tokens and not looped else "stop"
             tail = scanner.flush()

@@ -177,6 +177,7 @@ class Completer:
         self._cache: OrderedDict[tuple, tuple[str, str]] = OrderedDict()
         self._inflight: dict[str, asyncio.Task] = {}
         self._symbols: OrderedDict[tuple, tuple[Symbol, ...]] = OrderedDict()
+        self._starts: OrderedDict[tuple[str, bool], int] = OrderedDict()  # (path, block) -> its window's first line
 
     # --- the service's entry point ------------------------------------------------------------
     async def complete(self, request: CompletionRequest, hung_up: Awaitable[object] | None = None) -> Completion:
@@ -262,10 +263,21 @@ class Completer:
 
     # --- the prompt (a worker thread: tokenising, parsing, listing files) -------------------------
     def prompt(self, request: CompletionRequest, block: bool = False) -> FimPrompt:
+        """The FIM prompt; the prefix window keeps the start it had in the file's last prompt while that
+        fits (see :func:`build_prompt`'s ``start_line``: the API's prompt cache then reuses it)."""
         language = normalize_language(request.language, request.path)
         count = self.counter()
-        return build_prompt(request.prefix, request.suffix, count, self.config,
-                            lambda first: self.snippets(request, language, first), language, block)
+        key = (request.path or "", block)
+        with self._files_lock:
+            start = self._starts.get(key)
+        prompt = build_prompt(request.prefix, request.suffix, count, self.config,
+                              lambda first: self.snippets(request, language, first), language, block, start)
+        with self._files_lock:
+            self._starts.pop(key, None)
+            self._starts[key] = prompt.first_line
+            while len(self._starts) > 64:
+                self._starts.popitem(last=False)
+        return prompt
 
     def _buffer_symbols(self, rel: str, text: str) -> tuple[Symbol, ...]:
         """The symbols of the current file's text (parsed once per text: typing re-asks often)."""

@@ -232,6 +232,10 @@ class FimPrompt:
     tokens: int  # counted (FIM tokens included)
     prefix_lines: int  # lines of the prefix window (the cursor's line included)
     suffix_lines: int
+    first_line: int = 0  # the prefix window's first line in the prefix (0-based)
+
+
+STICKY_SLACK = 0.25  # a prefix window keeps its start while it holds up to this much more than its room
 
 
 def _fit_tail(lines: list[str], budget: int, count: Counter) -> int:
@@ -265,12 +269,17 @@ def _clip_line_start(line: str, budget: int, count: Counter) -> str:
 
 def build_prompt(prefix: str, suffix: str, count: Counter, config: CompletionConfig,
                  candidates: Callable[[int], Sequence[Snippet]] = lambda first_line: (),
-                 language: str | None = None, block: bool = False) -> FimPrompt:
+                 language: str | None = None, block: bool = False, start_line: int | None = None) -> FimPrompt:
     """The FIM prompt within ``config.budget_tokens`` (``block_budget_tokens`` for a ``block``): the
     suffix window first (up to ``suffix_tokens``), snippets (up to ``snippet_tokens``, best first, whole
     ones only), the prefix window with the rest. ``candidates(first_visible_line)`` gives the snippets
     worth showing, best first (1-based line of the prefix's first line in the window: definitions below
-    it are visible anyway)."""
+    it are visible anyway).
+
+    ``start_line``: where the last prompt's prefix window began (0-based, :attr:`FimPrompt.first_line`).
+    The window keeps that start while what it then holds fits the room by ``STICKY_SLACK`` more: as the
+    user types, the prompt then grows at its end only, and the API's prompt cache reuses everything
+    before the cursor's line instead of computing a window that slid by a line again."""
     total, suffix_cap, snippet_cap = (
         (config.block_budget_tokens, config.block_suffix_tokens, config.block_snippet_tokens) if block
         else (config.budget_tokens, config.suffix_tokens, config.snippet_tokens))
@@ -297,12 +306,16 @@ def build_prompt(prefix: str, suffix: str, count: Counter, config: CompletionCon
                 chosen.append(snippet)
                 snippet_text, snippet_used = text, used
     n_prefix = _fit_tail(prefix_lines, max(room - snippet_used, 1), count)
+    if start_line is not None and 0 <= start_line < len(prefix_lines) - n_prefix:  # the last window began above
+        kept = prefix_lines[start_line:]
+        if count("\n".join(kept)) <= max(room - snippet_used, 1) * (1 + STICKY_SLACK):
+            n_prefix = len(kept)
     window = prefix_lines[-n_prefix:]
     if n_prefix == 1:  # only the cursor's line, and maybe not even that
         window = [_clip_line_start(window[0], max(room - snippet_used, 1), count)]
     prefix_text = snippet_text + "\n".join(window)
     tokens = count(prefix_text) + suffix_used + FIM_OVERHEAD_TOKENS
-    return FimPrompt(prefix_text, suffix_text, tuple(chosen), tokens, n_prefix, n_suffix)
+    return FimPrompt(prefix_text, suffix_text, tuple(chosen), tokens, n_prefix, n_suffix, len(prefix_lines) - n_prefix)
 
 
 # ---- the middle: cutting the stream and cleaning the result ---------------------------------

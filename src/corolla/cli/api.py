@@ -29,6 +29,10 @@ def register(sub) -> None:
     p.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1 requests")
     p.add_argument("--max-concurrent", type=int, default=16,
                    help="generations run at once, all models together; later requests wait in line (default 16)")
+    p.add_argument("--prompt-cache", type=int, default=4, metavar="N",
+                   help="inference sessions kept after their generation per model, so a prompt that starts like "
+                        "an earlier one (the next chat turn or agent step, the next keystroke's completion) "
+                        "sends the swarm only what differs (default 4; 0: none)")
     add_draft(p)
     p.set_defaults(func=run_api)
 
@@ -53,7 +57,9 @@ def local_models(specs: list[str], model_id: str | None) -> dict:
 def run_api(args: argparse.Namespace) -> int:
     from corolla.api.app import create_app
     from corolla.api.catalogue import SwarmCatalogue
+    from corolla.api.prompt_cache import PromptCacheConfig
     from corolla.api.server import serve_forever
+    from corolla.errors import CorollaError
     from corolla.models.loading import load_config
     from corolla.shutdown import STOP, on_stop_signals
     from corolla.swarm.dht import start_dht
@@ -63,8 +69,11 @@ def run_api(args: argparse.Namespace) -> int:
     blocks = {model_id: load_config(path).num_hidden_layers for model_id, path in models.items()}
     dht = start_dht(args.initial_peers, client_mode=True, models=blocks)
     try:
+        if args.prompt_cache < 0:
+            raise CorollaError("--prompt-cache: a number of sessions, 0 or more")
         catalogue = SwarmCatalogue(dht, models, client_options={"compression": args.compression},
-                                   draft=load_draft(args.draft))
+                                   draft=load_draft(args.draft),
+                                   prompt_cache=PromptCacheConfig(args.prompt_cache) if args.prompt_cache else None)
         try:
             catalogue.start()
             app = create_app(catalogue=catalogue, api_key=args.api_key, max_concurrent=args.max_concurrent)

@@ -119,6 +119,10 @@ class InferenceSession:
         return self._steps
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def chain(self) -> list[Hop]:
         return [h.stream.hop for h in self._hops]
 

@@ -97,6 +97,7 @@ class ServerInfo(_Wire):
     adapters: tuple[AdapterName, ...] = Field(default=(), max_length=64)  # server-hosted LoRA adapters, by name
     trainable: bool = True  # answers backward calls (float weights; a quantized span cannot)
     max_backward_tokens: int = Field(default=2048, ge=1)  # batch x tokens of one backward call
+    max_session_length: int = Field(default=8192, ge=1)  # positions one inference session may reach
     # bytes of the span's weights as loaded (measured; from the checkpoint's headers while joining)
     weight_bytes: int = Field(default=0, ge=0, le=2**50)
     # round-trip times (seconds) to the servers holding the following blocks, by peer id

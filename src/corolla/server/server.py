@@ -79,6 +79,7 @@ class Server:
             adapters=tuple(sorted(handlers.hosted) if handlers else sorted(name for name, _ in self.config.adapters)),
             trainable=self.config.quant == "none",
             max_backward_tokens=self.config.max_backward_tokens,
+            max_session_length=self.config.max_session_length,
             weight_bytes=self.weight_bytes or sum(self.block_bytes[start:end]),
             next_pings={peer: round(rtt, 6) for peer, rtt in sorted(self.next_pings.items())[:64]},
             addrs=self.addrs,
