@@ -326,10 +326,11 @@ def main(argv=None) -> int:
                         "and a tenth of it for a liveness probe (corolla's is 2 s)")
     p.add_argument("--cases", type=int, default=None, help="only the first N bug cases (default all)")
     p.add_argument("--benign", type=int, default=len(BENIGN), help=f"benign cases (default {len(BENIGN)})")
-    p.add_argument("--variants", nargs="+", default=["list", "reasoned", "legacy"],
+    p.add_argument("--variants", nargs="*", default=["list", "reasoned", "verdicts", "legacy"],
                    choices=["list", "reasoned", "verdicts", "legacy"],
-                   help="review prompts: list and reasoned (AssistantConfig.review_style: straight to the list of "
-                        "bugs, or one sentence on the behaviour first), legacy (before issue 20); default all")
+                   help="review prompts: list, reasoned and verdicts (AssistantConfig.review_style: straight to the "
+                        "list of bugs, one sentence on the behaviour first, a verdict on each changed line), legacy "
+                        "(before issue 20); default all; none (`--variants` alone): /fix only")
     p.add_argument("--no-fix", action="store_true", help="reviews only")
     p.add_argument("--max-tokens", type=int, default=320, help="longest review (default 320)")
     p.add_argument("--fix-max-tokens", type=int, default=1024,

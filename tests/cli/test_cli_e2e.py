@@ -181,6 +181,11 @@ def test_dht_identity_keeps_the_address_across_restarts(tmp_path):
     assert identity.exists() and addresses[0] == addresses[1]
 
 
+def test_api_refuses_a_negative_prompt_cache_before_starting():
+    result = subprocess.run([*CLI, "api", "--prompt-cache", "-1"], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "--prompt-cache: a number of sessions, 0 or more" in result.stderr
+
+
 def test_help_for_every_command():
     for args in (["--help"], ["server", "--help"], ["swarm", "up", "--help"], ["swarm", "status", "--help"],
                  ["generate", "--help"], ["chat", "--help"], ["dht", "--help"], ["models", "fetch", "--help"],

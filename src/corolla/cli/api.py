@@ -64,13 +64,13 @@ def run_api(args: argparse.Namespace) -> int:
     from corolla.shutdown import STOP, on_stop_signals
     from corolla.swarm.dht import start_dht
 
+    if args.prompt_cache < 0:
+        raise CorollaError("--prompt-cache: a number of sessions, 0 or more")
     on_stop_signals(interrupt=True)  # while starting: Ctrl-C / SIGTERM interrupt the start-up
     models = local_models(args.models, args.model_id)
     blocks = {model_id: load_config(path).num_hidden_layers for model_id, path in models.items()}
     dht = start_dht(args.initial_peers, client_mode=True, models=blocks)
     try:
-        if args.prompt_cache < 0:
-            raise CorollaError("--prompt-cache: a number of sessions, 0 or more")
         catalogue = SwarmCatalogue(dht, models, client_options={"compression": args.compression},
                                    draft=load_draft(args.draft),
                                    prompt_cache=PromptCacheConfig(args.prompt_cache) if args.prompt_cache else None)
