@@ -97,6 +97,17 @@ def test_one_line_stops_at_the_newline():
     assert cut("x = ", "\n", ["compute", "(a)", "\nprint", "(x)"]) == ("compute(a)", "end_of_line", 3)
 
 
+def test_one_line_stops_where_a_comment_follows_its_code():
+    assert cut("    ", "\n", ["result = []", "  # Initialize", " an empty list"]) == ("result = []", "comment", 2)
+    assert cut("x = ", "\n", ["f(a) ", "// note"], language="javascript") == ("f(a)", "comment", 2)
+    # a comment line is completed whole; so is one the user began, and a # inside a string
+    assert cut("    ", "\n", ["# Initialize the", " list", "\n"]) == ("# Initialize the list", "end_of_line", 3)
+    assert cut("x = 1  # the ", "\n", ["count", "\n"]) == ("count", "end_of_line", 2)
+    assert cut("c = ", "\n", ['"a  # b"', "\n"]) == ('"a  # b"', "end_of_line", 2)
+    # a block's lines keep their comments
+    assert cut("if x:\n", "\n", ["    y = 1  # one\n", "z = 2\n"])[0] == "    y = 1  # one"
+
+
 def test_a_python_block_stops_at_the_first_line_out_of_it():
     text, reason, read = cut("def f(x):\n    ", "\n\n\ndef g():\n    pass\n",
                              ["if x:\n", "        return 1\n", "    return 2\n", "\n", "\n", "def h", "():\n"])

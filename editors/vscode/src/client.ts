@@ -24,7 +24,7 @@ export interface CompletionResult {
   completion: string;
   multiline: boolean;
   reason: string;
-  /** end_of_line | block_end | max_lines | stop | length | skipped | empty | cancelled | superseded */
+  /** end_of_line | comment | block_end | max_lines | stop | length | skipped | empty | cancelled | superseded */
   finish_reason: string;
   prompt_tokens: number;
   snippets: string[];

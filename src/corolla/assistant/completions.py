@@ -79,7 +79,8 @@ class Completion:
     text: str
     multiline: bool
     reason: str  # why one line or a block (or why none)
-    finish_reason: str  # end_of_line | block_end | max_lines | stop | length | skipped | empty | cancelled | superseded
+    # end_of_line | comment | block_end | max_lines | stop | length | skipped | empty | cancelled | superseded
+    finish_reason: str
     prompt_tokens: int = 0
     snippets: tuple[str, ...] = ()
     cached: bool = False

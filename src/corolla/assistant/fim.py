@@ -321,8 +321,10 @@ def build_prompt(prefix: str, suffix: str, count: Counter, config: CompletionCon
 # ---- the middle: cutting the stream and cleaning the result ---------------------------------
 class Cutter:
     """Collects the streamed middle and says when it is complete: at the end of the line for one
-    line; for a block, at the first line that is not indented deeper than the block's opening line (a
-    closing bracket line is kept when the suffix lacks it), or after ``max_lines`` lines."""
+    line, or where a comment starts after its code (``x = 1  # ...``: the code is what one waits for,
+    and a trailing comment costs as many tokens again); for a block, at the first line that is not
+    indented deeper than the block's opening line (a closing bracket line is kept when the suffix lacks
+    it), or after ``max_lines`` lines."""
 
     def __init__(self, plan_: Plan, prefix: str, suffix: str, max_lines: int):
         self.plan, self.max_lines = plan_, max_lines
@@ -332,6 +334,8 @@ class Cutter:
         following = [line for line in suffix.split("\n")[1:] if line.strip()]
         self._suffix_closes = bool(following) and plan_.close_line is not None and \
             following[0].strip().startswith(plan_.close_line)
+        comment = line_comment(plan_.language)
+        self._comment = re.compile(rf"\S(\s+){re.escape(comment)}") if comment else None
 
     def push(self, piece: str) -> bool:
         """Add streamed text; True once the completion is complete (stop reading)."""
@@ -341,7 +345,7 @@ class Cutter:
             if cut >= 0:
                 self.text, self.reason = self.text[:cut], "end_of_line"
                 return True
-            return False
+            return self._trailing_comment()
         lines = self.text.split("\n")
         for i in range(1, len(lines)):
             line, complete = lines[i], i < len(lines) - 1
@@ -356,6 +360,22 @@ class Cutter:
                         return False  # wait for the rest of the closing line
                     return self._cut(lines, i + 1, "block_end")
                 return self._cut(lines, i, "block_end")
+        return False
+
+    def _trailing_comment(self) -> bool:
+        """Cut a line where a comment starts after code (outside a string literal, in the middle)."""
+        if self._comment is None:
+            return False
+        line = self._before + self.text
+        for match in self._comment.finditer(line):
+            start = match.start(1)
+            if start < len(self._before):
+                continue  # the comment began before the cursor: the user is writing it
+            head = line[:start]
+            if head.count('"') % 2 or head.count("'") % 2 or head.count("`") % 2:
+                continue  # inside a string
+            self.text, self.reason = self.text[: start - len(self._before)].rstrip(), "comment"
+            return True
         return False
 
     def _cut(self, lines: list[str], keep: int, reason: str) -> bool:
