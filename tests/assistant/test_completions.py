@@ -325,6 +325,8 @@ def fim_reply(prompt: str) -> str:
         return "y = 2 * x\n    return y\n\n\ndef other():\n    pass\n"
     if prefix.endswith("print("):
         return '"hi")'
+    if prefix.endswith("total = "):
+        return "0  # the running total\nprint(total)"
     return ""
 
 
@@ -355,12 +357,14 @@ def test_service_completes_one_line_a_block_and_caches(fim_service):
                                               "path": "calc.py"}).json()
     assert block["multiline"] is True and block["completion"] == "y = 2 * x\n    return y"
     assert block["finish_reason"] == "block_end"
+    commented = client.post("/completions", json={"prefix": "total = ", "suffix": "\n", "path": "calc.py"}).json()
+    assert commented["completion"] == "0" and commented["finish_reason"] == "stop"  # the API stopped at "  # "
     trimmed = client.post("/completions", json={"prefix": "print(", "suffix": ")\n", "path": "calc.py"}).json()
     assert trimmed["completion"] == '"hi"'
     skipped = client.post("/completions", json={"prefix": "x = ad", "suffix": "d(1)\n"}).json()
     assert skipped["finish_reason"] == "skipped" and skipped["completion"] == ""
     stats = client.get("/completions/stats").json()
-    assert stats["requests"] == 5 and stats["cached"] == 1 and stats["skipped"] == 1 and stats["upstream_open"] == 0
+    assert stats["requests"] == 6 and stats["cached"] == 1 and stats["skipped"] == 1 and stats["upstream_open"] == 0
     assert client.post("/completions", json={"suffix": ""}).status_code == 400
 
 

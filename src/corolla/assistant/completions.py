@@ -53,6 +53,7 @@ from corolla.assistant.fim import (
     build_prompt,
     definition_text,
     finish,
+    line_stops,
     near_identifiers,
     normalize_language,
     plan,
@@ -229,7 +230,7 @@ class Completer:
         max_tokens = self.config.multi_line_tokens if shape.multiline else self.config.single_line_tokens
         params: dict = {"max_tokens": max_tokens, "temperature": self.config.temperature}
         if not shape.multiline:
-            params["stop"] = ["\n"]
+            params["stop"] = line_stops(language)
         labels = tuple(s.label for s in prompt.snippets)
         key = (prompt.prefix, prompt.suffix, shape.multiline, max_tokens, self.config.temperature)
         hit = self._cache.get(key)

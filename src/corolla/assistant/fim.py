@@ -73,6 +73,14 @@ def normalize_language(language: str | None, path: str | None) -> str | None:
     return language_of(path) if path else None
 
 
+def line_stops(language: str | None) -> list[str]:
+    """The API's stop sequences for a one-line completion: its end, and a comment after its code in the
+    usual two-space form (the API then ends the generation itself, and keeps its session for the next
+    keystroke; the :class:`Cutter` catches the other forms)."""
+    comment = line_comment(language)
+    return ["\n", f"  {comment} "] if comment else ["\n"]
+
+
 def line_comment(language: str | None) -> str | None:
     """The line comment that snippets are written in; None where snippets make no sense."""
     if language is None or language in _NO_SNIPPETS:
