@@ -55,6 +55,8 @@ def engines(api_swarm):
 
 def test_the_next_turn_reuses_the_last_and_answers_as_a_fresh_session(api_swarm, engines):
     warm, cold = engines
+    # sessions that may be kept are opened as long as the servers announce they allow (512 here)
+    assert warm._session_length(40) == 512 and cold._session_length(40) == 40
     first = prompt(warm, [("user", "Name three colours.")])
     reply = answer(warm, first)
     assert reply == answer(cold, first)
