@@ -21,8 +21,9 @@ import contextlib
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
+
+from api import api_run
 
 import _common
 from _common import OUT_DIR
@@ -39,17 +40,7 @@ QUESTIONS = [
 
 
 def turn(client, model_id: str, messages: list[dict], new_tokens: int) -> dict:
-    t0 = time.perf_counter()
-    first, parts = None, []
-    stream = client.chat.completions.create(model=model_id, messages=messages, max_tokens=new_tokens,
-                                            temperature=0, stream=True)
-    for chunk in stream:
-        delta = chunk.choices[0].delta.content if chunk.choices else None
-        if delta:
-            first = first or time.perf_counter()
-            parts.append(delta)
-    end = time.perf_counter()
-    return {"ttft_s": (first or end) - t0, "wall_s": end - t0, "text": "".join(parts)}
+    return api_run(client, model_id, new_tokens, messages)
 
 
 def main(argv=None) -> int:
