@@ -6,6 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 MODEL ?= qwen2.5-coder-0.5b
 SERVERS ?= 3
+QUANT ?= none
 STAMP := $(VENV)/.installed
 CHROMIUM := $(VENV)/.chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -36,7 +37,7 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/corolla models fetch $(MODEL)
-	$(BIN)/corolla swarm up $(MODEL) --servers $(SERVERS) --chat --api-port $(API_PORT)
+	$(BIN)/corolla swarm up $(MODEL) --servers $(SERVERS) --quant $(QUANT) --chat --api-port $(API_PORT)
 
 # code-server 4.139.1 + Node 24 for the VS Code end-to-end tests (tests/editor), cached outside the repo
 $(CODE_SERVER_STAMP): scripts/install-code-server.sh

@@ -19,7 +19,7 @@ import platform
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar
@@ -58,10 +58,12 @@ def quiet_logs() -> None:
 
 
 @contextlib.contextmanager
-def swarm_api(model_name: str, servers: int, console, log_name: str) -> Iterator[SimpleNamespace]:
-    """``servers`` servers of ``model_name`` in a LocalSwarm (even spans), a client on it and corolla's API
-    served over that client on a free port of 127.0.0.1; yields namespace(model (the client), base_url (with
-    /v1), ref (the resolved model), spans)."""
+def swarm_api(model_name: str, servers: int, console, log_name: str, server_args: Sequence[str] = (),
+              client_options: dict | None = None) -> Iterator[SimpleNamespace]:
+    """``servers`` servers of ``model_name`` in a LocalSwarm (even spans, ``server_args`` added), a client
+    on it (``client_options``: ClientConfig fields) and corolla's API served over that client on a free
+    port of 127.0.0.1; yields namespace(model (the client), base_url (with /v1), ref (the resolved model),
+    spans)."""
     from corolla.api.app import create_app
     from corolla.api.engine import SwarmEngine
     from corolla.api.server import serving
@@ -73,13 +75,14 @@ def swarm_api(model_name: str, servers: int, console, log_name: str) -> Iterator
     ref = resolve_model(model_name)
     n_layers = load_config(ref.path).num_hidden_layers
     spans = even_spans(n_layers, servers)
-    swarm = LocalSwarm(str(ref.path), n_layers, ref.model_id, log_dir=OUT_DIR / "logs" / log_name)
+    swarm = LocalSwarm(str(ref.path), n_layers, ref.model_id, log_dir=OUT_DIR / "logs" / log_name,
+                       server_args=server_args)
     with contextlib.ExitStack() as stack:
         stack.callback(swarm.stop)
         with console.status(f"starting {servers} server(s) of {ref.model_id} {spans}"):
             swarm.start(spans)
             model = stack.enter_context(DistributedModelForCausalLM.from_pretrained(
-                ref.path, initial_peers=swarm.initial_peers, model_id=ref.model_id))
+                ref.path, initial_peers=swarm.initial_peers, model_id=ref.model_id, **(client_options or {})))
             base = stack.enter_context(serving(create_app(SwarmEngine(model)), "127.0.0.1", 0))
         yield SimpleNamespace(model=model, base_url=f"{base}/v1", ref=ref, spans=spans)
 

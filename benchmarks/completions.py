@@ -27,6 +27,7 @@ and so are the API with and without its prompt cache (``--prompt-cache on off``:
     .venv/bin/python benchmarks/completions.py --models qwen2.5-coder-0.5b --limit 40 --kinds single multi
     .venv/bin/python benchmarks/completions.py --limit 20 --kinds single --budget-tokens 640 160
     .venv/bin/python benchmarks/completions.py --limit 30 --kinds single typed --prompt-cache on off
+    .venv/bin/python benchmarks/completions.py --limit 30 --kinds single typed --precisions fp32 fp16-decode
     .venv/bin/python benchmarks/completions.py --check     # no model: every reference middle passes its tests
 """
 
@@ -48,6 +49,8 @@ from pathlib import Path
 OUT_DIR = Path(__file__).resolve().parent / "out"
 MODELS = ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 KINDS = ("single", "typed", "multi")
+# --precisions: the servers' arguments and the client's options for each
+PRECISIONS = {"fp32": ((), {}), "fp16-decode": (("--quant", "fp16-decode"), {"head_fp16_decode": True})}
 TYPED_CHARS = 3
 TEST_TIMEOUT_S = 10.0
 BLOCK_HEADERS = ("if ", "elif ", "else", "for ", "while ", "with ", "try", "except", "finally", "def ")
@@ -152,19 +155,21 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def summarize(results: list[dict]) -> dict:
     out = {}
-    for model, budget, cache in dict.fromkeys((r["model"], r["budget_tokens"], r.get("prompt_cache", "on"))
-                                              for r in results):
+    def key(r: dict) -> tuple:
+        return r["model"], r.get("precision", "fp32"), r["budget_tokens"], r.get("prompt_cache", "on")
+
+    for model, precision, budget, cache in dict.fromkeys(key(r) for r in results):
         for kind in KINDS:
-            rs = [r for r in results if (r["model"], r["budget_tokens"], r.get("prompt_cache", "on"), r["kind"])
-                  == (model, budget, cache, kind)]
+            rs = [r for r in results if (*key(r), r["kind"]) == (model, precision, budget, cache, kind)]
             if not rs:
                 continue
             answered = [r for r in rs if r["finish_reason"] != "error"]  # latencies of the answered ones
             first = [r["first_token_s"] for r in answered if r["first_token_s"] is not None]
             total = [r["total_s"] for r in answered]
             single = [r for r in answered if r["foreign_cpu_s"] / max(r["total_s"], 1e-9) <= 0.2]  # nearly alone
-            out[f"{model} {budget} {cache} {kind}"] = {
-                "model": model, "budget_tokens": budget, "prompt_cache": cache, "kind": kind, "tasks": len(rs),
+            out[f"{model} {precision} {budget} {cache} {kind}"] = {
+                "model": model, "precision": precision, "budget_tokens": budget, "prompt_cache": cache, "kind": kind,
+                "tasks": len(rs),
                 "passed": sum(r["passed"] for r in rs),
                 "pass_rate": sum(r["passed"] for r in rs) / len(rs),
                 "first_token_p50_s": percentile(first, 0.5), "first_token_p90_s": percentile(first, 0.9),
@@ -215,7 +220,7 @@ def complete(client, task: Task, workspace: Path) -> dict:
     return {**data, "client_total_s": total}
 
 
-def run_model(model_name: str, tasks: list[Task], args, console) -> list[dict]:
+def run_model(model_name: str, tasks: list[Task], args, console, precision: str = "fp32") -> list[dict]:
     import httpx
 
     import _common
@@ -229,7 +234,9 @@ def run_model(model_name: str, tasks: list[Task], args, console) -> list[dict]:
         if args.endpoint:
             endpoint, model_id = args.endpoint, model_name
         else:
-            swarm = stack.enter_context(_common.swarm_api(model_name, args.servers, console, "completions"))
+            server_args, client_options = PRECISIONS[precision]
+            swarm = stack.enter_context(_common.swarm_api(model_name, args.servers, console, "completions",
+                                                          server_args, client_options))
             endpoint, model_id = swarm.base_url, swarm.ref.model_id
         endpoints = {"on": endpoint}  # an own swarm's API keeps a prompt cache; "off": another API without one
         if "off" in args.prompt_cache and not args.endpoint:
@@ -261,7 +268,8 @@ def run_model(model_name: str, tasks: list[Task], args, console) -> list[dict]:
                 data = complete(client, task, workspace)
                 cpu.stop()
                 passed, why = run_tests(task, data["completion"]) if "error" not in data else (False, data["error"])
-                r = {"model": model_id, "budget_tokens": budget, "prompt_cache": cache, "task": task.task_id,
+                r = {"model": model_id, "precision": precision, "budget_tokens": budget, "prompt_cache": cache,
+                     "task": task.task_id,
                      "kind": task.kind,
                      "passed": passed, "why": why,
                      "completion": data["completion"], "reference": task.middle, "multiline": data["multiline"],
@@ -275,7 +283,8 @@ def run_model(model_name: str, tasks: list[Task], args, console) -> list[dict]:
                 if args.partial:  # follow a long run
                     args.partial.write_text(json.dumps({"partial": True, "results": results}, indent=1))
                 first = "-" if r["first_token_s"] is None else f"{r['first_token_s']:.2f}"
-                console.print(f"{task.task_id:14} {task.kind:6} {budget:>7} {cache:3} {'pass' if passed else 'FAIL':4} "
+                console.print(f"{task.task_id:14} {task.kind:6} {precision} {budget:>7} {cache:3} "
+                              f"{'pass' if passed else 'FAIL':4} "
                               f"first {first:>5} s "
                               f"total {r['total_s']:5.2f} s  cpu {r['cpu_s']:5.2f} s  "
                               f"others {r['foreign_cpu_s']:5.2f} s {r['prompt_tokens']:4} tok  "
@@ -304,6 +313,10 @@ def main(argv=None) -> int:
     p.add_argument("--prompt-cache", nargs="+", default=["on"], choices=("on", "off"),
                    help="the own swarm's API with its prompt cache (on, the default) or without (off); both: "
                         "compared task by task")
+    p.add_argument("--precisions", nargs="+", default=["fp32"], choices=PRECISIONS,
+                   help="the own swarm's precision: fp32 (default) or fp16-decode (servers --quant fp16-decode, the "
+                        "client's LM head with a float16 copy for decode steps); several: one swarm after the "
+                        "other, compared task by task")
     p.add_argument("--check", action="store_true", help="no model: check that every reference middle passes")
     p.add_argument("--json", default=None, help=f"results file (default {OUT_DIR.name}/completions.json)")
     args = p.parse_args(argv)
@@ -336,16 +349,18 @@ def main(argv=None) -> int:
     args.partial = out.with_suffix(".partial.json")
     results: list[dict] = []
     for model in args.models:
-        results += run_model(model, tasks, args, console)
+        for precision in ([args.precisions[0]] if args.endpoint else args.precisions):
+            results += run_model(model, tasks, args, console, precision)
 
     summary = summarize(results)
     table = Table(title=f"HumanEval infilling through POST /completions ({len(tasks)} tasks a model)")
-    for col in ("model", "budget", "cache", "kind", "pass", "first token p50 / p90 s", "ghost text (whole) p50 / p90 s",
+    for col in ("model", "precision", "budget", "cache", "kind", "pass", "first token p50 / p90 s",
+                "ghost text (whole) p50 / p90 s",
                 "prompt tok", "CPU s p50", "others' CPUs", "blocks", "empty", "errors"):
         table.add_column(col)
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     for s in summary.values():
-        table.add_row(s["model"], str(s["budget_tokens"]), s["prompt_cache"], s["kind"],
+        table.add_row(s["model"], s["precision"], str(s["budget_tokens"]), s["prompt_cache"], s["kind"],
                       f"{s['passed']}/{s['tasks']} ({100 * s['pass_rate']:.0f}%)",
                       f"{fmt(s['first_token_p50_s'])} / {fmt(s['first_token_p90_s'])}",
                       f"{fmt(s['total_p50_s'])} / {fmt(s['total_p90_s'])}", f"{s['prompt_tokens_mean']:.0f}",
@@ -354,7 +369,7 @@ def main(argv=None) -> int:
     console.print(table)
     config = {"models": args.models, "limit": args.limit, "kinds": args.kinds, "seed": args.seed,
               "servers": args.servers, "endpoint": args.endpoint or "own swarm", "budget_tokens": args.budget_tokens,
-              "prompt_cache": args.prompt_cache,
+              "prompt_cache": args.prompt_cache, "precisions": args.precisions,
               **{k: v for k, v in _common.environment().items() if k in ("time", "cpus", "threads", "command")}}
     out.write_text(json.dumps({"config": config, "summary": summary, "results": results}, indent=1))
     args.partial.unlink(missing_ok=True)

@@ -210,9 +210,10 @@ def test_render_chat_keeps_the_system_prompt_and_describes_tools(tokenizer):
 
 class FimVocab:
     def __init__(self, tokens):
-        self.tokens = tokens
+        self.tokens, self.reads = tokens, 0
 
     def get_vocab(self):
+        self.reads += 1
         return {t: i for i, t in enumerate(self.tokens)}
 
 
@@ -224,6 +225,17 @@ def test_fim_prompt_with_qwen_tokens_and_400_without():
     with pytest.raises(APIError) as info:
         prompts.fim_prompt(FimVocab(["a"]), "x", "y")
     assert info.value.status == 400 and info.value.param == "suffix"
+
+
+def test_fim_tokens_read_the_vocabulary_once_per_tokenizer():
+    # get_vocab() builds the whole vocabulary (~0.1 s for Qwen's): a completion as you type must not pay it
+    vocab = FimVocab(["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"])
+    first = prompts.fim_tokens(vocab)
+    assert [prompts.fim_tokens(vocab) for _ in range(3)] == [first] * 3 and vocab.reads == 1
+    none = FimVocab(["a"])
+    assert prompts.fim_tokens(none) is None and prompts.fim_tokens(none) is None and none.reads == 1
+    other = FimVocab(["<fim_prefix>", "<fim_suffix>", "<fim_middle>"])  # another tokenizer: its own answer
+    assert prompts.fim_tokens(other).prefix == "<fim_prefix>" and first.prefix == "<|fim_prefix|>"
 
 
 # ---- errors and bodies ---------------------------------------------------------------------------

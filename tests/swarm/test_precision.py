@@ -20,6 +20,7 @@ SERVERS = {
     "fp32-front": ((0, 3), ["--dtype", "float32"]),
     "bf16-back": ((3, 6), ["--dtype", "bfloat16"]),
     "int8-all": ((0, 6), ["--dtype", "float32", "--quant", "int8"]),
+    "fp16-decode-all": ((0, 6), ["--dtype", "float32", "--quant", "fp16-decode"]),
 }
 
 
@@ -36,13 +37,13 @@ def swarm(tmp_path_factory):
         local.stop()
 
 
-def client(swarm, *names):
+def client(swarm, *names, **options):
     from corolla.client.model import DistributedModelForCausalLM
 
     local, folder, peers = swarm
     return DistributedModelForCausalLM.from_pretrained(
         folder, initial_peers=local.initial_peers, model_id="tiny-precision",
-        allowed_servers=[peers[n] for n in names])
+        allowed_servers=[peers[n] for n in names], **options)
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +51,12 @@ def ref(swarm):
     return AutoModelForCausalLM.from_pretrained(swarm[1]).eval()
 
 
-@pytest.mark.parametrize("names", [("fp32-front", "bf16-back"), ("int8-all",)], ids=["fp32+bf16", "int8"])
+@pytest.mark.parametrize("names", [("fp32-front", "bf16-back"), ("int8-all",), ("fp16-decode-all",)],
+                         ids=["fp32+bf16", "int8", "fp16-decode"])
 def test_chain_in_other_precisions_stays_close_to_fp32(swarm, ref, names):
     ids = torch.randint(0, 320, (1, 16), generator=torch.Generator().manual_seed(5))
-    with client(swarm, *names) as model:
+    options = {"head_fp16_decode": True} if names == ("fp16-decode-all",) else {}
+    with client(swarm, *names, **options) as model:
         with torch.no_grad():
             logits = model(ids).logits
             expected = ref(ids).logits
@@ -78,3 +81,21 @@ def test_servers_announce_their_precision(swarm):
     assert (infos["bf16-back"].dtype, infos["bf16-back"].quant) == ("bfloat16", "none")
     assert (infos["int8-all"].dtype, infos["int8-all"].quant) == ("float32", "int8")
     assert infos["fp32-front"].quant == "none"
+    assert (infos["fp16-decode-all"].dtype, infos["fp16-decode-all"].quant) == ("float32", "fp16-decode")
+
+
+def test_fp16_decode_steps_stay_close_to_fp32(swarm, ref):
+    """One token at a time (the float16 copies, on the server and in the client's head) against
+    transformers' float32 model fed the same tokens: the same greedy choice wherever fp32 is sure."""
+    ids = torch.randint(0, 320, (1, 12), generator=torch.Generator().manual_seed(7))
+    with client(swarm, "fp16-decode-all", head_fp16_decode=True) as model:
+        assert model.head.weight16 is not None and model.head.weight16.dtype == torch.float16
+        out = model.generate(ids, max_new_tokens=10, eos_token_id=[])
+    with torch.no_grad():
+        want = ref(out).logits[0]
+    sure = []
+    for n in range(ids.shape[1], out.shape[1]):
+        top2 = want[n - 1].topk(2).values
+        if top2[0] - top2[1] > 0.05 * want[n - 1].abs().max():
+            sure.append(int(out[0, n]) == int(want[n - 1].argmax()))
+    assert len(sure) >= 5 and all(sure), sure

@@ -90,14 +90,17 @@ def test_a_lying_server_is_caught_distrusted_recorded_and_reported(liar_swarm, t
 
 
 @pytest.mark.parametrize("dtypes", [("float32", "float32", "float32"), ("bfloat16", "bfloat16", "bfloat16"),
-                                    ("float32", "bfloat16", "float32")], ids=["fp32", "bf16", "mixed"])
+                                    ("float32", "bfloat16", "float32"), ("fp16-decode",) * 3],
+                         ids=["fp32", "bf16", "mixed", "fp16-decode"])
 def test_no_false_alarm_in_long_honest_runs(dtypes, smollm2_dir, tmp_path_factory, tmp_path, monkeypatch):
     """SmolLM2 on three honest servers (each every block) in these dtypes, every step checked."""
     monkeypatch.setenv("COROLLA_HOME", str(tmp_path / "home"))
     swarm = LocalSwarm(str(smollm2_dir), 30, "smollm2-verify", log_dir=tmp_path_factory.mktemp("logs-honest"),
                        server_args=SERVER_ARGS)
     try:
-        servers = [swarm.add_server((0, 30), ["--dtype", dtype]) for dtype in dtypes]
+        # fp16-decode: decode steps use float16 copies, a witness's checks (several rows) the float32 weights
+        servers = [swarm.add_server((0, 30), ["--dtype", "float32", "--quant", dtype] if dtype == "fp16-decode"
+                                    else ["--dtype", dtype]) for dtype in dtypes]
         swarm.wait_ready(servers, timeout_s=600)
         from corolla.client.model import DistributedModelForCausalLM
 

@@ -53,20 +53,33 @@ def test_batched_sessions_equal_solo_runs(tiny):
                 assert torch.allclose(a, b, atol=1e-5)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, "int8"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, "int8", "fp16-decode"])
 def test_every_precision_stays_close_or_is_refused(tiny, dtype):
     folder, config, ref = tiny
     family = family_for(config)
-    quant = "int8" if dtype == "int8" else "none"
-    load_dtype = torch.float32 if dtype == "int8" else dtype
+    quant = dtype if isinstance(dtype, str) else "none"
+    load_dtype = torch.float32 if isinstance(dtype, str) else dtype
     try:
         family.check_precision(config, load_dtype, quant)
     except ModelError as e:
-        assert config.model_type == "mixtral" and quant == "int8", e  # only MoE x int8 is refused
+        assert config.model_type == "mixtral" and quant in ("int8", "fp16-decode"), e  # only MoE x quantized is refused
         return
     span = quantize_span(load_span(folder, config, 0, config.num_hidden_layers, load_dtype), quant, load_dtype)
     if quant == "int8":
         assert not any(type(m) is torch.nn.Linear for m in span.modules())
+    if quant == "fp16-decode":  # every linear layer has its float16 copy; a decode step uses it and stays close
+        linears = [m for m in span.modules() if isinstance(m, torch.nn.Linear)]
+        assert linears and all(m.weight16.dtype == torch.float16 and m.weight.dtype == torch.float32
+                               for m in linears)
+        exact = load_span(folder, config, 0, config.num_hidden_layers, torch.float32)
+        with torch.no_grad():
+            x = load_head(folder, config).embed(_ids(1, 1))
+            few, want = span(x), exact(x)
+            for m in linears:
+                m.weight16 = torch.zeros_like(m.weight16)  # what a decode step reads: the copy
+            zeroed = span(x)
+        assert few.dtype == torch.float32 and 0 < (few - want).norm() / want.norm() < 0.01
+        assert not torch.allclose(zeroed, few)
     head = load_head(folder, config)
     exact = load_span(folder, config, 0, config.num_hidden_layers, torch.float32)
     ids = _ids(4, 24)
@@ -127,12 +140,12 @@ def test_training_path_gives_transformers_gradients(tiny):
         assert ((mine - t.grad).abs().max() / t.grad.abs().max()).item() < 1e-4
 
 
-@pytest.mark.parametrize("quant", ["none", "int8"])
+@pytest.mark.parametrize("quant", ["none", "int8", "fp16-decode"])
 def test_block_sizes_from_headers_are_what_loading_takes(tiny, quant):
     """Placement's per-block bytes (checkpoint headers, nothing loaded) = the loaded blocks' bytes."""
     folder, config, _ = tiny
-    if quant == "int8" and config.model_type == "mixtral":
-        pytest.skip("Mixtral x int8 is refused at start")
+    if quant != "none" and config.model_type == "mixtral":
+        pytest.skip(f"Mixtral x {quant} is refused at start")
     sizes = block_sizes(folder, config, torch.float32, quant)
     assert len(sizes) == config.num_hidden_layers and min(sizes) > 0
     span = quantize_span(load_span(folder, config, 1, 3, torch.float32), quant, torch.float32)
@@ -154,3 +167,16 @@ def test_a_mixture_of_experts_block_weighs_its_experts(tmp_path):
         sizes[name] = block_sizes(tmp_path / name, load_config(tmp_path / name), torch.float32)[0]
     mlp = 3 * 64 * 128 * 4  # gate, up, down in float32
     assert sizes["moe"] - sizes["dense"] == 7 * mlp + 8 * 64 * 4  # seven more experts and the router
+
+
+def test_head_fp16_copy_serves_decode_steps_only(tiny):
+    folder, config, _ = tiny
+    head = load_head(folder, config)
+    hidden = torch.randn(1, 5, config.hidden_size, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        one, many = head.logits(hidden[:, :1]), head.logits(hidden)
+        head.add_fp16_copy()
+        one16, many16 = head.logits(hidden[:, :1]), head.logits(hidden)
+    assert head.weight16.dtype == torch.float16 and one16.dtype == torch.float32
+    assert torch.equal(many16, many)  # a prefill's logits: the float32 weights, unchanged
+    assert not torch.equal(one16, one) and (one16 - one).abs().max() < 0.01 * one.abs().max()

@@ -33,6 +33,10 @@ def register(sub) -> None:
                    help="inference sessions kept after their generation per model, so a prompt that starts like "
                         "an earlier one (the next chat turn or agent step, the next keystroke's completion) "
                         "sends the swarm only what differs (default 4; 0: none)")
+    p.add_argument("--head-fp16-decode", action="store_true",
+                   help="keep a float16 copy of each model's LM head for decode steps: about 2x faster logits on "
+                        "CPU, half the head's memory more, logits rounded to float16 (pairs with servers started "
+                        "with --quant fp16-decode)")
     add_draft(p)
     p.set_defaults(func=run_api)
 
@@ -71,7 +75,8 @@ def run_api(args: argparse.Namespace) -> int:
     blocks = {model_id: load_config(path).num_hidden_layers for model_id, path in models.items()}
     dht = start_dht(args.initial_peers, client_mode=True, models=blocks)
     try:
-        catalogue = SwarmCatalogue(dht, models, client_options={"compression": args.compression},
+        catalogue = SwarmCatalogue(dht, models, client_options={"compression": args.compression,
+                                                                  "head_fp16_decode": args.head_fp16_decode},
                                    draft=load_draft(args.draft),
                                    prompt_cache=PromptCacheConfig(args.prompt_cache) if args.prompt_cache else None)
         try:

@@ -24,6 +24,10 @@ def register(sub) -> None:
                     help="packaged name, local HF folder, GGUF file or Hub repo id (several: a swarm serving each)")
     up.add_argument("--servers", type=int, default=3, help="number of server processes per model (default 3)")
     up.add_argument("--dtype", default="float32", choices=DTYPES)
+    up.add_argument("--quant", default="none", choices=("none", "fp16-decode", "int8"),
+                    help="the servers' --quant; fp16-decode also gives this process's client (chat, API) a float16 "
+                         "copy of the LM head for decode steps: about 2x faster one-session decoding on CPU, "
+                         "1.5x the weight memory, outputs rounded to float16 (default none)")
     up.add_argument("--chat", action="store_true",
                     help="once ready, chat with the first MODEL in this terminal (stdin); stop at EOF")
     up.add_argument("--system", default=None, help="system prompt for --chat")
@@ -70,7 +74,8 @@ def run_up(args: argparse.Namespace) -> int:
               f"{', '.join(f'{m} ({n} blocks)' for m, n in blocks.items())}...", file=sys.stderr)
     # the servers share this machine's cores: each gets its share, so none of them waits for a thread
     # that another server's work has pushed off its core
-    server_args = ["--dtype", args.dtype, "--torch-threads", str(max(1, (os.cpu_count() or 1) // total))]
+    server_args = ["--dtype", args.dtype, "--quant", args.quant,
+                   "--torch-threads", str(max(1, (os.cpu_count() or 1) // total))]
     swarms: list[LocalSwarm] = []
     # SIGTERM behaves like Ctrl-C: a KeyboardInterrupt wherever we are, then everything we started stops
     on_stop_signals(interrupt=True)  # (the bootstrap's DHT child, forked below, gets the default handlers back)
@@ -97,8 +102,8 @@ def run_up(args: argparse.Namespace) -> int:
             from corolla.client.model import DistributedModelForCausalLM
 
             first = refs[0]
-            with DistributedModelForCausalLM.from_pretrained(first.path, dht=swarms[0].dht,
-                                                             model_id=first.model_id) as model:
+            with DistributedModelForCausalLM.from_pretrained(first.path, dht=swarms[0].dht, model_id=first.model_id,
+                                                             head_fp16_decode=args.quant == "fp16-decode") as model:
                 with _api(model, {ref.model_id: ref.path for ref in refs}, swarms[0].dht, args.api_port):
                     if args.chat:
                         from corolla.cli.generate import chat_with
@@ -135,7 +140,8 @@ def _api(model, models: dict, dht, port: int | None):
     from corolla.api.server import serving
     from corolla.errors import CorollaError
 
-    catalogue = SwarmCatalogue(dht, models, engines={model.model_id: SwarmEngine(model)})
+    catalogue = SwarmCatalogue(dht, models, engines={model.model_id: SwarmEngine(model)},
+                               client_options={"head_fp16_decode": model.client.config.head_fp16_decode})
     with contextlib.ExitStack() as stack:
         stack.callback(catalogue.close, API_ENGINE_CLOSE_S)  # after the server stopped (the stack unwinds LIFO)
         try:

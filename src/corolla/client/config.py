@@ -42,6 +42,9 @@ class ClientConfig:
     # hop's outputs so far on a second server (0: never); seed: the sample (None: random)
     verify_rate: float = 0.05
     verify_seed: int | None = None
+    # the LM head keeps a float16 copy of its weights for decode steps (one or two rows): about twice as
+    # fast on CPU, half the head's memory more, logits rounded to float16 (see models.step.half_rows_matmul)
+    head_fp16_decode: bool = False
     report_wrong: bool = True  # publish a signed DHT report about a server found wrong
     weigh_reports: bool = True  # use a server other clients reported only when no other can serve
 

@@ -69,6 +69,8 @@ class DistributedModelForCausalLM:
         manifest = manifest_of(ref.path)  # what the servers' blocks must hash to (read once, then cached)
         model_id = swarm_key(cfg.model_id or ref.model_id, manifest)
         head = load_head(ref.path, config)
+        if cfg.head_fp16_decode:
+            head.add_fp16_copy()
         client = SwarmClient(model_id, config.num_hidden_layers, config.hidden_size, cfg, dht=dht,
                              block_hashes=block_hashes(manifest, 0, config.num_hidden_layers))
         model = cls(ref.path, model_id, config, head, client)

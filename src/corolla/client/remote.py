@@ -213,9 +213,13 @@ class SwarmClient:
                 and (self.config.adapter is None or self.config.adapter in s.info.adapters)]
 
     def dtype_of(self, peer_id: str) -> str:
+        """The precision that bounds the server's rounding: its dtype, or float16 for a server whose
+        decode steps use float16 copies of its weights (--quant fp16-decode)."""
         state = self._state[1] if self._state is not None else None
         info = next((s.info for s in state.servers if s.peer_id == peer_id), None) if state else None
-        return info.dtype if info is not None else "unknown"
+        if info is None:
+            return "unknown"
+        return "float16" if info.quant == "fp16-decode" else info.dtype
 
     async def judge(self, hop: Hop, hidden: torch.Tensor, outputs: torch.Tensor, verifier: str,
                     theirs: torch.Tensor, referees: list[ServerRecord]) -> Verdict:

@@ -23,6 +23,7 @@ from corolla.models.adapters import BlockAdapters
 from corolla.models.kv import GrowingKV, KVCache, KVLayout
 from corolla.models.step import (
     ATTENTION,
+    HALF_ROWS,
     SMALL_BATCH_ROWS,
     Item,
     StepContext,
@@ -31,6 +32,7 @@ from corolla.models.step import (
     attend,
     few_rows_matmul,
     flatten,
+    half_rows_matmul,
     register_attention,
     stepping,
     unflatten,
@@ -186,10 +188,21 @@ class DecoderHead(nn.Module):
             x = x * torch.tensor(self.embed_scale, dtype=x.dtype)
         return self.embed_norm(x) if self.embed_norm is not None else x
 
+    weight16: torch.Tensor | None = None  # a float16 copy of the LM head for decode steps (add_fp16_copy)
+
+    def add_fp16_copy(self) -> None:
+        """Keep a float16 copy of the LM head's weights for decode steps of :meth:`logits` (one or two
+        rows: half the bytes read; see step.half_rows_matmul). It costs half their memory more."""
+        weight = self.embed_tokens.weight if self.tied else self.lm_head.weight
+        self.weight16 = weight.detach().to(torch.float16)
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         hidden = self.norm(hidden)
-        weight = self.embed_tokens.weight if self.tied else self.lm_head.weight
         rows = hidden.reshape(-1, hidden.shape[-1])
+        if self.weight16 is not None and rows.dtype == torch.float32 and rows.shape[0] <= HALF_ROWS:
+            logits = half_rows_matmul(self.weight16, rows).reshape(*hidden.shape[:-1], -1)
+            return torch.tanh(logits / self.softcap) * self.softcap if self.softcap is not None else logits
+        weight = self.embed_tokens.weight if self.tied else self.lm_head.weight
         if rows.dtype == torch.float32 and 1 <= rows.shape[0] <= SMALL_BATCH_ROWS:  # decode: see step.linear
             logits = few_rows_matmul(weight, rows).reshape(*hidden.shape[:-1], -1)
         else:

@@ -102,7 +102,8 @@ def load_head(folder: Path, config: Any, dtype: torch.dtype = torch.float32) -> 
 
 
 def block_sizes(folder: Path, config: Any, dtype: torch.dtype, quant: str = "none") -> list[int]:
-    """Bytes each block's weights take once loaded in ``dtype`` (int8: linear weights one byte),
+    """Bytes each block's weights take once loaded in ``dtype`` (int8: linear weights one byte; fp16-decode: two
+    more for their float16 copy),
     read from the checkpoint's headers (nothing loaded). Blocks differ where a model mixes dense
     and mixture-of-experts blocks."""
     from safetensors import safe_open
@@ -125,13 +126,14 @@ def block_sizes(folder: Path, config: Any, dtype: torch.dtype, quant: str = "non
                 count = 1
                 for dim in shape:
                     count *= dim
-                quantized = quant == "int8" and len(shape) == 2 and stored.endswith(".weight")
-                sizes[b] += count * (1 if quantized else element)
+                quantized = quant in ("int8", "fp16-decode") and len(shape) == 2 and stored.endswith(".weight")
+                sizes[b] += count * ({"int8": 1, "fp16-decode": element + 2}[quant] if quantized else element)
     return sizes
 
 
 def module_bytes(module: torch.nn.Module) -> int:
-    """Bytes of a loaded module's weights, int8 packed weights included (measured, not estimated)."""
+    """Bytes of a loaded module's weights, int8 packed weights and float16 decode copies included
+    (measured, not estimated)."""
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
     total = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
@@ -140,4 +142,7 @@ def module_bytes(module: torch.nn.Module) -> int:
             weight, bias = m._weight_bias()
             total += weight.numel() * weight.element_size() + (bias.numel() * bias.element_size() if bias is not None
                                                                 else 0)
+        copy = getattr(m, "weight16", None)  # --quant fp16-decode
+        if isinstance(copy, torch.Tensor):
+            total += copy.numel() * copy.element_size()
     return total

@@ -44,6 +44,6 @@ class MixtralFamily(DecoderFamily):
         return out
 
     def check_precision(self, config: Any, dtype: torch.dtype, quant: str) -> None:
-        if quant == "int8":
-            raise ModelError("--quant int8 quantizes linear layers, and Mixtral's experts (most of its weights) "
+        if quant in ("int8", "fp16-decode"):
+            raise ModelError(f"--quant {quant} quantizes linear layers, and Mixtral's experts (most of its weights) "
                              "are not: serve Mixtral with --quant none (float32, bfloat16 or float16)")

@@ -7,4 +7,4 @@ Spelled once here, without torch, so that the server's checks (:mod:`corolla.mod
 from __future__ import annotations
 
 DTYPES = ("float32", "bfloat16", "float16")  # torch.<name>
-QUANTS = ("none", "int8", "bnb-int8", "nf4")  # see corolla.models.quant
+QUANTS = ("none", "fp16-decode", "int8", "bnb-int8", "nf4")  # see corolla.models.quant

@@ -231,6 +231,7 @@ class SpanLinear(nn.Linear):
     """A span's linear layer: :func:`linear`'s kernel choice plus the step's LoRA for ``lora_key``."""
 
     lora_key: tuple[int, str] | None = None  # (local block, LoRA target) when LoRA may adapt it
+    weight16: torch.Tensor | None = None  # a float16 copy of ``weight`` for decode steps (--quant fp16-decode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
@@ -263,8 +264,14 @@ def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     goes to the multi-threaded matrix-matrix kernel (about 2.7x faster for one row on this
     machine's 2 cores, measured in benchmarks/README.md). Same math, float rounding aside.
     """
-    if x.dtype != torch.float32 or x.shape[0] > SMALL_BATCH_ROWS or not isinstance(layer, nn.Linear):
-        return nn.functional.linear(x, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else layer(x)
+    if not isinstance(layer, nn.Linear):
+        return layer(x)
+    weight16 = getattr(layer, "weight16", None)  # --quant fp16-decode: a float16 copy for decode steps
+    if weight16 is not None and x.dtype == torch.float32 and x.shape[0] <= HALF_ROWS:
+        out = half_rows_matmul(weight16, x)
+        return out + layer.bias if layer.bias is not None else out
+    if x.dtype != torch.float32 or x.shape[0] > SMALL_BATCH_ROWS:
+        return nn.functional.linear(x, layer.weight, layer.bias)
     out = few_rows_matmul(layer.weight, x)
     return out + layer.bias if layer.bias is not None else out
 
@@ -273,3 +280,17 @@ def few_rows_matmul(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``x @ weight.T`` for 1..SMALL_BATCH_ROWS float32 rows, computed as ``weight @ x.T`` (see linear)."""
     rows = x.contiguous() if x.shape[0] > 1 else torch.cat([x, x.new_zeros(1, x.shape[1])])
     return (weight @ rows.t()).t()[: x.shape[0]].contiguous()  # row-major rows.t() is the slow layout
+
+
+# Rows up to which a layer's float16 copy (``weight16``, --quant fp16-decode) is used. On this
+# AVX2 CPU float16's kernel reads the weights once per row: a 4864x896 matmul takes 0.43 ms for one
+# row (float32's fastest path: 1.05 ms), 0.83 ms for two (1.08), 1.6 ms for four (1.2), 3.7 ms for
+# eight (2.1): past two rows the float32 weights are faster.
+HALF_ROWS = 2
+
+
+def half_rows_matmul(weight16: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``x @ weight16.T`` for up to HALF_ROWS float32 rows ``x [N, in]`` and a float16 copy of a
+    weight: reads half the bytes of the float32 weight (decode is memory-bound), rounds ``x`` and
+    the result to float16 on the way (a relative error of about 1e-3). The result is float32."""
+    return nn.functional.linear(x.to(torch.float16), weight16).float()
