@@ -16,10 +16,11 @@ def test_this_cpu_runs_every_offered_dtype(dtype):
     check_dtype(dtype)
 
 
-def test_int8_needs_float32_weights():
+@pytest.mark.parametrize("quant", ["int8", "fp16-decode"])
+def test_int8_and_fp16_decode_need_float32_weights(quant):
     with pytest.raises(ModelError, match="--dtype float32"):
-        check_quant("int8", torch.bfloat16)
-    check_quant("int8", torch.float32)
+        check_quant(quant, torch.bfloat16)
+    check_quant(quant, torch.float32)
 
 
 @pytest.mark.parametrize("quant", ["bnb-int8", "nf4"])
@@ -29,7 +30,7 @@ def test_bitsandbytes_modes_are_refused_on_cpu(quant):
 
 
 def test_unknown_quantization_is_named():
-    with pytest.raises(ModelError, match="int4.*none, int8"):
+    with pytest.raises(ModelError, match="int4.*none, fp16-decode, int8"):
         check_quant("int4", torch.float32)
 
 
@@ -74,3 +75,21 @@ def test_the_cli_offers_the_precisions_and_policies_the_server_knows():
     up = parser._subparsers._group_actions[0].choices["swarm"]._subparsers._group_actions[0].choices["up"]
     assert next(a.choices for a in up._actions if a.dest == "dtype") == DTYPES
     assert [parse_dtype(name) for name in DTYPES] == [torch.float32, torch.bfloat16, torch.float16]
+
+
+def test_fp16_decode_copies_serve_one_or_two_rows_and_float32_the_rest():
+    from corolla.models.step import HALF_ROWS, SpanLinear
+
+    torch.manual_seed(0)
+    layer = SpanLinear(64, 96)
+    span = quantize_span(nn.Sequential(layer), "fp16-decode", torch.float32)
+    assert span[0] is layer and layer.weight.dtype == torch.float32 and layer.weight16.dtype == torch.float16
+    for rows in (1, HALF_ROWS, HALF_ROWS + 1, 40):
+        x = torch.randn(rows, 64)
+        exact = nn.functional.linear(x, layer.weight, layer.bias)
+        got = linear(layer, x)
+        assert got.dtype == torch.float32 and (got - exact).abs().max() < 1e-2 * exact.abs().max()
+        if rows <= HALF_ROWS:  # the float16 copy: rounded
+            assert not torch.equal(got, exact)
+        else:
+            assert torch.allclose(got, exact, atol=1e-5)
