@@ -102,10 +102,9 @@ def load_head(folder: Path, config: Any, dtype: torch.dtype = torch.float32) -> 
 
 
 def block_sizes(folder: Path, config: Any, dtype: torch.dtype, quant: str = "none") -> list[int]:
-    """Bytes each block's weights take once loaded in ``dtype`` (int8: linear weights one byte; fp16-decode: two
-    more for their float16 copy),
-    read from the checkpoint's headers (nothing loaded). Blocks differ where a model mixes dense
-    and mixture-of-experts blocks."""
+    """Bytes each block's weights take once loaded in ``dtype`` (int8: linear weights one byte;
+    fp16-decode: two more for their float16 copy), read from the checkpoint's headers (nothing
+    loaded). Blocks differ where a model mixes dense and mixture-of-experts blocks."""
     from safetensors import safe_open
 
     family = family_for(config)

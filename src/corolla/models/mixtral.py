@@ -45,5 +45,5 @@ class MixtralFamily(DecoderFamily):
 
     def check_precision(self, config: Any, dtype: torch.dtype, quant: str) -> None:
         if quant in ("int8", "fp16-decode"):
-            raise ModelError(f"--quant {quant} quantizes linear layers, and Mixtral's experts (most of its weights) "
+            raise ModelError(f"--quant {quant} works on linear layers, and Mixtral's experts (most of its weights) "
                              "are not: serve Mixtral with --quant none (float32, bfloat16 or float16)")
