@@ -32,7 +32,11 @@ def tiny_llama(tmp_path_factory):
 def _swarm(folder, log_dir, liar_args=None, dtypes=("float32", "float32")):
     swarm = LocalSwarm(str(folder), 6, "tiny-verify", log_dir=log_dir, server_args=SERVER_ARGS)
     try:
-        honest = [swarm.add_server((0, 6), ["--dtype", dtype]) for dtype in dtypes]
+        # beside a liar, the honest servers announce a slow speed: the liar (ten times its measured speed)
+        # must attract the traffic whatever the round trips measured on a loaded machine (a few ms
+        # either way decided it for this tiny model, whose step takes well under one)
+        slow = ["--throughput", "5"] if liar_args else []
+        honest = [swarm.add_server((0, 6), ["--dtype", dtype, *slow]) for dtype in dtypes]
         liar = swarm.add_server((0, 6), liar_args, program=LIAR) if liar_args else None
         swarm.wait_ready(honest + ([liar] if liar else []), timeout_s=300)
     except BaseException:
