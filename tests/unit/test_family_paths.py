@@ -180,3 +180,16 @@ def test_head_fp16_copy_serves_decode_steps_only(tiny):
     assert head.weight16.dtype == torch.float16 and one16.dtype == torch.float32
     assert torch.equal(many16, many)  # a prefill's logits: the float32 weights, unchanged
     assert not torch.equal(one16, one) and (one16 - one).abs().max() < 0.01 * one.abs().max()
+
+
+def test_head_fp16_copy_falls_back_to_float32_past_float16s_range(tiny):
+    folder, config, _ = tiny
+    head = load_head(folder, config)
+    head.add_fp16_copy()
+    with torch.no_grad():
+        head.norm.weight.mul_(1e6)  # normed rows of ~1e6: past float16's 65504
+        hidden = torch.randn(1, 1, config.hidden_size, generator=torch.Generator().manual_seed(4))
+        got = head.logits(hidden)
+        weight = head.embed_tokens.weight if head.tied else head.lm_head.weight
+        exact = torch.nn.functional.linear(head.norm(hidden), weight)
+    assert torch.isfinite(got).all() and torch.allclose(got, exact, rtol=1e-4, atol=1e-2 * exact.abs().max().item())

@@ -93,3 +93,21 @@ def test_fp16_decode_copies_serve_one_or_two_rows_and_float32_the_rest():
             assert not torch.equal(got, exact)
         else:
             assert torch.allclose(got, exact, atol=1e-5)
+
+
+def test_fp16_decode_falls_back_to_float32_where_float16_would_overflow():
+    """An outlier activation past float16's range (65504) must not come out as inf or NaN."""
+    from corolla.models.step import SpanLinear
+
+    torch.manual_seed(0)
+    layer = SpanLinear(8, 4)
+    with torch.no_grad():
+        layer.weight[0].fill_(0.5)  # the first output of a row of 6e4s: 2.4e5
+    quantize_span(nn.Sequential(layer), "fp16-decode", torch.float32)
+    # an input past the range; an input within it whose output is past it (one and two rows)
+    for x in (torch.full((1, 8), 1e5), torch.full((1, 8), 6e4), torch.full((2, 8), 6e4)):
+        exact = nn.functional.linear(x, layer.weight, layer.bias)
+        got = linear(layer, x)
+        assert torch.isfinite(got).all() and torch.allclose(got, exact, rtol=1e-5, atol=1e-2)
+    small = torch.randn(1, 8)  # in range: still the float16 copy (rounded)
+    assert not torch.equal(linear(layer, small), nn.functional.linear(small, layer.weight, layer.bias))

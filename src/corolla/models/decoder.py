@@ -199,8 +199,10 @@ class DecoderHead(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         hidden = self.norm(hidden)
         rows = hidden.reshape(-1, hidden.shape[-1])
-        if self.weight16 is not None and rows.dtype == torch.float32 and rows.shape[0] <= HALF_ROWS:
-            logits = half_rows_matmul(self.weight16, rows).reshape(*hidden.shape[:-1], -1)
+        half = (half_rows_matmul(self.weight16, rows) if self.weight16 is not None and rows.dtype == torch.float32
+                and rows.shape[0] <= HALF_ROWS else None)
+        if half is not None:
+            logits = half.reshape(*hidden.shape[:-1], -1)
             return torch.tanh(logits / self.softcap) * self.softcap if self.softcap is not None else logits
         weight = self.embed_tokens.weight if self.tied else self.lm_head.weight
         if rows.dtype == torch.float32 and 1 <= rows.shape[0] <= SMALL_BATCH_ROWS:  # decode: see step.linear
