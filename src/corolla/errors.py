@@ -110,6 +110,15 @@ class PeerUnresponsiveError(RemoteCallError):
     """
 
 
+class PeerUnreachableError(RemoteCallError):
+    """No connection to the peer could be made at all: it is gone, or the address it announced is
+    stale (a dead server's DHT record outlives it by up to the record's lifetime).
+
+    Clients route around such a peer without counting it against their retries the first time
+    they meet it: it never took any work, and the records of a swarm with churn name several.
+    """
+
+
 class SessionClosedError(CorollaError):
     """The client closed this inference session (perhaps from another thread, mid-step); no
     server is at fault. Open a new session to go on."""

@@ -23,7 +23,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from corolla.client.hopstream import HopStream
-from corolla.errors import PeerUnresponsiveError
+from corolla.client.remote import SwarmClient
+from corolla.errors import PeerUnreachableError, PeerUnresponsiveError
 from corolla.swarm.local import LocalSwarm
 from tests.swarm.conftest import local_greedy
 from tests.tiny_models import save_tiny_model
@@ -184,6 +185,34 @@ def test_a_frozen_server_is_given_up_by_its_liveness_probe(swarm, tiny, prompt):
         assert torch.equal(out, expected)
         assert any(isinstance(e, PeerUnresponsiveError) and "liveness probe" in str(e) for e in session.failures)
     replace_dead(swarm, frozen["victim"])
+
+
+
+def test_records_of_servers_just_dead_cost_neither_retries_nor_failed_steps(swarm, tiny, prompt, monkeypatch):
+    """Servers that died a moment ago stay in the DHT until their records expire (30 s here); these
+    announced the highest speed for every block (one hop: the cheapest chain). A client's probes of
+    them go unanswered, so routing leaves them out; a client that meets them anyway (no probes: as if
+    they had answered before dying) goes on to the next server without counting them against its
+    retries (1 here, and they are 3)."""
+    folder, ref = tiny
+    dead = [swarm.add_server((0, 6), extra_args=["--throughput", "1000000"]) for _ in range(3)]
+    swarm.wait_ready(dead)
+    for server in dead:
+        swarm.kill(server, signal.SIGKILL)
+        server.process.wait(10)
+        swarm.servers.remove(server)
+    expected = local_greedy(ref, prompt, NEW_TOKENS)
+    with client(swarm, folder, **{**PATIENT, "max_retries": 0}) as model:
+        with model.inference_session(max_length=PROMPT_TOKENS + NEW_TOKENS) as session:
+            out = model.generate(prompt, max_new_tokens=NEW_TOKENS, eos_token_id=[])
+        assert torch.equal(out, expected) and session.failures == []
+    monkeypatch.setattr(SwarmClient, "measure_rtts", lambda self, state, max_age_s=60.0: {})
+    with client(swarm, folder, **{**PATIENT, "max_retries": 1}) as model:
+        with model.inference_session(max_length=PROMPT_TOKENS + NEW_TOKENS) as session:
+            out = model.generate(prompt, max_new_tokens=NEW_TOKENS, eos_token_id=[])
+        assert torch.equal(out, expected)
+        met = [e for e in session.failures if isinstance(e, PeerUnreachableError)]
+        assert len(met) == len(session.failures) >= 2, session.failures
 
 
 def active_sessions(model, peer_ids) -> int:

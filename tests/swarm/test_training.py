@@ -157,7 +157,10 @@ def test_smollm2_gradients_equal_local_autograd(smollm2_swarm):
             reference = copy.deepcopy(model.adapter)
             reference.zero_grad()
             local_loss(ref, reference, ids, ids).backward()
-            assert_grads_close(grads_of(model.adapter), grads_of(reference))
+            # float32 through 30 blocks computed by other kernels (the span's, not transformers'): measured on an
+            # AVX-512 CPU, LoRA 1.0e-4-2.0e-4, deep prompts 2.1e-5, prompts 1.1e-5 (local with 1 thread against 2:
+            # 1.7e-5); a wrong gradient is off by orders of magnitude more
+            assert_grads_close(grads_of(model.adapter), grads_of(reference), rel=1e-3)
 
 
 TEXT = """The Moon is Earth's only natural satellite. It orbits at an average distance of 384,400 km,

@@ -401,6 +401,26 @@ def test_remote_call_turns_transport_failures_into_remote_call_errors():
             raise SessionClosedError("closed")
 
 
+def test_a_peer_no_connection_could_be_made_to_is_unreachable():
+    """The daemon's dial failures (what p2pd answers for a dead peer's stale address, and its backoff
+    after one) are PeerUnreachableError; other daemon errors stay plain RemoteCallErrors."""
+    from hivemind.p2p.p2p_daemon_bindings.utils import ControlFailure
+
+    from corolla.errors import PeerUnreachableError, RemoteCallError
+    from corolla.protocol.rpc import remote_call
+
+    for message in ("failed to dial 12D3KooWA: all dials failed\n  * [/ip4/127.0.0.1/tcp/39091] dial backoff",
+                    "failed to dial: failed to dial 12D3KooWA: all dials failed\n  * [/ip4/127.0.0.1/tcp/1] "
+                    "dial tcp4 127.0.0.1:1: connect: connection refused"):
+        with pytest.raises(PeerUnreachableError, match="^call to peer failed: ControlFailure"):
+            with remote_call("call to peer"):
+                raise ControlFailure(f"Connect failed. msg={message}")
+    with pytest.raises(RemoteCallError) as info:
+        with remote_call("call to peer"):
+            raise ControlFailure("Connect failed. msg=stream reset")
+    assert not isinstance(info.value, PeerUnreachableError)
+
+
 def test_truncate_to_and_step_are_validated():
     route = [{"peer_id": "Qm1", "session_id": "abcdefgh"}]
     ok = decode_meta(encode_meta(InferenceMeta(position=4, truncate_to=4, step=9, route=route)), InferenceMeta)

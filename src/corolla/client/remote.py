@@ -45,6 +45,10 @@ from corolla.swarm.discovery import ServerRecord, SwarmState, fetch_swarm_state_
 from corolla.swarm.routing import Hop, plan_chain
 
 log = logging.getLogger(__name__)
+
+PING_TIMEOUT_S = 2.0  # a routing probe (an ``info`` call) unanswered this long counts as unanswered
+UNANSWERED_RTT_S = 1.0  # the round trip routing assumes for a server whose probe failed: a last resort
+UNANSWERED_RETRY_S = 5.0  # when such a server is probed again
 T = TypeVar("T")
 
 
@@ -282,21 +286,23 @@ class SwarmClient:
                 log.warning("could not report %s in the DHT: %s: %s", peer_id, type(e).__name__, e)
 
     def measure_rtts(self, state: SwarmState, max_age_s: float = 60.0) -> dict[str, float]:
-        """Round trips to online servers (an ``info`` call each), measured at most every ``max_age_s``."""
+        """Round trips to online servers (an ``info`` call each), measured at most every ``max_age_s``.
+        One that did not answer counts as UNANSWERED_RTT_S (routing then takes it only where nothing
+        else serves: a dead server's record outlives it) and is asked again after UNANSWERED_RETRY_S."""
         now = time.monotonic()
         banned = self.banned()  # a server just found dead would only cost a probe's timeout
         stale = [s.peer_id for s in state.servers if s.info.state is ServerState.ONLINE and s.peer_id not in banned
                  and now - self._rtt.get(s.peer_id, (-1e9, 0.0))[0] > max_age_s]
         if stale:
             for peer, rtt in zip(stale, self.loop.run(self._ping_all(stale))):
-                if rtt is not None:
-                    self._rtt[peer] = (now, rtt)
+                self._rtt[peer] = ((now, rtt) if rtt is not None
+                                   else (now - max_age_s + UNANSWERED_RETRY_S, UNANSWERED_RTT_S))
         return {peer: rtt for peer, (_, rtt) in self._rtt.items()}
 
     async def _ping_all(self, peers: list[str]) -> list[float | None]:
         return await asyncio.gather(*(self._ping(p) for p in peers))
 
-    async def _ping(self, peer_id: str, timeout_s: float = 2.0) -> float | None:
+    async def _ping(self, peer_id: str, timeout_s: float = PING_TIMEOUT_S) -> float | None:
         """Round trip of an ``info`` call, or None when it fails or takes over ``timeout_s``."""
         t0 = time.perf_counter()
         try:

@@ -24,6 +24,7 @@ from corolla.client.witness import Witnesses
 from corolla.errors import (
     CorollaError,
     NoRouteError,
+    PeerUnreachableError,
     PeerUnresponsiveError,
     RemoteCallError,
     SequenceTooLongError,
@@ -98,6 +99,7 @@ class InferenceSession:
         self.pushed_inputs = 0  # hop inputs that a server pushed to the next one (the client sent no copy)
         self.push_failures = 0  # pushes a server was asked for and reported failed (the client sent the step)
         self._broken_links: set[tuple[str, str]] = set()  # (server, next server) pairs whose push connection failed
+        self._unreachable: set[str] = set()  # servers no connection could be made to (see _recover)
         self.cohort: Cohort | None = None  # the outputs that arrived with the last step's (for the LM head)
         # kept for generate(): tokens already in the servers' caches, and one sampled but not sent
         self.token_ids: torch.Tensor | None = None
@@ -265,11 +267,15 @@ class InferenceSession:
     def _recover(self, failed: int, error: CorollaError, failures: int) -> int:
         """Replace hop ``failed`` after ``error`` (replaying its inputs), retrying a replacement
         that fails too; raises when the error is not retryable or retries ran out. Returns the
-        failures counted so far."""
+        failures counted so far. A server that could not be reached at all is not counted the first
+        time (a stale DHT record: it took no work; each is banned, so they run out); everything else is."""
         peer = self._hops[failed].stream.hop.peer_id
         while True:
-            failures += 1
             self.failures.append(error)
+            if isinstance(error, PeerUnreachableError) and peer not in self._unreachable:
+                self._unreachable.add(peer)
+            else:
+                failures += 1
             if not getattr(error, "retryable", False) or failures > self.client.config.max_retries:
                 raise error
             if isinstance(error, SessionEvictedError):  # the server is fine: it needed the room

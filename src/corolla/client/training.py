@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from corolla.client.remote import SwarmClient
-from corolla.errors import CorollaError, NoRouteError, ServerBusyError, SessionEvictedError
+from corolla.errors import CorollaError, NoRouteError, PeerUnreachableError, ServerBusyError, SessionEvictedError
 from corolla.models.peft import LoraWeights, load_lora, save_lora
 from corolla.models.registry import family_for
 from corolla.protocol.messages import LORA_TARGETS, AdapterSpec
@@ -199,12 +199,19 @@ class RemoteBlocks:
         self.client = client
         self.recoveries = 0  # failed calls routed around (forward or backward)
         self.last_forward: list[list[_HopInput]] = []  # the hops of the last forward pass, per row chunk
+        self._unreachable: set[str] = set()  # servers no connection could be made to (see _failed)
 
     def _slice(self, spec: AdapterSpec | None, tensors: Sequence[torch.Tensor], hop: Hop) -> list[torch.Tensor]:
         k = spec.tensors_per_block if spec is not None else 0
         return list(tensors[hop.start * k : hop.end * k])
 
-    def _failed(self, hop: Hop, error: CorollaError, failures: int) -> None:
+    def _failed(self, hop: Hop, error: CorollaError, failures: int) -> int:
+        """Route around ``hop``'s server after ``error``, or raise it; returns the failures counted so
+        far (a server that could not be reached at all is not counted the first time: a stale record)."""
+        if isinstance(error, PeerUnreachableError) and hop.peer_id not in self._unreachable:
+            self._unreachable.add(hop.peer_id)
+        else:
+            failures += 1
         if not getattr(error, "retryable", False) or isinstance(error, NoRouteError) \
                 or failures > self.client.config.max_retries:
             raise error
@@ -212,6 +219,7 @@ class RemoteBlocks:
         self.client.ban(hop.peer_id)
         self.recoveries += 1
         threading.Event().wait(0.0 if failures <= 1 else min(0.25 * 2 ** (failures - 2), 4.0))
+        return failures
 
     def forward_range(self, start: int, end: int, hidden: torch.Tensor, spec: AdapterSpec | None,
                       tensors: Sequence[torch.Tensor], need_output: bool = True, trainable: bool = True,
@@ -239,8 +247,7 @@ class RemoteBlocks:
                     else:
                         y = self.client.loop.run(self.client.call_forward(hop, x, spec, hop_tensors))
                 except CorollaError as e:
-                    failures += 1
-                    self._failed(hop, e, failures)
+                    failures = self._failed(hop, e, failures)
                     break  # re-plan from `block`
                 records.append(_HopInput(hop, x, stream))
                 x, block = y, hop.end
@@ -267,8 +274,7 @@ class RemoteBlocks:
                 else:
                     grad_x, hop_grads = self.client.loop.run(self.client.call_backward(hop, x, grad, spec, hop_tensors))
             except CorollaError as e:
-                failures += 1
-                self._failed(hop, e, failures)
+                failures = self._failed(hop, e, failures)
                 _, replacement = self.forward_range(hop.start, hop.end, x, spec, tensors, need_output=False)
                 records[i : i + 1] = replacement
                 i += len(replacement) - 1

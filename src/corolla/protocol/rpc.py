@@ -28,7 +28,7 @@ from typing import AsyncIterator  # noqa: UP035  (hivemind detects streams by ty
 from hivemind.p2p import P2PContext, P2PDaemonError, P2PHandlerError, ServicerBase
 from hivemind.proto import runtime_pb2
 
-from corolla.errors import RemoteCallError
+from corolla.errors import PeerUnreachableError, RemoteCallError
 
 NAMESPACE = "corolla"
 
@@ -79,7 +79,14 @@ def remote_call(what: str) -> Iterator[None]:
     try:
         yield
     except TRANSPORT_ERRORS as e:
-        raise RemoteCallError(f"{what} failed: {type(e).__name__}: {e}") from e
+        kind = PeerUnreachableError if _dial_failed(e) else RemoteCallError
+        raise kind(f"{what} failed: {type(e).__name__}: {e}") from e
+
+
+def _dial_failed(error: BaseException) -> bool:
+    """The daemon could not connect to the peer at all (libp2p's "failed to dial", which includes its
+    "dial backoff" after a recent failure): nothing was sent to it."""
+    return isinstance(error, P2PDaemonError) and "failed to dial" in str(error)
 
 
 def stub_for(p2p, peer_id: str):
