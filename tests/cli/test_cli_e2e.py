@@ -132,14 +132,16 @@ def test_sigterm_stops_every_process(swarm_up):
     assert wait_gone(tag) == [], log.read_text()[-2000:]
 
 
-def test_swarm_up_chat_with_piped_input(smollm2_dir):
-    """What `make run` does: a whole local swarm, the API and web pages on a printed URL while the
-    terminal chat runs, one answer to piped input, then everything stops."""
+@pytest.mark.parametrize("quant", ["none", "fp16-decode"])
+def test_swarm_up_chat_with_piped_input(smollm2_dir, quant):
+    """What `make run` does (QUANT=none, and fp16-decode): a whole local swarm, the API and web pages
+    on a printed URL while the terminal chat runs, one answer to piped input, then everything stops."""
+    import httpx
     import openai
 
     env, tag = tagged_env()
     proc = subprocess.Popen([*CLI, "swarm", "up", "smollm2-135m", "--servers", "3", "--chat", "--api-port", "0",
-                             "--max-new-tokens", "24"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             "--max-new-tokens", "24", "--quant", quant], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     try:
         lines = []
@@ -150,6 +152,8 @@ def test_swarm_up_chat_with_piped_input(smollm2_dir):
         base = next(line for line in lines if "OpenAI-compatible API: " in line).split("OpenAI-compatible API: ")[1]
         client = openai.OpenAI(base_url=base.strip(), api_key="unused", max_retries=0)
         assert [m.id for m in client.models.list().data] == ["smollm2-135m"]
+        swarm = httpx.get(base.strip().removesuffix("/v1") + "/api/swarm", timeout=30).json()["models"][0]
+        assert [s["quant"] for s in swarm["servers"]] == [quant] * 3
         reply = client.chat.completions.create(model="smollm2-135m", max_tokens=24, temperature=0,
                                                messages=[{"role": "user", "content": "What is the capital of France?"}])
         assert "Paris" in reply.choices[0].message.content
