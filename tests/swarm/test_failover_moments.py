@@ -187,7 +187,6 @@ def test_a_frozen_server_is_given_up_by_its_liveness_probe(swarm, tiny, prompt):
     replace_dead(swarm, frozen["victim"])
 
 
-
 def test_records_of_servers_just_dead_cost_neither_retries_nor_failed_steps(swarm, tiny, prompt, monkeypatch):
     """Servers that died a moment ago stay in the DHT until their records expire (30 s here); these
     announced the highest speed for every block (one hop: the cheapest chain). A client's probes of

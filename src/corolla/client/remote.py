@@ -22,6 +22,7 @@ from corolla.errors import (
     BadRequestError,
     CorollaError,
     NoRouteError,
+    PeerUnreachableError,
     PeerUnresponsiveError,
     RemoteCallError,
     SessionClosedError,
@@ -65,6 +66,16 @@ def parse_response(response: runtime_pb2.ExpertResponse, codec: str | None = Non
         return meta, decode(response.tensors, codec)
     except BadRequestError as e:
         raise RemoteCallError(f"server answered with malformed tensors: {e}") from None
+
+
+def costs_a_retry(error: Exception, peer_id: str, unreachable: set[str]) -> bool:
+    """Whether ``error`` from ``peer_id`` counts against a client's retries: not the first time a
+    peer could not be reached at all (a dead server's record: it took no work, and is banned after
+    it, so such peers run out); ``unreachable`` keeps the peers met so."""
+    if isinstance(error, PeerUnreachableError) and peer_id not in unreachable:
+        unreachable.add(peer_id)
+        return False
+    return True
 
 
 class SwarmClient:

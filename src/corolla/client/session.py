@@ -18,13 +18,12 @@ import threading
 import torch
 
 from corolla.client.hopstream import HopStream
-from corolla.client.remote import SwarmClient
+from corolla.client.remote import SwarmClient, costs_a_retry
 from corolla.client.verify import Verdict
 from corolla.client.witness import Witnesses
 from corolla.errors import (
     CorollaError,
     NoRouteError,
-    PeerUnreachableError,
     PeerUnresponsiveError,
     RemoteCallError,
     SequenceTooLongError,
@@ -272,10 +271,7 @@ class InferenceSession:
         peer = self._hops[failed].stream.hop.peer_id
         while True:
             self.failures.append(error)
-            if isinstance(error, PeerUnreachableError) and peer not in self._unreachable:
-                self._unreachable.add(peer)
-            else:
-                failures += 1
+            failures += costs_a_retry(error, peer, self._unreachable)
             if not getattr(error, "retryable", False) or failures > self.client.config.max_retries:
                 raise error
             if isinstance(error, SessionEvictedError):  # the server is fine: it needed the room

@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from corolla.client.remote import SwarmClient
-from corolla.errors import CorollaError, NoRouteError, PeerUnreachableError, ServerBusyError, SessionEvictedError
+from corolla.client.remote import SwarmClient, costs_a_retry
+from corolla.errors import CorollaError, NoRouteError, ServerBusyError, SessionEvictedError
 from corolla.models.peft import LoraWeights, load_lora, save_lora
 from corolla.models.registry import family_for
 from corolla.protocol.messages import LORA_TARGETS, AdapterSpec
@@ -208,10 +208,7 @@ class RemoteBlocks:
     def _failed(self, hop: Hop, error: CorollaError, failures: int) -> int:
         """Route around ``hop``'s server after ``error``, or raise it; returns the failures counted so
         far (a server that could not be reached at all is not counted the first time: a stale record)."""
-        if isinstance(error, PeerUnreachableError) and hop.peer_id not in self._unreachable:
-            self._unreachable.add(hop.peer_id)
-        else:
-            failures += 1
+        failures += costs_a_retry(error, hop.peer_id, self._unreachable)
         if not getattr(error, "retryable", False) or isinstance(error, NoRouteError) \
                 or failures > self.client.config.max_retries:
             raise error
